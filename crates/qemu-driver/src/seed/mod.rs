@@ -1,0 +1,1 @@
+//! Cloud-init NoCloud seed ISO (being written).

@@ -1,0 +1,45 @@
+//! Project automation: `cargo xtask <command>` (see `cargo xtask help`).
+//!
+//! CI (`.ci/run`) and the README call exactly these commands, so what a developer runs locally
+//! is what CI runs.
+
+mod deps;
+mod fixture;
+mod test;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+const HELP: &str = "\
+cargo xtask <command>
+
+commands:
+  deps [--install]   check the system packages imgbake needs; --install apt-gets the missing ones
+  fixture            build the Debian fixture guest (target/fixture/debian-bookworm.qcow2)
+  test               deps + fixture + fmt + clippy + the whole test suite, as CI runs it
+";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_else(|| "help".to_owned());
+    let rest: Vec<String> = args.collect();
+    match command.as_str() {
+        "deps" => deps::run(rest.iter().any(|a| a == "--install")),
+        "fixture" => fixture::run(&rest).map(|_| ()),
+        "test" => test::run(&rest),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => bail!("unknown xtask command `{other}`\n\n{HELP}"),
+    }
+}
+
+/// The workspace root, from xtask's own manifest location.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
