@@ -1,0 +1,143 @@
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::io_err;
+use crate::{LayerKey, Result};
+
+/// The record published beside a layer file (`layers/<key>.json`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerMeta {
+    /// This checkpoint's key.
+    pub key: LayerKey,
+    /// The key of the layer this one is backed by; `None` for the first step (backed by the base).
+    pub parent: Option<LayerKey>,
+    /// The chain's root key (base image + disk size + seed inputs).
+    pub root: LayerKey,
+    /// The layer's file name inside `layers/`.
+    pub file: String,
+    /// The backing file written in the layer's qcow2 header.
+    pub backing: PathBuf,
+    /// sha256 of the layer file, hex, taken when it was published.
+    pub sha256: String,
+    /// Apparent size of the layer file in bytes.
+    pub size: u64,
+    /// The recipe that made it.
+    pub recipe: String,
+    /// The step id (`04`).
+    pub step_id: String,
+    /// The step's name (`04-nvidia-driver`).
+    pub step_name: String,
+    /// When it was published (seconds since the Unix epoch).
+    pub created_unix: u64,
+}
+
+/// A published, verified layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    /// Absolute path of the qcow2 layer file.
+    pub path: PathBuf,
+    /// Its record.
+    pub meta: LayerMeta,
+}
+
+/// Why a checkpoint was thrown away instead of being used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Discarded {
+    /// A layer file without a record: its build was cut off before publishing it.
+    Incomplete {
+        /// The key the layer was being written for.
+        key: String,
+        /// The file that was removed.
+        file: PathBuf,
+    },
+    /// The record names a file that is gone.
+    Missing {
+        /// The layer's key.
+        key: LayerKey,
+        /// The missing file.
+        file: PathBuf,
+    },
+    /// The layer file no longer hashes to its recorded digest.
+    Corrupt {
+        /// The layer's key.
+        key: LayerKey,
+        /// Digest in the record.
+        expected: String,
+        /// Digest of the file now.
+        actual: String,
+    },
+    /// The record is unreadable.
+    BadRecord {
+        /// The record file.
+        file: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Discarded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Incomplete { key, file } => write!(
+                f,
+                "checkpoint {} was cut off before it was complete; removed {}",
+                &key[..key.len().min(12)],
+                file.display()
+            ),
+            Self::Missing { key, file } => {
+                write!(
+                    f,
+                    "checkpoint {} lost its layer file {}",
+                    key.short(),
+                    file.display()
+                )
+            }
+            Self::Corrupt {
+                key,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "checkpoint {} is corrupt (sha256 {actual}, recorded {expected}); it will be rebuilt",
+                key.short()
+            ),
+            Self::BadRecord { file, reason } => {
+                write!(
+                    f,
+                    "checkpoint record {} is unreadable ({reason})",
+                    file.display()
+                )
+            }
+        }
+    }
+}
+
+/// The result of looking a key up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// A published layer whose file still matches its digest.
+    Hit(Layer),
+    /// Nothing published under the key.
+    Miss,
+    /// Something was published but is unusable; it has been removed.
+    Discarded(Discarded),
+}
+
+/// sha256 of a file, hex. Big reads: layers run to gigabytes and sha2 does ~2 GB/s here.
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(io_err("open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

@@ -1,0 +1,41 @@
+//! checkpoint: imgbake's store of per-step disk checkpoints.
+//!
+//! After each successful step imgbake freezes the guest's top qcow2 image (a live
+//! `blockdev-snapshot` over QMP) and continues on a fresh overlay. The frozen image — a *layer*
+//! holding only that step's writes, backed by the previous layer — is published here under the
+//! step's checkpoint key. A later build whose keys match boots straight from the newest layer.
+//!
+//! Main types:
+//! - [`CheckpointStore`]: the directory, its lock, and lookups ([`CheckpointStore::lookup`]).
+//! - [`RunLease`]: one build's claim on the store; names its in-progress layer files and
+//!   publishes them ([`RunLease::publish`]).
+//! - [`LayerKey`] and [`LayerMeta`]: a checkpoint's identity and its record.
+//!
+//! A layer counts only once its record (`<key>.json`) exists and the layer file still hashes to
+//! the digest in it; anything else is thrown away and reported as a [`Discarded`] item.
+//!
+//! ```no_run
+//! use checkpoint::{CheckpointStore, LayerKey};
+//! # fn main() -> checkpoint::Result<()> {
+//! let store = CheckpointStore::open("/var/cache/imgbake/checkpoints".as_ref())?;
+//! let key: LayerKey = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".parse()?;
+//! match store.lookup(&key)? {
+//!     checkpoint::Lookup::Hit(layer) => println!("reuse {}", layer.path.display()),
+//!     checkpoint::Lookup::Miss => println!("no checkpoint yet"),
+//!     checkpoint::Lookup::Discarded(why) => println!("threw away a broken one: {why}"),
+//! }
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod key;
+mod layer;
+mod store;
+mod usage;
+
+pub use error::{Error, Result};
+pub use key::LayerKey;
+pub use layer::{Discarded, Layer, LayerMeta, Lookup};
+pub use store::{CheckpointStore, PublishRequest, RunLease};
+pub use usage::{GcPolicy, LayerInfo, StoreUsage};

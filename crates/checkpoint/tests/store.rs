@@ -1,0 +1,219 @@
+//! The checkpoint store against real files (layers made by real `qemu-img`).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use checkpoint::{CheckpointStore, Discarded, Error, GcPolicy, LayerKey, Lookup, PublishRequest};
+
+fn key(n: u8) -> LayerKey {
+    format!("{:064x}", n).parse().unwrap()
+}
+
+fn qcow2(path: &Path, backing: Option<&Path>) {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2"]);
+    if let Some(b) = backing {
+        cmd.arg("-u").arg("-b").arg(b).args(["-F", "qcow2"]);
+    }
+    let status = cmd.arg(path).arg("64M").status().unwrap();
+    assert!(status.success());
+}
+
+fn request<'a>(
+    k: &'a LayerKey,
+    parent: Option<&'a LayerKey>,
+    root: &'a LayerKey,
+    backing: &'a Path,
+) -> PublishRequest<'a> {
+    PublishRequest {
+        key: k,
+        parent,
+        root,
+        backing,
+        recipe: "smoke",
+        step_id: "01",
+        step_name: "01-marker",
+    }
+}
+
+#[test]
+fn published_layer_is_found_and_corruption_is_detected() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    qcow2(&base, None);
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    let (root, k1) = (key(0), key(1));
+    let mut lease = store.lease().unwrap();
+    qcow2(&lease.layer_path(&k1), Some(&base));
+    assert_eq!(
+        store.lookup(&k1).unwrap(),
+        Lookup::Miss,
+        "unpublished layer must not be visible"
+    );
+    let layer = lease
+        .publish(&request(&k1, None, &root, &base))
+        .unwrap()
+        .expect("first publish wins");
+    assert_eq!(store.lookup(&k1).unwrap(), Lookup::Hit(layer.clone()));
+
+    // Flip one byte in the middle of the header's cluster: the digest no longer matches.
+    let mut bytes = fs::read(&layer.path).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(&layer.path, bytes).unwrap();
+    match store.lookup(&k1).unwrap() {
+        Lookup::Discarded(Discarded::Corrupt { key, .. }) => assert_eq!(key, k1),
+        other => panic!("corruption not detected: {other:?}"),
+    }
+    assert!(!layer.path.exists(), "corrupt layer must be removed");
+    assert_eq!(store.lookup(&k1).unwrap(), Lookup::Miss);
+}
+
+#[test]
+fn cut_off_layers_are_swept_and_reported_but_live_runs_are_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    // A layer file of a run that died: no record, no live run lock.
+    let dead = dir
+        .path()
+        .join("store/layers")
+        .join(format!("{}.deadbeef.qcow2", key(7)));
+    fs::write(&dead, b"half a layer").unwrap();
+    // A layer file of a live run (this lease holds its lock).
+    let lease = store.lease().unwrap();
+    let live = lease.layer_path(&key(8));
+    fs::write(&live, b"being written").unwrap();
+
+    let discarded = store.sweep_incomplete().unwrap();
+    assert_eq!(
+        discarded,
+        vec![Discarded::Incomplete {
+            key: key(7).to_string(),
+            file: dead.clone()
+        }]
+    );
+    assert!(!dead.exists());
+    assert!(live.exists(), "a live build's layer must survive a sweep");
+    assert!(discarded[0].to_string().contains("cut off"));
+
+    drop(lease);
+    assert!(
+        !live.exists(),
+        "ending a lease removes its unpublished layers"
+    );
+}
+
+#[test]
+fn reusable_prefix_stops_at_the_first_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    let root = key(0);
+    let keys = [key(1), key(2), key(3)];
+    let mut lease = store.lease().unwrap();
+    let mut backing = base.clone();
+    for (i, k) in keys.iter().enumerate().take(2) {
+        fs::write(lease.layer_path(k), format!("layer {i}")).unwrap();
+        let parent = i.checked_sub(1).map(|p| &keys[p]);
+        lease
+            .publish(&request(k, parent, &root, &backing))
+            .unwrap()
+            .unwrap();
+        backing = lease.layer_path(k);
+    }
+    let (layers, discarded) = store.reusable_prefix(&keys).unwrap();
+    assert_eq!(
+        layers
+            .iter()
+            .map(|l| l.meta.key.clone())
+            .collect::<Vec<_>>(),
+        keys[..2].to_vec()
+    );
+    assert!(discarded.is_empty());
+
+    // A chain whose second key differs reuses only the first layer.
+    let (layers, _) = store.reusable_prefix(&[key(1), key(9), key(3)]).unwrap();
+    assert_eq!(layers.len(), 1);
+}
+
+#[test]
+fn a_lost_publish_race_keeps_the_winner_and_stops_publishing_this_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    let (root, k1, k2) = (key(0), key(1), key(2));
+    let mut first = store.lease().unwrap();
+    let mut second = store.lease().unwrap();
+    fs::write(first.layer_path(&k1), b"first").unwrap();
+    fs::write(second.layer_path(&k1), b"second").unwrap();
+    fs::write(second.layer_path(&k2), b"second, step 2").unwrap();
+    let winner = first
+        .publish(&request(&k1, None, &root, &base))
+        .unwrap()
+        .unwrap();
+    assert!(
+        second
+            .publish(&request(&k1, None, &root, &base))
+            .unwrap()
+            .is_none()
+    );
+    let backing = second.layer_path(&k1);
+    assert!(
+        second
+            .publish(&request(&k2, Some(&k1), &root, &backing))
+            .unwrap()
+            .is_none(),
+        "a layer chained to an unpublished file must not be published"
+    );
+    assert_eq!(store.lookup(&k1).unwrap(), Lookup::Hit(winner));
+    assert_eq!(store.lookup(&k2).unwrap(), Lookup::Miss);
+}
+
+#[test]
+fn gc_removes_dead_keys_with_their_descendants_and_waits_for_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
+    let store_dir = dir.path().join("store");
+    {
+        let store = CheckpointStore::open(&store_dir).unwrap();
+        let root = key(0);
+        let keys = [key(1), key(2), key(3)];
+        let mut lease = store.lease().unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            fs::write(lease.layer_path(k), vec![i as u8; 10_000]).unwrap();
+            let parent = i.checked_sub(1).map(|p| &keys[p]);
+            lease
+                .publish(&request(k, parent, &root, &base))
+                .unwrap()
+                .unwrap();
+        }
+        assert!(matches!(
+            CheckpointStore::open_exclusive(&store_dir),
+            Err(Error::Busy { .. })
+        ));
+        let usage = store.usage().unwrap();
+        assert_eq!(usage.layers, 3);
+        assert!(usage.allocated >= 3 * 8192);
+    }
+    let store = CheckpointStore::open_exclusive(&store_dir).unwrap();
+    // Key 2 is no longer produced by any recipe: it and key 3 (backed by it) go, key 1 stays.
+    let live: BTreeSet<LayerKey> = [key(1), key(3)].into();
+    let removed = store
+        .gc(&GcPolicy {
+            live_keys: Some(live),
+            ..GcPolicy::default()
+        })
+        .unwrap();
+    let removed: BTreeSet<_> = removed.into_iter().map(|l| l.meta.key).collect();
+    assert_eq!(removed, [key(2), key(3)].into());
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert_eq!(store.remove_recipe("smoke").unwrap().len(), 1);
+    assert!(store.list().unwrap().is_empty());
+}
