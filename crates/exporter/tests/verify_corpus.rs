@@ -1,0 +1,490 @@
+//! The verification corpus: real GPT + ext4 images built with mkfs.ext4 -d and sfdisk.
+
+mod common;
+
+use common::{DRIVER, Guest, KERNEL, Spec, ubuntu};
+use exporter::{Expectations, SettingStatus, Verdict, VerifyReport, verify};
+
+fn expect_fw(v: u32) -> Expectations {
+    Expectations {
+        enable_gpu_firmware: Some(v),
+        ..Expectations::default()
+    }
+}
+
+fn run_verify(g: &Guest, expect: &Expectations) -> VerifyReport {
+    let disk = g.build();
+    verify(&disk, expect).unwrap_or_else(|e| panic!("verify failed: {e:?}"))
+}
+
+fn verdict(r: &VerifyReport, id: &str) -> Verdict {
+    r.check(id)
+        .unwrap_or_else(|| panic!("no check {id}: {r}"))
+        .verdict
+}
+
+#[test]
+fn option_values_decode_and_match_expectations() {
+    if !common::tools() {
+        return;
+    }
+    let cases: [(&str, u32, &str); 6] = [
+        (
+            "0",
+            0,
+            "0 = GSP off, driver runs on the CPU (proprietary nvidia.ko only; ignored by the open modules; impossible on Blackwell)",
+        ),
+        ("1", 1, "1 = GSP forced on, no fallback"),
+        ("2", 2, "2 = driver default policy, no fallback"),
+        (
+            "17",
+            17,
+            "17 = GSP forced on, CPU fallback if the firmware is missing",
+        ),
+        (
+            "18",
+            18,
+            "18 = driver default: default policy + CPU fallback",
+        ),
+        (
+            "0x11",
+            17,
+            "17 = GSP forced on, CPU fallback if the firmware is missing",
+        ),
+    ];
+    for (raw, value, text) in cases {
+        let conf = format!("# set by imgbake\noptions nvidia NVreg_EnableGpuFirmware={raw}\n");
+        let g = ubuntu(&Spec {
+            modprobe: Some(Box::leak(conf.into_boxed_str())),
+            ..Spec::default()
+        });
+        let r = run_verify(&g, &expect_fw(value));
+        assert_eq!(r.gpu_firmware.decoded, text, "value {raw}");
+        assert_eq!(r.gpu_firmware.root.effective, Some(value));
+        assert_eq!(
+            r.gpu_firmware.root.source,
+            "/etc/modprobe.d/nvidia-gsp.conf:2"
+        );
+        assert_eq!(
+            verdict(&r, "gpu-firmware"),
+            Verdict::Pass,
+            "value {raw}: {r}"
+        );
+        assert!(r.passed, "value {raw}: {r}");
+        // The same image against a different expectation fails.
+        let other = if value == 1 { 18 } else { 1 };
+        let r2 = verify(&r.image, &expect_fw(other)).unwrap();
+        assert_eq!(verdict(&r2, "gpu-firmware"), Verdict::Fail);
+        assert!(!r2.passed);
+    }
+}
+
+#[test]
+fn missing_option_is_the_driver_default() {
+    if !common::tools() {
+        return;
+    }
+    let g = ubuntu(&Spec {
+        modprobe: None,
+        ..Spec::default()
+    });
+    let r = run_verify(&g, &Expectations::default());
+    assert_eq!(
+        r.gpu_firmware.decoded,
+        "unset → 18 = driver default: default policy + CPU fallback"
+    );
+    assert_eq!(r.gpu_firmware.root.source, "driver default (not set)");
+    assert_eq!(verdict(&r, "gpu-firmware"), Verdict::Pass);
+    let r = verify(&r.image, &expect_fw(1)).unwrap();
+    assert_eq!(verdict(&r, "gpu-firmware"), Verdict::Fail);
+    assert!(
+        r.check("gpu-firmware")
+            .unwrap()
+            .details
+            .iter()
+            .any(|d| d == "expected 1 = GSP forced on, no fallback")
+    );
+}
+
+#[test]
+fn two_files_disagree_last_in_lexical_order_wins_and_etc_shadows_lib() {
+    if !common::tools() {
+        return;
+    }
+    let g = ubuntu(&Spec {
+        modprobe: Some("options nvidia NVreg_EnableGpuFirmware=1\n"),
+        ..Spec::default()
+    });
+    g.put(
+        "/etc/modprobe.d/zz-local.conf",
+        "options nvidia NVreg_EnableGpuFirmware=0\n",
+    );
+    // Same name in /usr/lib is overridden by /etc.
+    g.put(
+        "/usr/lib/modprobe.d/nvidia-gsp.conf",
+        "options nvidia NVreg_EnableGpuFirmware=2\n",
+    );
+    // Not a .conf: never read.
+    g.put(
+        "/etc/modprobe.d/nvidia.conf.disabled",
+        "options nvidia NVreg_EnableGpuFirmware=17\n",
+    );
+    let r = run_verify(&g, &expect_fw(1));
+    assert_eq!(r.gpu_firmware.root.effective, Some(0));
+    assert_eq!(
+        r.gpu_firmware.root.source,
+        "/etc/modprobe.d/zz-local.conf:1"
+    );
+    assert_eq!(verdict(&r, "gpu-firmware"), Verdict::Fail);
+    assert_eq!(verdict(&r, "gpu-firmware-conflicts"), Verdict::Warn);
+    let conflicts = &r.check("gpu-firmware-conflicts").unwrap().details;
+    assert_eq!(
+        conflicts,
+        &["/etc/modprobe.d/nvidia-gsp.conf:1 sets 1 but /etc/modprobe.d/zz-local.conf:1 gives 0"]
+    );
+    let shadowed = r
+        .gpu_firmware
+        .root
+        .settings
+        .iter()
+        .find(|s| s.location == "/usr/lib/modprobe.d/nvidia-gsp.conf:1")
+        .expect("shadowed setting listed");
+    assert!(matches!(shadowed.status, SettingStatus::Shadowed(_)));
+}
+
+#[test]
+fn registry_dwords_and_kernel_command_line() {
+    if !common::tools() {
+        return;
+    }
+    // Only in RegistryDwords: the parameter's default (18) is written over it.
+    let g = ubuntu(&Spec {
+        modprobe: Some(
+            "options nvidia NVreg_RegistryDwords=\"RMForceStaticBar1=1;EnableGpuFirmware=1\"\n",
+        ),
+        ..Spec::default()
+    });
+    let r = run_verify(&g, &expect_fw(1));
+    assert_eq!(r.gpu_firmware.root.effective, Some(18));
+    assert_eq!(r.gpu_firmware.root.settings.len(), 1);
+    assert!(matches!(
+        r.gpu_firmware.root.settings[0].status,
+        SettingStatus::Ignored(_)
+    ));
+    assert_eq!(verdict(&r, "gpu-firmware"), Verdict::Fail);
+    assert_eq!(verdict(&r, "gpu-firmware-conflicts"), Verdict::Warn);
+
+    // On the kernel command line (grub.cfg's default entry) after modprobe.d: it wins.
+    let g = ubuntu(&Spec {
+        modprobe: Some("options nvidia NVreg_EnableGpuFirmware=0\n"),
+        ..Spec::default()
+    });
+    g.put(
+        "/boot/grub/grub.cfg",
+        &format!("menuentry 'Ubuntu' {{\n\tlinux /boot/vmlinuz-{KERNEL} root=LABEL=cloudimg-rootfs ro nvidia.NVreg_EnableGpuFirmware=1\n}}\n"),
+    );
+    g.put(
+        "/etc/default/grub.d/60-nvidia.cfg",
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT nvidia.NVreg_EnableGpuFirmware=1\"\n",
+    );
+    let r = run_verify(&g, &expect_fw(1));
+    assert_eq!(r.gpu_firmware.root.effective, Some(1));
+    assert_eq!(
+        r.gpu_firmware.root.source,
+        "/boot/grub/grub.cfg:2 (kernel command line)"
+    );
+    assert_eq!(r.gpu_firmware.decoded, "1 = GSP forced on, no fallback");
+    assert_eq!(verdict(&r, "gpu-firmware"), Verdict::Pass);
+    assert_eq!(verdict(&r, "gpu-firmware-conflicts"), Verdict::Warn);
+    assert!(r.passed, "{r}");
+
+    // /etc/default/grub changed but grub.cfg not regenerated.
+    let g = ubuntu(&Spec::default());
+    g.put(
+        "/etc/default/grub.d/60-nvidia.cfg",
+        "GRUB_CMDLINE_LINUX=\"nvidia.NVreg_EnableGpuFirmware=1\"\n",
+    );
+    let r = run_verify(&g, &expect_fw(1));
+    let notes = &r.check("gpu-firmware-conflicts").unwrap().details;
+    assert!(notes.iter().any(|n| n.contains("run update-grub")), "{r}");
+}
+
+#[test]
+fn open_modules_ignore_zero() {
+    if !common::tools() {
+        return;
+    }
+    let g = ubuntu(&Spec {
+        open_modules: true,
+        modprobe: Some("options nvidia NVreg_EnableGpuFirmware=0\n"),
+        ..Spec::default()
+    });
+    let r = run_verify(&g, &expect_fw(0));
+    assert_eq!(r.driver.flavour, exporter::ModuleFlavour::Open);
+    let c = r.check("gpu-firmware").unwrap();
+    assert_eq!(c.verdict, Verdict::Fail);
+    assert!(
+        c.summary.ends_with("but the open modules ignore 0"),
+        "{}",
+        c.summary
+    );
+}
+
+#[test]
+fn driver_and_firmware_files() {
+    if !common::tools() {
+        return;
+    }
+    let expect = Expectations {
+        driver_branch: Some("565".into()),
+        ..expect_fw(1)
+    };
+    let r = run_verify(&ubuntu(&Spec::default()), &expect);
+    assert_eq!(r.driver.version.as_deref(), Some(DRIVER));
+    assert_eq!(r.driver.flavour, exporter::ModuleFlavour::Proprietary);
+    assert_eq!(verdict(&r, "driver"), Verdict::Pass, "{r}");
+    assert_eq!(verdict(&r, "firmware-files"), Verdict::Pass);
+    assert_eq!(
+        r.check("firmware-files").unwrap().summary,
+        format!("/lib/firmware/nvidia/{DRIVER}: gsp_ga10x.bin, gsp_tu10x.bin")
+    );
+    assert!(r.passed, "{r}");
+
+    let r = run_verify(
+        &ubuntu(&Spec {
+            firmware_version: None,
+            ..Spec::default()
+        }),
+        &expect,
+    );
+    assert_eq!(verdict(&r, "firmware-files"), Verdict::Fail);
+    assert_eq!(
+        r.check("firmware-files").unwrap().summary,
+        format!("no GSP firmware for {DRIVER}")
+    );
+
+    let wrong_fw = ubuntu(&Spec {
+        firmware_version: Some("550.127.05"),
+        ..Spec::default()
+    });
+    let r = run_verify(&wrong_fw, &expect);
+    let c = r.check("firmware-files").unwrap();
+    assert_eq!(c.verdict, Verdict::Fail);
+    assert!(
+        c.details
+            .contains(&"firmware present for other versions: 550.127.05".to_string()),
+        "{r}"
+    );
+
+    let wrong = Expectations {
+        driver_branch: Some("570".into()),
+        ..expect_fw(1)
+    };
+    let r = verify(&r.image, &wrong).unwrap();
+    assert_eq!(verdict(&r, "driver"), Verdict::Fail);
+
+    // A module built for another version than the package says (stale DKMS build).
+    let g = ubuntu(&Spec::default());
+    g.remove(&format!("/usr/lib/modules/{KERNEL}/updates/dkms/nvidia.ko"));
+    g.put_module("560.35.03", "NVIDIA", true);
+    let r = run_verify(&g, &expect);
+    assert_eq!(
+        r.driver.module.as_ref().unwrap().path,
+        format!("/lib/modules/{KERNEL}/updates/dkms/nvidia.ko.zst")
+    );
+    assert_eq!(verdict(&r, "driver"), Verdict::Fail);
+
+    // No driver at all: skipped unless a branch is expected.
+    let r = run_verify(
+        &ubuntu(&Spec {
+            driver: None,
+            modprobe: None,
+            firmware_version: None,
+            ..Spec::default()
+        }),
+        &Expectations::default(),
+    );
+    assert_eq!(verdict(&r, "driver"), Verdict::Skip);
+    assert_eq!(verdict(&r, "gpu-firmware"), Verdict::Skip);
+    assert!(r.passed, "{r}");
+}
+
+#[test]
+fn initramfs_with_and_without_the_option() {
+    if !common::tools() {
+        return;
+    }
+    let conf = "options nvidia NVreg_EnableGpuFirmware=1\n";
+    let g = ubuntu(&Spec::default());
+    g.put_initrd(true, &[("etc/modprobe.d/nvidia-gsp.conf", conf)]);
+    let r = run_verify(&g, &expect_fw(1));
+    let c = r.check("initramfs").unwrap();
+    assert_eq!(c.verdict, Verdict::Pass, "{r}");
+    assert_eq!(
+        c.summary,
+        "initrd has nvidia modules and gives the same value (1)"
+    );
+    assert!(
+        c.details[0].starts_with("2 archive(s): none + zstd"),
+        "{:?}",
+        c.details
+    );
+
+    let g = ubuntu(&Spec::default());
+    g.put_initrd(true, &[]);
+    let r = run_verify(&g, &expect_fw(1));
+    let c = r.check("initramfs").unwrap();
+    assert_eq!(c.verdict, Verdict::Fail);
+    assert_eq!(
+        c.summary,
+        "initrd gives 18 but the root filesystem gives 1 (run update-initramfs -u)"
+    );
+    assert!(!r.passed);
+
+    let g = ubuntu(&Spec::default());
+    g.put_initrd(false, &[]);
+    let r = run_verify(&g, &expect_fw(1));
+    assert_eq!(verdict(&r, "initramfs"), Verdict::Pass);
+    assert!(
+        r.check("initramfs")
+            .unwrap()
+            .summary
+            .contains("has no nvidia modules")
+    );
+}
+
+#[test]
+fn ubuntu_2404_layout_with_separate_boot() {
+    if !common::tools() {
+        return;
+    }
+    let g = ubuntu(&Spec {
+        separate_boot: true,
+        ..Spec::default()
+    });
+    g.put_initrd(
+        true,
+        &[(
+            "usr/lib/modprobe.d/nvidia-gsp.conf",
+            "options nvidia NVreg_EnableGpuFirmware=17\n",
+        )],
+    );
+    g.put(
+        "/boot/grub/grub.cfg",
+        &format!("menuentry 'Ubuntu' {{\n\tlinux /vmlinuz-{KERNEL} root=LABEL=cloudimg-rootfs ro nvidia.NVreg_EnableGpuFirmware=0x11\n}}\n"),
+    );
+    let r = run_verify(&g, &expect_fw(17));
+    assert_eq!(r.layout.root.partition, 1);
+    assert_eq!(r.layout.root.label, "cloudimg-rootfs");
+    let boot = r.layout.boot.as_ref().expect("separate /boot found");
+    assert_eq!((boot.partition, boot.label.as_str()), (16, "BOOT"));
+    assert_eq!(r.kernel.as_deref(), Some(KERNEL));
+    assert_eq!(
+        r.gpu_firmware.root.source,
+        "/boot/grub/grub.cfg:2 (kernel command line)"
+    );
+    assert_eq!(verdict(&r, "gpu-firmware"), Verdict::Pass, "{r}");
+    assert_eq!(verdict(&r, "initramfs"), Verdict::Pass, "{r}");
+    assert!(r.passed, "{r}");
+}
+
+#[test]
+fn dirty_hygiene() {
+    if !common::tools() {
+        return;
+    }
+    let g = ubuntu(&Spec::default());
+    g.put("/etc/ssh/ssh_host_ed25519_key", "PRIVATE");
+    g.put("/etc/ssh/ssh_host_ed25519_key.pub", "ssh-ed25519 AAAA");
+    g.put("/etc/machine-id", "0123456789abcdef0123456789abcdef\n");
+    g.link(
+        "/var/lib/cloud/instance",
+        "/var/lib/cloud/instances/iid-imgbake",
+    );
+    g.put(
+        "/var/lib/cloud/instances/iid-imgbake/user-data.txt",
+        "#cloud-config\n",
+    );
+    g.put(
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\nimgbake:x:1001:1001::/home/imgbake:/bin/bash\n",
+    );
+    g.put(
+        "/home/imgbake/.ssh/authorized_keys",
+        "ssh-ed25519 AAAA build\n",
+    );
+    g.put("/root/.ssh/authorized_keys", "ssh-ed25519 AAAA root\n");
+    g.put("/var/log/cloud-init.log", "2026-11-25 cloud-init ran\n");
+    let r = run_verify(&g, &expect_fw(1));
+    for id in [
+        "ssh-host-keys",
+        "machine-id",
+        "cloud-init-instance",
+        "build-user",
+        "authorized-keys",
+        "build-logs",
+    ] {
+        assert_eq!(
+            verdict(&r, &format!("hygiene/{id}")),
+            Verdict::Fail,
+            "{id}: {r}"
+        );
+    }
+    assert_eq!(
+        r.check("hygiene/ssh-host-keys").unwrap().details,
+        [
+            "/etc/ssh/ssh_host_ed25519_key",
+            "/etc/ssh/ssh_host_ed25519_key.pub"
+        ]
+    );
+    assert_eq!(
+        r.check("hygiene/authorized-keys").unwrap().details,
+        [
+            "/root/.ssh/authorized_keys",
+            "/home/imgbake/.ssh/authorized_keys"
+        ]
+    );
+    assert!(!r.passed);
+    let lenient = Expectations {
+        hygiene: false,
+        ..expect_fw(1)
+    };
+    let r = verify(&r.image, &lenient).unwrap();
+    assert_eq!(verdict(&r, "hygiene/machine-id"), Verdict::Warn);
+    assert!(r.passed, "{r}");
+
+    // The clean default guest passes every hygiene rule.
+    let r = run_verify(&ubuntu(&Spec::default()), &expect_fw(1));
+    assert!(
+        r.checks
+            .iter()
+            .filter(|c| c.id.starts_with("hygiene/"))
+            .all(|c| c.verdict == Verdict::Pass),
+        "{r}"
+    );
+}
+
+#[test]
+fn report_renders_as_table_and_json() {
+    if !common::tools() {
+        return;
+    }
+    let r = run_verify(&ubuntu(&Spec::default()), &expect_fw(1));
+    let table = r.to_string();
+    assert!(table.contains("gpu-firmware "), "{table}");
+    assert!(
+        table.contains("PASS     1 = GSP forced on, no fallback"),
+        "{table}"
+    );
+    assert!(table.ends_with("overall PASS"), "{table}");
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["passed"], true);
+    assert_eq!(
+        json["gpu_firmware"]["decoded"],
+        "1 = GSP forced on, no fallback"
+    );
+    assert_eq!(json["checks"][0]["id"], "gpu-firmware");
+    assert_eq!(json["checks"][0]["verdict"], "pass");
+    assert_eq!(json["format"], "raw");
+    assert_eq!(json["layout"]["table"], "gpt");
+}

@@ -1,0 +1,821 @@
+//! Fetch against a real HTTP/1.1 server on 127.0.0.1 (`fetch::testserver`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fetch::testserver::{Resource, TestServer};
+use fetch::{
+    BaseCache, BaseSource, DigestOrigin, Error, ExpectedDigest, FetchEvent, FetchOptions, Location,
+    Outcome, RestartReason, Sha256Digest,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Deterministic, incompressible test data.
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn opts() -> FetchOptions {
+    FetchOptions {
+        retries: 3,
+        backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        ..FetchOptions::default()
+    }
+}
+
+fn inline(url: &str, digest: Sha256Digest) -> BaseSource {
+    BaseSource {
+        location: Location::parse(url).unwrap(),
+        checksum: ExpectedDigest::Sha256(digest),
+    }
+}
+
+/// Collects events for assertions.
+#[derive(Default, Clone)]
+struct Events(Arc<Mutex<Vec<FetchEvent>>>);
+
+impl Events {
+    fn sink(&self) -> impl Fn(FetchEvent) + Send + Sync + use<> {
+        let events = self.0.clone();
+        move |e| events.lock().unwrap().push(e)
+    }
+    fn all(&self) -> Vec<FetchEvent> {
+        self.0.lock().unwrap().clone()
+    }
+    fn restarts(&self) -> Vec<RestartReason> {
+        self.all()
+            .into_iter()
+            .filter_map(|e| match e {
+                FetchEvent::RestartedFromZero { reason } => Some(reason),
+                _ => None,
+            })
+            .collect()
+    }
+    fn retries(&self) -> usize {
+        self.all()
+            .iter()
+            .filter(|e| matches!(e, FetchEvent::Retrying { .. }))
+            .count()
+    }
+}
+
+async fn run(
+    cache: &BaseCache,
+    source: &BaseSource,
+    opts: &FetchOptions,
+    events: &Events,
+) -> fetch::Result<fetch::CachedBase> {
+    let sink = events.sink();
+    cache
+        .fetch(source, opts, &sink, CancellationToken::new())
+        .await
+}
+
+fn partial_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir.join(".partial"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+fn part_path(dir: &Path, digest: &Sha256Digest) -> PathBuf {
+    dir.join(".partial").join(format!("{digest}.part"))
+}
+
+#[tokio::test]
+async fn full_download_lands_in_the_cache_verified() {
+    let server = TestServer::start().unwrap();
+    let body = data(3 << 20, 1);
+    let digest = Sha256Digest::of(&body);
+    server.put("/img/base.img", Resource::bytes(body.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    let events = Events::default();
+
+    let got = run(
+        &cache,
+        &inline(&server.url("/img/base.img"), digest),
+        &opts(),
+        &events,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(got.path, tmp.path().join(digest.to_hex()));
+    assert_eq!(got.digest, digest);
+    assert_eq!(got.size, body.len() as u64);
+    assert_eq!(got.outcome, Outcome::Downloaded { resumed_from: 0 });
+    assert_eq!(std::fs::read(&got.path).unwrap(), body);
+    assert!(partial_files(tmp.path()).is_empty());
+    let reqs = server.body_requests("/img/base.img");
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].range, None);
+    let list = cache.list().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        list[0].source.as_deref(),
+        Some(server.url("/img/base.img").as_str())
+    );
+    let all = events.all();
+    assert!(matches!(
+        all.first(),
+        Some(FetchEvent::DigestResolved {
+            origin: DigestOrigin::Inline,
+            ..
+        })
+    ));
+    assert!(all.contains(&FetchEvent::Downloading {
+        done: body.len() as u64,
+        total: Some(body.len() as u64)
+    }));
+    assert!(all.contains(&FetchEvent::Verified {
+        digest,
+        size: body.len() as u64
+    }));
+}
+
+#[tokio::test]
+async fn a_cut_download_resumes_in_a_later_run_fetching_only_the_rest() {
+    let server = TestServer::start().unwrap();
+    let body = data(4 << 20, 2);
+    let len = body.len() as u64;
+    let digest = Sha256Digest::of(&body);
+    server.put("/base.img", Resource::bytes(body.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    let source = inline(&server.url("/base.img"), digest);
+    let half = len / 2;
+
+    server.cut_next(1, half);
+    let no_retry = FetchOptions {
+        retries: 0,
+        ..opts()
+    };
+    let err = run(&cache, &source, &no_retry, &Events::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Http { .. }), "{err:?}");
+    assert!(
+        cache.list().unwrap().is_empty(),
+        "nothing unverified in the cache"
+    );
+    assert_eq!(
+        std::fs::metadata(part_path(tmp.path(), &digest))
+            .unwrap()
+            .len(),
+        half
+    );
+
+    let events = Events::default();
+    let got = run(&cache, &source, &opts(), &events).await.unwrap();
+    assert_eq!(got.outcome, Outcome::Downloaded { resumed_from: half });
+    assert_eq!(std::fs::read(&got.path).unwrap(), body);
+    let reqs = server.body_requests("/base.img");
+    assert_eq!(reqs.len(), 2);
+    let resumed = &reqs[1];
+    assert_eq!(
+        resumed.range.as_deref(),
+        Some(format!("bytes={half}-").as_str())
+    );
+    assert_eq!(
+        resumed.if_range.as_deref(),
+        Some(format!("\"{len:x}-v1\"").as_str())
+    );
+    assert_eq!(resumed.status, 206);
+    assert_eq!(resumed.body_bytes, len - half, "only the rest was sent");
+    assert!(
+        events
+            .all()
+            .iter()
+            .any(|e| matches!(e, FetchEvent::Hashing { done, .. } if *done == half))
+    );
+    assert!(partial_files(tmp.path()).is_empty());
+}
+
+#[tokio::test]
+async fn cuts_within_one_fetch_are_retried_with_range() {
+    let server = TestServer::start().unwrap();
+    let body = data(3 << 20, 3);
+    let len = body.len() as u64;
+    let digest = Sha256Digest::of(&body);
+    server.put("/base.img", Resource::bytes(body.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    let third = len / 3;
+    server.cut_next(2, third);
+    let events = Events::default();
+
+    let got = run(
+        &cache,
+        &inline(&server.url("/base.img"), digest),
+        &opts(),
+        &events,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(std::fs::read(&got.path).unwrap(), body);
+    let ranges: Vec<_> = server
+        .body_requests("/base.img")
+        .into_iter()
+        .map(|r| r.range)
+        .collect();
+    assert_eq!(
+        ranges,
+        [
+            None,
+            Some(format!("bytes={third}-")),
+            Some(format!("bytes={}-", 2 * third))
+        ]
+    );
+    assert_eq!(events.retries(), 2);
+    // Within one fetch the hash state is kept: no re-hash of the partial.
+    assert!(
+        !events
+            .all()
+            .iter()
+            .any(|e| matches!(e, FetchEvent::Hashing { .. }))
+    );
+}
+
+#[tokio::test]
+async fn a_server_without_range_support_restarts_from_zero() {
+    let server = TestServer::start().unwrap();
+    server.set_ranges(false);
+    let body = data(2 << 20, 4);
+    let len = body.len() as u64;
+    let digest = Sha256Digest::of(&body);
+    server.put("/base.img", Resource::bytes(body.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    server.cut_next(1, len / 2);
+    let events = Events::default();
+
+    let got = run(
+        &cache,
+        &inline(&server.url("/base.img"), digest),
+        &opts(),
+        &events,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(std::fs::read(&got.path).unwrap(), body);
+    let reqs = server.body_requests("/base.img");
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(
+        reqs[1].range.as_deref(),
+        Some(format!("bytes={}-", len / 2).as_str())
+    );
+    assert_eq!((reqs[1].status, reqs[1].body_bytes), (200, len));
+    assert_eq!(events.restarts(), [RestartReason::RangeIgnored]);
+}
+
+#[tokio::test]
+async fn a_changed_etag_makes_if_range_fetch_everything() {
+    let server = TestServer::start().unwrap();
+    let body = data(2 << 20, 5);
+    let len = body.len() as u64;
+    let digest = Sha256Digest::of(&body);
+    server.put("/base.img", Resource::bytes(body.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    let source = inline(&server.url("/base.img"), digest);
+    server.cut_next(1, len / 2);
+    let no_retry = FetchOptions {
+        retries: 0,
+        ..opts()
+    };
+    run(&cache, &source, &no_retry, &Events::default())
+        .await
+        .unwrap_err();
+
+    let mut changed = Resource::bytes(body.clone());
+    changed.etag = Some("\"v2\"".into());
+    server.put("/base.img", changed);
+    let events = Events::default();
+    let got = run(&cache, &source, &opts(), &events).await.unwrap();
+
+    assert_eq!(got.outcome, Outcome::Downloaded { resumed_from: 0 });
+    let last = server.body_requests("/base.img").pop().unwrap();
+    assert_eq!(
+        last.if_range.as_deref(),
+        Some(format!("\"{len:x}-v1\"").as_str())
+    );
+    assert_eq!((last.status, last.body_bytes), (200, len));
+    assert_eq!(events.restarts(), [RestartReason::RangeIgnored]);
+}
+
+#[tokio::test]
+async fn a_bad_partial_without_validators_is_redone_once_from_scratch() {
+    let server = TestServer::start().unwrap();
+    let body = data(2 << 20, 6);
+    let len = body.len() as u64;
+    let digest = Sha256Digest::of(&body);
+    let mut plain = Resource::bytes(body.clone());
+    plain.etag = None;
+    server.put("/base.img", plain);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    let source = inline(&server.url("/base.img"), digest);
+    server.cut_next(1, len / 2);
+    let no_retry = FetchOptions {
+        retries: 0,
+        ..opts()
+    };
+    run(&cache, &source, &no_retry, &Events::default())
+        .await
+        .unwrap_err();
+    // Damage the kept half, as a file changed upstream without validators would.
+    let part = part_path(tmp.path(), &digest);
+    let mut kept = std::fs::read(&part).unwrap();
+    kept[10] ^= 0xff;
+    std::fs::write(&part, kept).unwrap();
+
+    let events = Events::default();
+    let got = run(&cache, &source, &opts(), &events).await.unwrap();
+
+    assert_eq!(std::fs::read(&got.path).unwrap(), body);
+    let reqs = server.body_requests("/base.img");
+    assert_eq!(reqs[1].if_range, None, "no validator to send");
+    assert_eq!(reqs[1].status, 206);
+    assert_eq!((reqs[2].range.clone(), reqs[2].status), (None, 200));
+    assert_eq!(events.restarts(), [RestartReason::ResumedMismatch]);
+}
+
+#[tokio::test]
+async fn a_checksum_mismatch_names_both_digests_and_caches_nothing() {
+    let server = TestServer::start().unwrap();
+    let body = data(1 << 20, 7);
+    let actual = Sha256Digest::of(&body);
+    let expected = Sha256Digest::of(b"something else");
+    server.put("/base.img", Resource::bytes(body));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+
+    let err = run(
+        &cache,
+        &inline(&server.url("/base.img"), expected),
+        &opts(),
+        &Events::default(),
+    )
+    .await
+    .unwrap_err();
+
+    match &err {
+        Error::Mismatch {
+            expected: e,
+            actual: a,
+            ..
+        } => assert_eq!((*e, *a), (expected, actual)),
+        other => panic!("{other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&expected.to_hex()) && text.contains(&actual.to_hex()),
+        "{text}"
+    );
+    assert!(cache.list().unwrap().is_empty());
+    assert!(partial_files(tmp.path()).is_empty(), "partial removed");
+    assert!(!tmp.path().join(expected.to_hex()).exists());
+}
+
+fn sums_source(server: &TestServer, image: &str) -> BaseSource {
+    BaseSource {
+        location: Location::parse(&server.url(image)).unwrap(),
+        checksum: format!("file:{}", server.url("/dir/SHA256SUMS"))
+            .parse()
+            .unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn sha256sums_list_gives_the_digest_and_a_hit_costs_only_that_request() {
+    let server = TestServer::start().unwrap();
+    let body = data(1 << 20, 8);
+    let digest = Sha256Digest::of(&body);
+    let other = Sha256Digest::of(b"other");
+    server.put(
+        "/dir/jammy-server-cloudimg-amd64.img",
+        Resource::bytes(body.clone()),
+    );
+    let sums = format!(
+        "{other} *jammy-server-cloudimg-arm64.img\n{digest} *jammy-server-cloudimg-amd64.img\n"
+    );
+    server.put("/dir/SHA256SUMS", Resource::bytes(sums.into_bytes()));
+    let tmp = tempfile::tempdir().unwrap();
+    let source = sums_source(&server, "/dir/jammy-server-cloudimg-amd64.img");
+
+    let events = Events::default();
+    let got = run(
+        &BaseCache::open(tmp.path()).unwrap(),
+        &source,
+        &opts(),
+        &events,
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.digest, digest);
+    assert!(matches!(
+        &events.all()[0],
+        FetchEvent::DigestResolved {
+            origin: DigestOrigin::Sums { .. },
+            ..
+        }
+    ));
+
+    let before = server.requests().len();
+    let again = run(
+        &BaseCache::open(tmp.path()).unwrap(),
+        &source,
+        &opts(),
+        &Events::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.outcome, Outcome::CacheHit);
+    let new: Vec<_> = server.requests()[before..]
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(new, ["/dir/SHA256SUMS"]);
+}
+
+#[tokio::test]
+async fn a_local_sums_list_in_text_mode_form_works_too() {
+    let server = TestServer::start().unwrap();
+    let body = data(1 << 20, 9);
+    let digest = Sha256Digest::of(&body);
+    server.put("/x/noble.img", Resource::bytes(body));
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("SHA256SUMS");
+    std::fs::write(&list, format!("{digest}  noble.img\n")).unwrap();
+    let source = BaseSource {
+        location: Location::parse(&server.url("/x/noble.img")).unwrap(),
+        checksum: format!("file:{}", list.display()).parse().unwrap(),
+    };
+    let cache = BaseCache::open(tmp.path().join("cache")).unwrap();
+    let got = run(&cache, &source, &opts(), &Events::default())
+        .await
+        .unwrap();
+    assert_eq!(got.digest, digest);
+}
+
+#[tokio::test]
+async fn a_sums_list_without_the_file_is_a_clear_error_and_downloads_nothing() {
+    let server = TestServer::start().unwrap();
+    server.put(
+        "/dir/SHA256SUMS",
+        Resource::bytes(format!("{} *other.img\n", "a".repeat(64)).into_bytes()),
+    );
+    server.put("/dir/wanted.img", Resource::bytes(vec![1u8; 10]));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+
+    let err = run(
+        &cache,
+        &sums_source(&server, "/dir/wanted.img"),
+        &opts(),
+        &Events::default(),
+    )
+    .await
+    .unwrap_err();
+
+    assert!(matches!(err, Error::SumsMissing { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&server.url("/dir/SHA256SUMS")) && text.contains("wanted.img"),
+        "{text}"
+    );
+    assert!(server.body_requests("/dir/wanted.img").is_empty());
+}
+
+#[tokio::test]
+async fn a_cache_hit_with_an_inline_digest_makes_no_request() {
+    let server = TestServer::start().unwrap();
+    let body = data(1 << 20, 10);
+    let digest = Sha256Digest::of(&body);
+    server.put("/base.img", Resource::bytes(body));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    let source = inline(&server.url("/base.img"), digest);
+    run(&cache, &source, &opts(), &Events::default())
+        .await
+        .unwrap();
+    let before = server.requests().len();
+
+    let hit = run(&cache, &source, &opts(), &Events::default())
+        .await
+        .unwrap();
+    let verified = FetchOptions {
+        verify_cache_hits: true,
+        ..opts()
+    };
+    let checked = run(&cache, &source, &verified, &Events::default())
+        .await
+        .unwrap();
+
+    assert_eq!(hit.outcome, Outcome::CacheHit);
+    assert_eq!(checked.outcome, Outcome::CacheHit);
+    assert_eq!(server.requests().len(), before);
+}
+
+#[tokio::test]
+async fn offline_uses_only_the_cache() {
+    let server = TestServer::start().unwrap();
+    let body = data(1 << 20, 11);
+    let digest = Sha256Digest::of(&body);
+    server.put("/dir/base.img", Resource::bytes(body));
+    server.put(
+        "/dir/SHA256SUMS",
+        Resource::bytes(format!("{digest} *base.img\n").into_bytes()),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    let offline = FetchOptions {
+        offline: true,
+        ..opts()
+    };
+    let by_inline = inline(&server.url("/dir/base.img"), digest);
+    let by_sums = sums_source(&server, "/dir/base.img");
+
+    // Without a hit: clear errors, no request.
+    let err = run(&cache, &by_inline, &offline, &Events::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::OfflineMiss { .. }), "{err:?}");
+    assert!(err.to_string().contains(&digest.to_hex()));
+    let err = run(&cache, &by_sums, &offline, &Events::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::OfflineSums { .. }), "{err:?}");
+    assert!(server.requests().is_empty());
+
+    // Online once (saves the SUMS copy), then offline hits with no request at all.
+    run(&cache, &by_sums, &opts(), &Events::default())
+        .await
+        .unwrap();
+    let before = server.requests().len();
+    let hit = run(&cache, &by_inline, &offline, &Events::default())
+        .await
+        .unwrap();
+    assert_eq!(hit.outcome, Outcome::CacheHit);
+    let events = Events::default();
+    let hit = run(&cache, &by_sums, &offline, &events).await.unwrap();
+    assert_eq!(hit.outcome, Outcome::CacheHit);
+    assert!(matches!(
+        &events.all()[0],
+        FetchEvent::DigestResolved {
+            origin: DigestOrigin::SavedSums {
+                fetched_at: Some(_),
+                ..
+            },
+            ..
+        }
+    ));
+    assert_eq!(server.requests().len(), before);
+}
+
+#[tokio::test]
+async fn two_concurrent_fetches_download_once() {
+    let server = TestServer::start().unwrap();
+    let body = data(2 << 20, 12);
+    let digest = Sha256Digest::of(&body);
+    server.put("/base.img", Resource::bytes(body.clone()));
+    server.throttle(Some(Duration::from_millis(2)));
+    let tmp = tempfile::tempdir().unwrap();
+    let source = inline(&server.url("/base.img"), digest);
+    let (a, b) = (
+        BaseCache::open(tmp.path()).unwrap(),
+        BaseCache::open(tmp.path()).unwrap(),
+    );
+    let (ea, eb) = (Events::default(), Events::default());
+
+    let o = opts();
+    let (ra, rb) = tokio::join!(run(&a, &source, &o, &ea), run(&b, &source, &o, &eb));
+
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.path, rb.path);
+    assert_eq!(std::fs::read(&ra.path).unwrap(), body);
+    assert_eq!(server.body_requests("/base.img").len(), 1);
+    let mut outcomes = [ra.outcome, rb.outcome].map(|o| matches!(o, Outcome::CacheHit));
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [false, true],
+        "one downloads, the other finds the hit"
+    );
+    let waited = |e: &Events| {
+        e.all()
+            .iter()
+            .any(|e| matches!(e, FetchEvent::WaitingForLock { .. }))
+    };
+    assert!(waited(&ea) || waited(&eb));
+}
+
+#[tokio::test]
+async fn five_xx_is_retried_and_4xx_is_not() {
+    let server = TestServer::start().unwrap();
+    let body = data(100_000, 13);
+    let digest = Sha256Digest::of(&body);
+    server.put("/base.img", Resource::bytes(body));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    server.fail_next(2, 503);
+    let events = Events::default();
+    run(
+        &cache,
+        &inline(&server.url("/base.img"), digest),
+        &opts(),
+        &events,
+    )
+    .await
+    .unwrap();
+    assert_eq!(events.retries(), 2);
+
+    server.fail_next(10, 500);
+    let err = run(
+        &cache,
+        &inline(&server.url("/other.img"), digest),
+        &opts(),
+        &Events::default(),
+    )
+    .await;
+    // Same digest is already cached: the inline hit needs no request, even with a failing server.
+    assert!(err.is_ok());
+
+    let missing = Sha256Digest::of(b"missing");
+    server.fail_next(0, 500);
+    let secret_url = server
+        .url("/nope.img")
+        .replace("http://", "http://user:hunter2@")
+        + "?token=s3cr3t";
+    let events = Events::default();
+    let err = run(&cache, &inline(&secret_url, missing), &opts(), &events)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Status { status, .. } if status.as_u16() == 404),
+        "{err:?}"
+    );
+    assert_eq!(events.retries(), 0);
+    let mut chain = format!("{err} {err:?}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain.push_str(&format!(" {cause} {cause:?}"));
+        source = cause.source();
+    }
+    assert!(
+        chain.contains("404") && chain.contains("/nope.img"),
+        "{chain}"
+    );
+    assert!(
+        !chain.contains("hunter2") && !chain.contains("s3cr3t"),
+        "{chain}"
+    );
+}
+
+#[tokio::test]
+async fn connection_errors_are_retried_then_reported_without_credentials() {
+    // A port nobody listens on.
+    let port = test_support::free_port();
+    let url = format!("http://user:hunter2@127.0.0.1:{port}/base.img?sig=s3cr3t");
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    let events = Events::default();
+    let err = run(
+        &cache,
+        &inline(&url, Sha256Digest::of(b"x")),
+        &opts(),
+        &events,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Http { .. }), "{err:?}");
+    assert_eq!(events.retries(), 3);
+    let mut chain = format!("{err} {err:?}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain.push_str(&format!(" {cause} {cause:?}"));
+        source = cause.source();
+    }
+    for event in events.all() {
+        chain.push_str(&format!(" {event:?}"));
+    }
+    assert!(
+        !chain.contains("hunter2") && !chain.contains("s3cr3t"),
+        "{chain}"
+    );
+}
+
+#[tokio::test]
+async fn local_bases_are_hashed_in_place_not_copied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = data(2 << 20, 14);
+    let digest = Sha256Digest::of(&body);
+    let image = tmp.path().join("local base.img");
+    std::fs::write(&image, &body).unwrap();
+    let cache = BaseCache::open(tmp.path().join("cache")).unwrap();
+    let file_url = url::Url::from_file_path(&image).unwrap().to_string();
+
+    for spec in [image.display().to_string(), file_url] {
+        let source = inline(&spec, digest);
+        let got = run(&cache, &source, &opts(), &Events::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (got.path.as_path(), got.outcome),
+            (image.as_path(), Outcome::LocalFile)
+        );
+        // Offline makes no difference for local files.
+        let offline = FetchOptions {
+            offline: true,
+            ..opts()
+        };
+        run(&cache, &source, &offline, &Events::default())
+            .await
+            .unwrap();
+    }
+    assert!(
+        cache.list().unwrap().is_empty(),
+        "nothing copied into the cache"
+    );
+
+    // A changed local file is caught at the next fetch.
+    std::fs::write(&image, b"changed").unwrap();
+    let err = run(
+        &cache,
+        &inline(&image.display().to_string(), digest),
+        &opts(),
+        &Events::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Mismatch { .. }), "{err:?}");
+    // A local SHA256SUMS list next to a local image.
+    std::fs::write(&image, &body).unwrap();
+    std::fs::write(
+        tmp.path().join("SHA256SUMS"),
+        format!("{digest} *local base.img\n"),
+    )
+    .unwrap();
+    let source = BaseSource {
+        location: Location::File(image.clone()),
+        checksum: format!("file:{}", tmp.path().join("SHA256SUMS").display())
+            .parse()
+            .unwrap(),
+    };
+    assert_eq!(
+        run(&cache, &source, &opts(), &Events::default())
+            .await
+            .unwrap()
+            .digest,
+        digest
+    );
+}
+
+#[tokio::test]
+async fn cancelling_keeps_the_partial_for_a_later_resume() {
+    let server = TestServer::start().unwrap();
+    let body = data(4 << 20, 15);
+    let digest = Sha256Digest::of(&body);
+    server.put("/base.img", Resource::bytes(body.clone()));
+    server.throttle(Some(Duration::from_millis(5)));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    let source = inline(&server.url("/base.img"), digest);
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let progress = move |e: FetchEvent| {
+        if matches!(e, FetchEvent::Downloading { done, .. } if done > 0) {
+            trigger.cancel();
+        }
+    };
+
+    let err = cache
+        .fetch(&source, &opts(), &progress, cancel)
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, Error::Cancelled), "{err:?}");
+    let kept = std::fs::metadata(part_path(tmp.path(), &digest))
+        .unwrap()
+        .len();
+    assert!(kept > 0);
+    server.throttle(None);
+    let got = run(&cache, &source, &opts(), &Events::default())
+        .await
+        .unwrap();
+    assert_eq!(got.outcome, Outcome::Downloaded { resumed_from: kept });
+    assert_eq!(std::fs::read(&got.path).unwrap(), body);
+}

@@ -1,0 +1,126 @@
+//! The command line (clap derive). Each command's arguments live next to its code in
+//! `commands/<name>.rs`; add a command by adding a variant here and a line in
+//! `commands::run`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands::recipe::RecipeArgs;
+use crate::commands::{
+    export::ExportArgs, plan::PlanArgs, validate::ValidateArgs, verify::VerifyArgs,
+};
+use crate::report::exit_status_help;
+
+const LONG_ABOUT: &str = "\
+imgbake bakes VM disk images for GPU clouds. It boots an Ubuntu cloud image under QEMU, \
+feeds it a cloud-init seed it writes itself, runs a recipe's ordered shell steps over SSH, \
+checkpoints the disk after each step, exports a sparse RAW image and verifies it offline.
+
+A recipe is a YAML file naming the base image, the build VM, the steps and what to check; \
+docs/recipes.md describes the format.";
+
+const AFTER_HELP: &str = concat!(
+    "EXAMPLES:\n",
+    "    Check that the recipes are well-formed:\n",
+    "        imgbake validate recipes/*.yaml\n",
+    "\n",
+    "    Show what a build would do, for Ubuntu 24.04:\n",
+    "        imgbake plan recipes/nvidia-fw1.yaml --var ubuntu_version=24.04 --var ubuntu_codename=noble\n",
+    "\n",
+    exit_status_help!(),
+);
+
+/// Bake VM disk images for GPU clouds.
+#[derive(Debug, Parser)]
+#[command(
+    name = "imgbake",
+    version,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_HELP,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); IMGBAKE_LOG, a tracing
+    /// filter such as `imgbake=debug`, overrides it
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// When to colour output: auto colours a terminal unless NO_COLOR is set
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true, value_name = "WHEN")]
+    pub color: ColorChoice,
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when the stream is a terminal and NO_COLOR is unset.
+    Auto,
+    /// Always colour.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build images from recipes: boot, run the steps over SSH, checkpoint, export, verify
+    Recipe(RecipeArgs),
+    /// Check recipes for errors without building anything
+    #[command(long_about = crate::commands::validate::LONG_ABOUT, after_long_help = crate::commands::validate::AFTER_HELP)]
+    Validate(ValidateArgs),
+    /// Show what a build of a recipe would do: base, VM, steps and checkpoint keys
+    #[command(long_about = crate::commands::plan::LONG_ABOUT, after_long_help = crate::commands::plan::AFTER_HELP)]
+    Plan(PlanArgs),
+    /// Fetch recipes' base images into the verified cache (resumable, checked against sha256)
+    Fetch(crate::commands::fetch::FetchArgs),
+    /// Verify an exported image offline: GPU firmware option, driver, initramfs, hygiene
+    Verify(VerifyArgs),
+    /// Export a disk to sparse RAW (and compressed qcow2) with SHA256SUMS
+    Export(ExportArgs),
+    /// Upload an image to S3-compatible storage (multipart, parallel, skips identical objects)
+    Upload(crate::commands::upload::UploadArgs),
+    /// Register an uploaded image with the Nscale region API
+    Register(crate::commands::register::RegisterArgs),
+}
+
+/// `--var NAME=VALUE`, shared by every command that loads a recipe.
+#[derive(Debug, Clone, Args)]
+pub struct VarArgs {
+    /// Override a recipe var (repeatable); NAME must be a var the recipe defines, and scripts
+    /// see it upper-cased (nvidia_driver_branch → NVIDIA_DRIVER_BRANCH)
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<recipe::VarOverride>,
+}
+
+/// `--accel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccelArg {
+    /// KVM if /dev/kvm is writable, else TCG; a KVM failure before the first step restarts
+    /// the VM under TCG
+    Auto,
+    /// KVM only (fails at once if KVM cannot run the guest)
+    Kvm,
+    /// TCG software emulation (slow, works everywhere)
+    Tcg,
+}
+
+impl From<AccelArg> for recipe::AccelChoice {
+    fn from(accel: AccelArg) -> Self {
+        match accel {
+            AccelArg::Auto => recipe::AccelChoice::Auto,
+            AccelArg::Kvm => recipe::AccelChoice::Kvm,
+            AccelArg::Tcg => recipe::AccelChoice::Tcg,
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! `imgbake recipe`: build images from recipes.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::cli::{AccelArg, VarArgs};
+use crate::output::Output;
+use crate::render::{BakeRenderer, RenderMode};
+use crate::report::{CliError, ExitStatus, exit_status_help};
+
+const AFTER_HELP: &str = concat!(
+    "EXAMPLES:\n",
+    "    Build the NVIDIA image (reuses checkpoints of earlier builds):\n",
+    "        imgbake recipe recipes/nvidia-fw1.yaml\n",
+    "\n",
+    "    You fixed step 04: rerun from it, skipping 01-03:\n",
+    "        imgbake recipe recipes/nvidia-fw1.yaml --resume-from 04\n",
+    "\n",
+    "    Two images at once, CI-friendly output:\n",
+    "        imgbake recipe recipes/gpu-ready.yaml recipes/nvidia-fw1.yaml --jobs 2 --json\n",
+    "\n",
+    "OUTPUT (in --output, default output/<recipe name>/):\n",
+    "    <name>.qcow2, <name>.raw (sparse), SHA256SUMS, manifest.json, api-payload.json,\n",
+    "    run.json, logs/NN-<step>.log, logs/serial.log\n",
+    "\n",
+    "CTRL-C:\n",
+    "    The first Ctrl-C stops the running step and powers the guest off; checkpoints of\n",
+    "    finished steps are kept, so a rerun resumes. A second Ctrl-C kills QEMU at once.\n",
+    "\n",
+    exit_status_help!(),
+);
+
+/// Arguments of `imgbake recipe`.
+#[derive(Debug, Args)]
+#[command(after_long_help = AFTER_HELP)]
+pub struct RecipeArgs {
+    /// The recipes to build
+    #[arg(required = true, value_name = "RECIPE")]
+    pub recipes: Vec<PathBuf>,
+    #[command(flatten)]
+    pub vars: VarArgs,
+    /// Accelerator: auto uses KVM if /dev/kvm is writable (and restarts once under TCG if KVM
+    /// fails); overrides the recipe's vm.accel
+    #[arg(long, value_enum, value_name = "ACCEL")]
+    pub accel: Option<AccelArg>,
+    /// Output directory (with several recipes, each gets <DIR>/<recipe name>/)
+    #[arg(long, short, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Cache directory for base images and checkpoints [default: $XDG_CACHE_HOME/imgbake]
+    #[arg(long, env = "IMGBAKE_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Start from the checkpoint after the step before NN, then run NN and everything after
+    #[arg(long, value_name = "NN", conflicts_with = "no_cache")]
+    pub resume_from: Option<String>,
+    /// Do not reuse checkpoints (new ones are still saved)
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Use only cached base images; never touch the network
+    #[arg(long)]
+    pub offline: bool,
+    /// When a step fails, keep the VM running and print the ssh command; Ctrl-C ends it
+    #[arg(long)]
+    pub keep_on_failure: bool,
+    /// Print one JSON object per event on stdout instead of the progress display
+    #[arg(long)]
+    pub json: bool,
+    /// Build this many recipes at once
+    #[arg(long, short, default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+}
+
+/// Runs `imgbake recipe`.
+pub fn run(args: &RecipeArgs, out: &Output) -> Result<ExitStatus, CliError> {
+    let mut recipes = Vec::new();
+    for path in &args.recipes {
+        let mut recipe = recipe::Recipe::load(path, &args.vars.vars)?;
+        if let Some(accel) = args.accel {
+            recipe.vm.accel = accel.into();
+        }
+        recipes.push(recipe);
+    }
+    let several = recipes.len() > 1;
+    let mut seen = std::collections::BTreeSet::new();
+    for recipe in &recipes {
+        if several && !seen.insert(recipe.name.clone()) {
+            return Err(CliError::DuplicateRecipeName(recipe.name.clone()));
+        }
+    }
+    let start = match (&args.resume_from, args.no_cache) {
+        (Some(_), _) if several => return Err(CliError::ResumeWithSeveralRecipes),
+        (Some(id), _) => {
+            let step = recipes[0].step_by_arg(id)?;
+            pipeline::StartRequest::ResumeFrom(step.id)
+        }
+        (None, true) => pipeline::StartRequest::Fresh,
+        (None, false) => pipeline::StartRequest::Reuse,
+    };
+    let cache_dir = match &args.cache_dir {
+        Some(dir) => dir.clone(),
+        None => crate::commands::default_cache_dir()?,
+    };
+    let requests: Vec<pipeline::BakeRequest> = recipes
+        .into_iter()
+        .map(|recipe| {
+            let output_dir = match (&args.output, several) {
+                (Some(dir), false) => dir.clone(),
+                (Some(dir), true) => dir.join(&recipe.name),
+                (None, _) => PathBuf::from("output").join(&recipe.name),
+            };
+            let mut request = pipeline::BakeRequest::new(recipe, output_dir, cache_dir.clone());
+            request.start = start.clone();
+            request.offline = args.offline;
+            request.keep_on_failure = args.keep_on_failure;
+            request
+        })
+        .collect();
+
+    let runtime = crate::commands::runtime()?;
+    let mode = if args.json { RenderMode::Json } else { RenderMode::Human };
+    let results = runtime.block_on(bake_all(requests, args.jobs.max(1), mode, *out));
+    let mut worst = ExitStatus::Success;
+    for result in results {
+        let status = match result {
+            Ok(summary) if summary.verify.passed => ExitStatus::Success,
+            Ok(_) => ExitStatus::VerifyFailed,
+            Err(err) => crate::report::report(&CliError::Bake(Box::new(err)), out),
+        };
+        if status != ExitStatus::Success && worst == ExitStatus::Success {
+            worst = status;
+        }
+    }
+    Ok(worst)
+}
+
+async fn bake_all(
+    requests: Vec<pipeline::BakeRequest>,
+    jobs: usize,
+    mode: RenderMode,
+    out: Output,
+) -> Vec<pipeline::Result<pipeline::BakeSummary>> {
+    let cancel = pipeline::Cancel::default();
+    let signals = tokio::spawn(forward_signals(cancel.clone()));
+    let limit = tokio::sync::Semaphore::new(jobs);
+    let several = requests.len() > 1;
+    // Polled in this task rather than spawned: the pipeline's future is not `Send` (its boot
+    // step holds an async closure), and concurrency, not parallelism, is what --jobs needs.
+    let builds = requests.into_iter().map(|request| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let renderer = BakeRenderer::new(request.recipe.name.clone(), several, mode, out);
+        let render = tokio::spawn(renderer.run(rx));
+        let cancel = cancel.clone();
+        let limit = &limit;
+        async move {
+            let _permit = limit.acquire().await;
+            let result = pipeline::bake(request, tx, cancel).await;
+            let _ = render.await;
+            if let (RenderMode::Human, Ok(summary)) = (mode, &result) {
+                crate::render::print_summary(summary, out);
+            }
+            result
+        }
+    });
+    let results = futures::future::join_all(builds).await;
+    signals.abort();
+    results
+}
+
+/// First Ctrl-C (or SIGTERM): graceful stop. Second: kill QEMU.
+async fn forward_signals(cancel: pipeline::Cancel) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        if first {
+            eprintln!("\ninterrupted: stopping the step and powering the guest off (Ctrl-C again to kill it)");
+            cancel.graceful.cancel();
+            first = false;
+        } else {
+            eprintln!("\ninterrupted again: killing QEMU");
+            cancel.hard.cancel();
+            return;
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Errors the binary reports, their exit codes, and how they are printed.
+//!
+//! Every failure is printed once, to stderr: `error: <message>`, then each cause on its own
+//! `caused by:` line, then `try: <hint>`. Recipe problems print each located diagnostic with
+//! its snippet. To add an error source, add a variant to [`CliError`] and an arm to
+//! [`CliError::exit_status`] / [`CliError::hint`].
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use crate::output::{Output, Paint};
+
+/// The documented exit codes (listed in every command's `--help` under EXIT STATUS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// 0: success.
+    Success,
+    /// 1: an error not listed below (I/O, internal).
+    Failure,
+    /// 2: bad command line.
+    Usage,
+    /// 3: a recipe is invalid.
+    InvalidRecipe,
+    /// 4: a build step failed.
+    StepFailed,
+    /// 5: the build VM or the guest failed (QEMU died, KVM error, SSH or cloud-init).
+    VmFailed,
+    /// 6: the image failed offline verification.
+    VerifyFailed,
+    /// 130: interrupted (Ctrl-C).
+    Interrupted,
+}
+
+impl ExitStatus {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Usage => 2,
+            ExitStatus::InvalidRecipe => 3,
+            ExitStatus::StepFailed => 4,
+            ExitStatus::VmFailed => 5,
+            ExitStatus::VerifyFailed => 6,
+            ExitStatus::Interrupted => 130,
+        }
+    }
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> ExitCode {
+        ExitCode::from(status.code())
+    }
+}
+
+/// The EXIT STATUS section of `--help` (a macro so `concat!` can use it).
+macro_rules! exit_status_help {
+    () => {
+        concat!(
+            "EXIT STATUS:\n",
+            "    0  success\n",
+            "    1  an error not listed below (I/O, internal)\n",
+            "    2  bad command line (unknown flag, malformed --var)\n",
+            "    3  a recipe is invalid (each problem is printed with file:line:col and a fix)\n",
+            "    4  a build step failed (its last lines, log and how to resume are printed)\n",
+            "    5  the build VM or guest failed (QEMU exited, KVM error, SSH or cloud-init)\n",
+            "    6  the image failed offline verification\n",
+            "  130  interrupted by Ctrl-C (finished steps keep their checkpoints)\n",
+        )
+    };
+}
+pub(crate) use exit_status_help;
+
+/// Everything a command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Loading or querying a recipe failed.
+    #[error(transparent)]
+    Recipe(#[from] recipe::Error),
+    /// Writing to stdout failed (other than a closed pipe).
+    #[error("cannot write to standard output")]
+    Stdout(#[source] io::Error),
+    /// Serialising JSON output failed.
+    #[error("cannot write JSON output")]
+    Json(#[source] serde_json::Error),
+    /// A build failed.
+    #[error("build failed")]
+    Bake(#[source] Box<pipeline::Error>),
+    /// Two recipes given at once have the same name (their outputs would collide).
+    #[error("two recipes are named `{0}`; their outputs would collide")]
+    DuplicateRecipeName(String),
+    /// `--resume-from` with several recipes.
+    #[error("--resume-from takes a single recipe")]
+    ResumeWithSeveralRecipes,
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+    /// No cache directory could be found.
+    #[error("no cache directory: {0}")]
+    CacheDir(String),
+}
+
+impl CliError {
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            CliError::Recipe(recipe::Error::BadVarOverride { .. }) => ExitStatus::Usage,
+            CliError::Recipe(recipe::Error::Read { .. } | recipe::Error::Invalid { .. }) => {
+                ExitStatus::InvalidRecipe
+            }
+            CliError::Recipe(_) => ExitStatus::Usage,
+            CliError::Bake(e) => bake_exit_status(e),
+            CliError::DuplicateRecipeName(_) | CliError::ResumeWithSeveralRecipes => ExitStatus::Usage,
+            CliError::Stdout(_) | CliError::Json(_) | CliError::Runtime(_) | CliError::CacheDir(_) => {
+                ExitStatus::Failure
+            }
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            CliError::Recipe(e) => e.hint(),
+            CliError::Bake(e) => bake_hint(e),
+            CliError::DuplicateRecipeName(_) => Some("give each recipe a distinct `name:`".into()),
+            CliError::ResumeWithSeveralRecipes => Some("resume one recipe at a time".into()),
+            CliError::CacheDir(_) => Some("pass --cache-dir DIR or set IMGBAKE_CACHE_DIR".into()),
+            CliError::Stdout(_) | CliError::Json(_) | CliError::Runtime(_) => None,
+        }
+    }
+
+    /// A closed stdout (`imgbake plan … | head`) is not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        match self {
+            CliError::Stdout(e) => e.kind() == io::ErrorKind::BrokenPipe,
+            CliError::Json(e) => e.io_error_kind() == Some(io::ErrorKind::BrokenPipe),
+            _ => false,
+        }
+    }
+}
+
+/// Maps a stdout write error.
+pub fn stdout_err(e: io::Error) -> CliError {
+    CliError::Stdout(e)
+}
+
+/// Prints `err` once (with its causes and hint) and returns its exit status.
+pub fn report(err: &CliError, out: &Output) -> ExitStatus {
+    if err.is_broken_pipe() {
+        return ExitStatus::Success;
+    }
+    let paint = out.stderr();
+    let mut stderr = io::stderr().lock();
+    let _ = match err {
+        CliError::Recipe(recipe::Error::Invalid { diagnostics, .. }) => {
+            write_diagnostics(&mut stderr, diagnostics, paint)
+        }
+        CliError::Bake(bake) if matches!(**bake, pipeline::Error::StepFailed(_)) => {
+            write_step_failure(&mut stderr, bake, err.hint(), paint)
+        }
+        _ => write_error(&mut stderr, err, err.hint(), paint),
+    };
+    err.exit_status()
+}
+
+/// `error: …`, `caused by: …` for each source, `try: …`.
+pub fn write_error(
+    w: &mut dyn Write,
+    err: &dyn std::error::Error,
+    hint: Option<String>,
+    paint: Paint,
+) -> io::Result<()> {
+    writeln!(w, "{} {err}", paint.error("error:"))?;
+    let mut source = err.source();
+    while let Some(cause) = source {
+        writeln!(w, "  caused by: {cause}")?;
+        source = cause.source();
+    }
+    if let Some(hint) = hint {
+        writeln!(w, "{} {hint}", paint.hint("try:"))?;
+    }
+    Ok(())
+}
+
+/// Each diagnostic: `error: file:line:col: message`, the snippet, `try: hint`; a blank line
+/// between them.
+pub fn write_diagnostics(
+    w: &mut dyn Write,
+    diagnostics: &[recipe::Diagnostic],
+    paint: Paint,
+) -> io::Result<()> {
+    for (i, d) in diagnostics.iter().enumerate() {
+        if i > 0 {
+            writeln!(w)?;
+        }
+        writeln!(w, "{} {d}", paint.error("error:"))?;
+        if let Some(snippet) = &d.snippet {
+            writeln!(w, "{}", paint.dim(snippet))?;
+        }
+        if let Some(hint) = &d.hint {
+            writeln!(w, "{} {hint}", paint.hint("try:"))?;
+        }
+    }
+    Ok(())
+}
+
+fn bake_exit_status(err: &pipeline::Error) -> ExitStatus {
+    use pipeline::Error as E;
+    match err {
+        E::Recipe { .. } => ExitStatus::Usage,
+        E::NoCheckpoint { .. } => ExitStatus::Usage,
+        E::StepFailed(_) => ExitStatus::StepFailed,
+        E::Interrupted { .. } => ExitStatus::Interrupted,
+        E::Vm { .. } | E::Guest { .. } | E::CloudInitNeverRan { .. } => ExitStatus::VmFailed,
+        _ => ExitStatus::Failure,
+    }
+}
+
+fn bake_hint(err: &pipeline::Error) -> Option<String> {
+    use pipeline::Error as E;
+    match err {
+        E::Recipe { source } => source.hint(),
+        E::NoCheckpoint { missing, .. } => Some(format!(
+            "run the build without --resume-from first (or --resume-from {missing}), so the earlier steps get checkpoints"
+        )),
+        E::StepFailed(f) => Some(format!(
+            "fix the script, then rerun the same command: steps before {} are reused from their checkpoints (or add --resume-from {}); add --keep-on-failure to get a shell in the VM when it fails",
+            f.id, f.id
+        )),
+        E::Interrupted { .. } => Some("rerun the same command: finished steps are reused from their checkpoints".into()),
+        E::Vm { source } if source.is_kvm_failure() => {
+            Some("KVM cannot run this guest here; use --accel tcg".into())
+        }
+        E::Vm { .. } | E::Guest { .. } | E::CloudInitNeverRan { .. } => Some(
+            "read the serial log named above; -v shows more; --accel tcg if KVM misbehaves".into(),
+        ),
+        E::Fetch { .. } => Some("check the recipe's base url and checksum, or use --offline with a cached image".into()),
+        _ => None,
+    }
+}
+
+/// A failed step: what failed, its last lines, where the logs are, how to resume.
+fn write_step_failure(
+    w: &mut dyn Write,
+    err: &pipeline::Error,
+    hint: Option<String>,
+    paint: Paint,
+) -> io::Result<()> {
+    let pipeline::Error::StepFailed(f) = err else {
+        return write_error(w, err, hint, paint);
+    };
+    writeln!(w, "{} step {} ({}) failed: {}", paint.error("error:"), f.id, f.name, f.exit)?;
+    if !f.last_lines.is_empty() {
+        writeln!(w, "  last {} lines of its output:", f.last_lines.len())?;
+        for line in &f.last_lines {
+            writeln!(w, "    {line}")?;
+        }
+    }
+    writeln!(w, "  step log:   {}", f.log.display())?;
+    writeln!(w, "  serial log: {}", f.serial_log.display())?;
+    if let Some(hint) = hint {
+        writeln!(w, "{} {hint}", paint.hint("try:"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! The `imgbake` binary: validate and plan on the shipped recipes and the malformed corpus,
+//! exit codes, JSON output and help text.
+
+use assert_cmd::Command;
+
+fn imgbake() -> Command {
+    let mut cmd = Command::cargo_bin("imgbake").unwrap();
+    cmd.current_dir(test_support::workspace_root())
+        .env_remove("NO_COLOR")
+        .env_remove("IMGBAKE_LOG");
+    cmd
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+/// Replaces checkpoint keys (16 or 64 hex digits) so snapshots survive script edits.
+fn redact_keys(text: &str) -> String {
+    let mut out = String::new();
+    for word in text.split_inclusive(|c: char| !c.is_ascii_hexdigit()) {
+        let hex_len = word
+            .trim_end_matches(|c: char| !c.is_ascii_hexdigit())
+            .len();
+        if hex_len == 16 || hex_len == 64 {
+            out.push_str(&"#".repeat(hex_len));
+            out.push_str(&word[hex_len..]);
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
+}
+
+#[test]
+fn validate_accepts_the_shipped_recipes() {
+    let out = imgbake()
+        .args([
+            "validate",
+            "recipes/gpu-ready.yaml",
+            "recipes/nvidia-fw1.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "ok recipes/gpu-ready.yaml\nok recipes/nvidia-fw1.yaml\n"
+    );
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn validate_reports_each_problem_with_location_and_fix() {
+    let out = imgbake()
+        .args([
+            "validate",
+            "fixtures/recipes/invalid/unknown-vm-key.yaml",
+            "recipes/gpu-ready.yaml",
+            "fixtures/recipes/invalid/many-problems.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(stdout(&out), "ok recipes/gpu-ready.yaml\n");
+    insta::assert_snapshot!(stderr(&out));
+}
+
+#[test]
+fn validate_json_lists_problems_by_kind() {
+    let out = imgbake()
+        .args([
+            "validate",
+            "--json",
+            "recipes/gpu-ready.yaml",
+            "fixtures/recipes/invalid/step-id-order.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let recipes = doc["recipes"].as_array().unwrap();
+    assert_eq!(recipes[0]["ok"], true);
+    assert_eq!(recipes[1]["ok"], false);
+    let problem = &recipes[1]["problems"][0];
+    assert_eq!(problem["kind"], "step_id_order");
+    assert_eq!(problem["line"], 14);
+    assert_eq!(problem["column"], 5);
+    assert!(problem["hint"].as_str().unwrap().contains("ascending"));
+}
+
+#[test]
+fn plan_shows_the_seven_steps_of_nvidia_fw1() {
+    let out = imgbake()
+        .args(["plan", "recipes/nvidia-fw1.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("7 steps:"), "{text}");
+    insta::assert_snapshot!(redact_keys(&text));
+}
+
+#[test]
+fn plan_json_is_one_stable_document() {
+    let out = imgbake()
+        .args([
+            "plan",
+            "--json",
+            "recipes/nvidia-fw1.yaml",
+            "--var",
+            "nvidia_driver_branch=570",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["format"], "imgbake-plan/1");
+    assert_eq!(doc["name"], "ubuntu-22.04-nvidia-570-firmware1");
+    assert_eq!(doc["vm"]["disk_size_bytes"], 25u64 << 30);
+    assert_eq!(doc["verify"]["nvidia"]["driver_branch"], "570");
+    assert_eq!(doc["checkpoint"]["provisional"], true);
+    let steps = doc["steps"].as_array().unwrap();
+    let ids: Vec<&str> = steps.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["01", "02", "03", "04", "05", "06", "99"]);
+    assert_eq!(steps[3]["reboot"], true);
+    assert_eq!(steps[3]["timeout_secs"], 2700);
+    assert_eq!(steps[3]["key_env"]["NVIDIA_DRIVER_BRANCH"], "570");
+    for s in steps {
+        let key = s["checkpoint_key"].as_str().unwrap();
+        assert_eq!(key.len(), 64);
+        assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    // Keys chain: the same input gives the same document.
+    let again = imgbake()
+        .args([
+            "plan",
+            "--json",
+            "recipes/nvidia-fw1.yaml",
+            "--var",
+            "nvidia_driver_branch=570",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, again.stdout);
+}
+
+#[test]
+fn an_unknown_var_names_the_recipe_and_the_known_vars() {
+    let out = imgbake()
+        .args([
+            "plan",
+            "recipes/gpu-ready.yaml",
+            "--var",
+            "ubuntu_codenam=noble",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(stdout(&out), "");
+    insta::assert_snapshot!(stderr(&out));
+}
+
+#[test]
+fn a_malformed_var_is_a_usage_error() {
+    let out = imgbake()
+        .args(["plan", "recipes/gpu-ready.yaml", "--var", "ubuntu_codename"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is not of the form name=value"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_missing_recipe_prints_the_error_chain_once() {
+    let out = imgbake()
+        .args(["plan", "recipes/no-such.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    insta::assert_snapshot!(stderr(&out));
+}
+
+#[test]
+fn colour_follows_the_color_flag() {
+    let args = ["validate", "fixtures/recipes/invalid/bad-cpus.yaml"];
+    let plain = imgbake().args(args).output().unwrap();
+    assert!(!stderr(&plain).contains('\x1b'));
+    let coloured = imgbake()
+        .args(["--color", "always"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(stderr(&coloured).contains("\x1b[1;31merror:\x1b[0m"));
+    let never = imgbake()
+        .args(["--color", "never"])
+        .args(args)
+        .env("NO_COLOR", "")
+        .output()
+        .unwrap();
+    assert!(!stderr(&never).contains('\x1b'));
+}
+
+#[test]
+fn every_command_has_a_man_page_style_help() {
+    for cmd in [
+        &["--help"][..],
+        &["validate", "--help"],
+        &["plan", "--help"],
+    ] {
+        let out = imgbake().args(cmd).output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let text = stdout(&out);
+        for section in [
+            "Usage:",
+            "EXAMPLES:",
+            "EXIT STATUS:",
+            "    3  a recipe is invalid",
+        ] {
+            assert!(
+                text.contains(section),
+                "{cmd:?} help lacks {section:?}:\n{text}"
+            );
+        }
+    }
+    // The EXIT STATUS list grows with other commands; snapshot what `plan` owns.
+    let out = imgbake().args(["plan", "--help"]).output().unwrap();
+    let text = stdout(&out);
+    insta::assert_snapshot!(text.split("EXIT STATUS:").next().unwrap());
+}
+
+#[test]
+fn no_arguments_is_a_usage_error() {
+    let out = imgbake().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = imgbake().arg("validate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,537 @@
+//! The build itself: fetch, plan reuse, boot, run steps with a checkpoint after each, export.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use checkpoint::{CheckpointStore, LayerKey, PublishRequest, RunLease};
+use provisioner::{BuildKeys, GuestFacts, StepEvent, StepOptions, StepOutcome, StepSpec};
+use qemu_driver::VmConfig;
+use qemu_driver::seed::{HostKeyPair, NetworkConfig, SeedConfig};
+use recipe::{CheckpointChain, Recipe, Step};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::io_err;
+use crate::events::secs;
+use crate::guest::{self, Guest};
+use crate::resume::{self, StartPoint, StartRequest, layer_key};
+use crate::run::{RunRecord, StepRecord};
+use crate::{BakeEvent, Error, Result, StepFailure, output};
+
+/// How long a guest gets to power off before QEMU is told to quit.
+const POWERDOWN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// One build's inputs.
+#[derive(Clone, Debug)]
+pub struct BakeRequest {
+    /// The resolved recipe (CLI overrides such as `--accel` already applied).
+    pub recipe: Recipe,
+    /// Where the results go (`output/<recipe name>/` by default).
+    pub output_dir: PathBuf,
+    /// The cache root: `base/` (fetch) and `checkpoints/` live under it.
+    pub cache_dir: PathBuf,
+    /// Where QEMU's private run directories are made (short, for the QMP socket path).
+    pub runtime_dir: PathBuf,
+    /// Reuse, resume or start fresh.
+    pub start: StartRequest,
+    /// Use only cached base images.
+    pub offline: bool,
+    /// On a failed step, keep the VM running for `ssh` until cancelled.
+    pub keep_on_failure: bool,
+}
+
+impl BakeRequest {
+    /// A request with defaults: reuse checkpoints, online, runtime dir from `XDG_RUNTIME_DIR`
+    /// or the system temp dir.
+    pub fn new(recipe: Recipe, output_dir: PathBuf, cache_dir: PathBuf) -> Self {
+        let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        Self {
+            recipe,
+            output_dir,
+            cache_dir,
+            runtime_dir,
+            start: StartRequest::Reuse,
+            offline: false,
+            keep_on_failure: false,
+        }
+    }
+}
+
+/// Ctrl-C as the pipeline sees it: `graceful` stops the step and powers the guest off (the last
+/// good checkpoint stays); `hard` kills QEMU at once.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel {
+    /// First Ctrl-C.
+    pub graceful: CancellationToken,
+    /// Second Ctrl-C.
+    pub hard: CancellationToken,
+}
+
+/// What a finished build produced.
+#[derive(Clone, Debug)]
+pub struct BakeSummary {
+    /// The output directory.
+    pub output_dir: PathBuf,
+    /// The final qcow2.
+    pub qcow2: PathBuf,
+    /// Other files written (raw, SHA256SUMS, manifest, payload, run.json).
+    pub files: Vec<PathBuf>,
+    /// The run record.
+    pub run: RunRecord,
+    /// The offline verification report of the exported image.
+    pub verify: exporter::VerifyReport,
+}
+
+/// Sends events; a closed receiver is not an error (the build goes on).
+#[derive(Clone, Debug)]
+pub(crate) struct Emitter(UnboundedSender<BakeEvent>);
+
+impl Emitter {
+    pub(crate) fn emit(&self, event: BakeEvent) {
+        let _ = self.0.send(event);
+    }
+}
+
+/// Runs one build. See the crate docs.
+pub async fn bake(request: BakeRequest, events: UnboundedSender<BakeEvent>, cancel: Cancel) -> Result<BakeSummary> {
+    let events = Emitter(events);
+    let began = Instant::now();
+    let recipe = &request.recipe;
+
+    let base = fetch_base(&request, &events, &cancel.graceful).await?;
+    let seed_template = seed_config(recipe, "fingerprint", &BuildKeys::generate());
+    let fingerprint = qemu_driver::seed::fingerprint(&seed_template);
+    let base_digest: recipe::Sha256 = base.digest.to_hex().parse().map_err(|_| Error::Io {
+        action: "read the digest of",
+        path: base.path.clone(),
+        source: std::io::Error::other("fetch returned a malformed sha256"),
+    })?;
+    let chain = recipe.checkpoint_keys(&recipe::BaseIdentity::Digest(base_digest), &fingerprint.0);
+
+    let store = CheckpointStore::open(&request.cache_dir.join("checkpoints"))?;
+    for discarded in store.sweep_incomplete()? {
+        events.emit(BakeEvent::CheckpointDiscarded { reason: discarded.to_string() });
+    }
+    let mut start = resume::decide(recipe, &chain, &store, &request.start)?;
+    for discarded in &start.discarded {
+        events.emit(BakeEvent::CheckpointDiscarded { reason: discarded.to_string() });
+    }
+    let chain_dir = store.chain_dir(&layer_key(&chain.root))?;
+    let keys = match chain_keys(&chain_dir, !start.reused.is_empty()) {
+        Ok(keys) => keys,
+        Err(reason) => {
+            events.emit(BakeEvent::Warning { message: reason });
+            start.reused.clear();
+            chain_keys(&chain_dir, false).map_err(|reason| Error::Io {
+                action: "store the build keys in",
+                path: chain_dir.clone(),
+                source: std::io::Error::other(reason),
+            })?
+        }
+    };
+    if !start.reused.is_empty() {
+        events.emit(BakeEvent::StepsReused {
+            ids: start.reused.iter().map(|l| l.meta.step_id.clone()).collect(),
+            resumed: matches!(request.start, StartRequest::ResumeFrom(_)),
+        });
+    }
+
+    let mut run = RunRecord {
+        recipe: recipe.name.clone(),
+        imgbake_version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..RunRecord::default()
+    };
+    for (step, layer) in recipe.steps.iter().zip(&start.reused) {
+        run.steps.push(step_record(step, &layer.meta.key, "reused", 0.0, Some(0), 0));
+    }
+
+    let logs_dir = request.output_dir.join("logs");
+    std::fs::create_dir_all(&logs_dir).map_err(io_err("create", &logs_dir))?;
+    let run_dir = tempfile::Builder::new()
+        .prefix("imgbake-")
+        .tempdir_in(&request.runtime_dir)
+        .map_err(io_err("create a run directory in", &request.runtime_dir))?;
+    let mut lease = store.lease()?;
+
+    // Every step reused: the newest layer is the result, no VM needed.
+    let (final_image, facts) = if start.reused.len() == recipe.steps.len() {
+        let last = start.reused.last().expect("a recipe has steps");
+        (last.path.clone(), None)
+    } else {
+        let built = build_in_vm(
+            &request,
+            &chain,
+            &start,
+            &base.path,
+            Arc::new(keys),
+            &chain_dir,
+            run_dir.path(),
+            &mut lease,
+            &mut run,
+            &events,
+            &cancel,
+        )
+        .await;
+        // The serial log is worth keeping whatever happened.
+        let _ = std::fs::copy(run_dir.path().join("serial.log"), logs_dir.join("serial.log"));
+        built?
+    };
+
+    let outcome = output::write_outputs(
+        &request,
+        &chain,
+        &base,
+        &final_image,
+        facts.as_ref(),
+        &mut run,
+        began,
+        &events,
+        &cancel.graceful,
+    )
+    .await?;
+    lease.finish();
+    Ok(outcome)
+}
+
+async fn fetch_base(request: &BakeRequest, events: &Emitter, cancel: &CancellationToken) -> Result<fetch::CachedBase> {
+    let recipe = &request.recipe;
+    let location = |l: &recipe::BaseLocation| match l {
+        recipe::BaseLocation::Http(url) => fetch::Location::parse(url.as_str()),
+        recipe::BaseLocation::File(path) => Ok(fetch::Location::File(path.clone())),
+    };
+    let checksum = match &recipe.base.checksum {
+        recipe::Checksum::Sha256(d) => format!("sha256:{d}").parse()?,
+        recipe::Checksum::SumsFile(sums) => fetch::ExpectedDigest::SumsFile(location(sums)?),
+    };
+    let source = fetch::BaseSource { location: location(&recipe.base.location)?, checksum };
+    let cache = fetch::BaseCache::open(request.cache_dir.join("base"))?;
+    let options = fetch::FetchOptions { offline: request.offline, ..fetch::FetchOptions::default() };
+    let progress = |event: fetch::FetchEvent| match event {
+        fetch::FetchEvent::Downloading { done, total } => events.emit(BakeEvent::FetchProgress { done, total }),
+        fetch::FetchEvent::Hashing { done, total, .. } => {
+            events.emit(BakeEvent::FetchProgress { done, total: Some(total) })
+        }
+        _ => {}
+    };
+    let base = cache.fetch(&source, &options, &progress, cancel.clone()).await?;
+    events.emit(BakeEvent::BaseReady { path: base.path.clone(), sha256: base.digest.to_hex() });
+    Ok(base)
+}
+
+/// The keys a chain's guests were seeded with. A chain with reused layers must use the keys it
+/// was made with; a fresh chain makes them once (a concurrent build may win, then its keys are
+/// used).
+fn chain_keys(chain_dir: &Path, must_exist: bool) -> std::result::Result<BuildKeys, String> {
+    let dir = chain_dir.join("keys");
+    if dir.is_dir() {
+        return BuildKeys::load(&dir)
+            .map_err(|e| format!("the checkpoint chain's SSH keys are unreadable ({e}); starting from the base"));
+    }
+    if must_exist {
+        return Err("the checkpoint chain has lost its SSH keys; starting from the base".into());
+    }
+    let keys = BuildKeys::generate();
+    let tmp = chain_dir.join(format!("keys.tmp-{:016x}", rand_u64()));
+    keys.save(&tmp).map_err(|e| e.to_string())?;
+    match std::fs::rename(&tmp, &dir) {
+        Ok(()) => Ok(keys),
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            BuildKeys::load(&dir).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+pub(crate) fn seed_config(recipe: &Recipe, instance_id: &str, keys: &BuildKeys) -> SeedConfig {
+    SeedConfig {
+        instance_id: instance_id.to_owned(),
+        hostname: hostname(&recipe.name),
+        build_user: crate::BUILD_USER.to_owned(),
+        user_authorized_key: keys.user_public_openssh(),
+        host_key: HostKeyPair {
+            private_openssh: keys.host_private_openssh(),
+            public_openssh: keys.host_public_openssh(),
+        },
+        network: NetworkConfig::None,
+        extra_cloud_config: BTreeMap::new(),
+    }
+}
+
+/// An RFC 1123 host name from a recipe name.
+fn hostname(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    let trimmed = cleaned.trim_matches('-');
+    let short: String = trimmed.chars().take(63).collect();
+    let short = short.trim_end_matches('-');
+    if short.is_empty() { "imgbake".to_owned() } else { short.to_owned() }
+}
+
+fn step_record(step: &Step, key: &LayerKey, status: &'static str, duration: f64, exit: Option<u32>, attempts: u32) -> StepRecord {
+    StepRecord {
+        id: step.id.to_string(),
+        name: step.name.clone(),
+        script_sha256: step.digest().to_string(),
+        key: key.to_string(),
+        status,
+        duration_secs: duration,
+        exit_code: exit,
+        attempts,
+    }
+}
+
+fn exit_code(exit: &provisioner::StepExit) -> Option<u32> {
+    match exit {
+        provisioner::StepExit::Status(status) => status.code(),
+        provisioner::StepExit::TimedOut { .. } => None,
+    }
+}
+
+fn step_spec(recipe: &Recipe, step: &Step) -> StepSpec {
+    let mut env = recipe.step_env(step);
+    env.insert("IMGBAKE_BUILD_USER".into(), crate::BUILD_USER.into());
+    StepSpec {
+        id: step.id.to_string(),
+        name: step.name.clone(),
+        script: step.contents.clone(),
+        env,
+        timeout: step.timeout,
+        retries: step.retries,
+        reboot: step.reboot,
+    }
+}
+
+/// Boots the VM on the newest reused layer, runs the remaining steps with a checkpoint after
+/// each, captures the facts and powers off. Returns the final top image and the facts.
+#[allow(clippy::too_many_arguments)]
+async fn build_in_vm(
+    request: &BakeRequest,
+    chain: &CheckpointChain,
+    start: &StartPoint,
+    base: &Path,
+    keys: Arc<BuildKeys>,
+    chain_dir: &Path,
+    run_dir: &Path,
+    lease: &mut RunLease<'_>,
+    run: &mut RunRecord,
+    events: &Emitter,
+    cancel: &Cancel,
+) -> Result<(PathBuf, Option<GuestFacts>)> {
+    let recipe = &request.recipe;
+    let first = start.reused.len();
+    let keys_of: Vec<LayerKey> = chain.steps.iter().map(|(_, key)| layer_key(key)).collect();
+    let root = layer_key(&chain.root);
+
+    let instance_id = format!("imgbake-{}", &root.as_str()[..16]);
+    let seed_path = run_dir.join("seed.iso");
+    qemu_driver::seed::write_iso(&seed_config(recipe, &instance_id, &keys), &seed_path)?;
+
+    let backing = match start.reused.last() {
+        Some(layer) => layer.path.clone(),
+        None => std::path::absolute(base).map_err(io_err("resolve", base))?,
+    };
+    let disk = lease.layer_path(&keys_of[first]);
+    qemu_driver::overlay::create(&backing, &disk, Some(recipe.vm.disk_size.as_u64())).await?;
+
+    let mut config = VmConfig::new(&recipe.name, &disk, run_dir);
+    config.cpus = recipe.vm.cpus;
+    config.memory_mib = recipe.vm.memory.as_u64() / (1024 * 1024);
+    config.machine = Some(recipe.vm.machine.clone());
+    config.firmware = match recipe.vm.firmware {
+        recipe::Firmware::Bios => qemu_driver::Firmware::Bios,
+        recipe::Firmware::Uefi => qemu_driver::Firmware::Uefi,
+    };
+    config.accel = match recipe.vm.accel {
+        recipe::AccelChoice::Auto => qemu_driver::AccelChoice::Auto,
+        recipe::AccelChoice::Kvm => qemu_driver::AccelChoice::Kvm,
+        recipe::AccelChoice::Tcg => qemu_driver::AccelChoice::Tcg,
+    };
+    config.seed_iso = Some(seed_path);
+
+    let Guest { vm, mut session, started } =
+        guest::boot(config, keys.clone(), recipe.vm.boot_timeout, events, &cancel.graceful).await?;
+    run.accel = vm.accel().accel.to_string();
+    run.ssh_ready_secs = None;
+
+    let mut current = disk;
+    let mut parent: Option<LayerKey> = start.reused.last().map(|l| l.meta.key.clone());
+    let mut backing_of_current = backing;
+    let mut last_published: Option<String> = start.reused.last().map(|l| l.meta.step_id.clone());
+    let logs_dir = request.output_dir.join("logs");
+    let mut facts_before_last: Option<GuestFacts> = None;
+
+    for (index, step) in recipe.steps.iter().enumerate().skip(first) {
+        if run.first_step_secs.is_none() {
+            run.first_step_secs = Some(secs(started.elapsed()));
+        }
+        // The last step is usually the cleanup that removes the build user; after it SSH may
+        // be gone, so take the facts before it as a fallback.
+        if index + 1 == recipe.steps.len() {
+            facts_before_last = session.facts(&cancel.graceful).await.ok();
+        }
+        let spec = step_spec(recipe, step);
+        let options = StepOptions::new(logs_dir.join(format!("{}.log", step.name)), recipe.vm.boot_timeout);
+        let on_event = |event: StepEvent| events.emit(step_event(event, &step.name));
+        let outcome = tokio::select! {
+            outcome = provisioner::run_step(&mut session, &spec, &options, on_event, &cancel.graceful) => outcome,
+            error = vm.wait_for_exit_or_error() => Err(Error::from(error))?,
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) if cancel.graceful.is_cancelled() => {
+                let _ = e;
+                stop_vm(vm, events, cancel).await;
+                return Err(Error::Interrupted { last_checkpoint: last_published });
+            }
+            Err(e) => {
+                stop_vm(vm, events, cancel).await;
+                return Err(e.into());
+            }
+        };
+        let succeeded = match outcome {
+            StepOutcome::Succeeded(ok) => ok,
+            StepOutcome::Failed(failed) => {
+                run.steps.push(step_record(step, &keys_of[index], "failed", secs(failed.duration), exit_code(&failed.exit), failed.attempts));
+                write_run_json(&request.output_dir, run);
+                let failure = StepFailure {
+                    id: failed.id.clone(),
+                    name: step.name.clone(),
+                    exit: failed.exit.to_string(),
+                    exit_code: exit_code(&failed.exit),
+                    last_lines: failed.last_lines.clone(),
+                    log: failed.log_path.clone(),
+                    serial_log: logs_dir.join("serial.log"),
+                };
+                if request.keep_on_failure {
+                    let key = keys_dir_user_key(chain_dir);
+                    let known_hosts = write_known_hosts(run_dir, vm.ssh_addr(), &keys);
+                    events.emit(BakeEvent::KeptForDebugging {
+                        ssh_command: guest::ssh_command(vm.ssh_addr(), &key, &known_hosts),
+                    });
+                    tokio::select! {
+                        () = cancel.graceful.cancelled() => {}
+                        _ = vm.wait_for_exit_or_error() => {}
+                    }
+                }
+                stop_vm(vm, events, cancel).await;
+                return Err(Error::StepFailed(Box::new(failure)));
+            }
+        };
+        run.steps.push(step_record(step, &keys_of[index], "ran", secs(succeeded.duration), Some(0), succeeded.attempts));
+
+        // Checkpoint: flush the guest, freeze the layer, continue on a new overlay.
+        session.exec_capture_root("sync", Duration::from_secs(300), &cancel.graceful).await?;
+        let next = match keys_of.get(index + 1) {
+            Some(key) => lease.layer_path(key),
+            None => run_dir.join("final.qcow2"),
+        };
+        vm.snapshot_layer(&next, &current).await?;
+        let key = &keys_of[index];
+        let published = lease.publish(&PublishRequest {
+            key,
+            parent: parent.as_ref(),
+            root: &root,
+            backing: &backing_of_current,
+            recipe: &recipe.name,
+            step_id: &step.id.to_string(),
+            step_name: &step.name,
+        })?;
+        let size = std::fs::metadata(&current).map_or(0, |m| m.len());
+        events.emit(BakeEvent::CheckpointSaved {
+            id: step.id.to_string(),
+            key: key.short().to_owned(),
+            size,
+            published: published.is_some(),
+        });
+        if published.is_some() {
+            last_published = Some(step.id.to_string());
+        }
+        parent = Some(key.clone());
+        backing_of_current = current;
+        current = next;
+    }
+
+    let facts = match session.facts(&cancel.graceful).await {
+        Ok(facts) => Some(facts),
+        Err(e) => {
+            tracing::debug!("facts after the last step: {e}; using those from before it");
+            facts_before_last
+        }
+    };
+    session.close().await;
+    events.emit(BakeEvent::ShuttingDown);
+    tokio::select! {
+        stopped = vm.shutdown(POWERDOWN_DEADLINE) => { stopped?; }
+        () = cancel.hard.cancelled() => return Err(Error::Interrupted { last_checkpoint: last_published }),
+    }
+    Ok((current, facts))
+}
+
+fn keys_dir_user_key(chain_dir: &Path) -> PathBuf {
+    BuildKeys::user_key_path(&chain_dir.join("keys"))
+}
+
+fn write_known_hosts(run_dir: &Path, addr: std::net::SocketAddr, keys: &BuildKeys) -> PathBuf {
+    let path = run_dir.join("known_hosts");
+    let line = format!("[{}]:{} {}\n", addr.ip(), addr.port(), keys.host_public_openssh());
+    let _ = std::fs::write(&path, line);
+    path
+}
+
+/// Powers the guest off; a second Ctrl-C kills QEMU instead.
+async fn stop_vm(vm: qemu_driver::Vm, events: &Emitter, cancel: &Cancel) {
+    events.emit(BakeEvent::ShuttingDown);
+    tokio::select! {
+        stopped = vm.shutdown(POWERDOWN_DEADLINE) => {
+            if let Err(e) = stopped {
+                events.emit(BakeEvent::Warning { message: format!("powering the guest off: {e}") });
+            }
+        }
+        () = cancel.hard.cancelled() => {}
+    }
+}
+
+fn step_event(event: StepEvent, name: &str) -> BakeEvent {
+    match event {
+        StepEvent::Started { id, attempt, .. } => BakeEvent::StepStarted { id, name: name.to_owned(), attempt },
+        StepEvent::Output { id, stream, line } => BakeEvent::StepOutput {
+            id,
+            stream: match stream {
+                provisioner::Stream::Stdout => "stdout",
+                provisioner::Stream::Stderr => "stderr",
+            },
+            line,
+        },
+        StepEvent::Retrying { id, exit, .. } => BakeEvent::StepRetrying { id, exit: exit.to_string() },
+        StepEvent::Rebooting { id } => BakeEvent::Rebooting { id },
+        StepEvent::Rebooted { id, downtime } => BakeEvent::Rebooted { id, downtime_secs: secs(downtime) },
+        StepEvent::Finished { id, exit, duration } => BakeEvent::StepFinished {
+            id,
+            success: exit.success(),
+            exit: exit.to_string(),
+            duration_secs: secs(duration),
+        },
+    }
+}
+
+pub(crate) fn write_run_json(output_dir: &Path, run: &RunRecord) {
+    let path = output_dir.join("run.json");
+    let tmp = output_dir.join(".run.json.tmp");
+    if let Ok(json) = serde_json::to_vec_pretty(run)
+        && std::fs::write(&tmp, json).is_ok()
+    {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+}

@@ -1,0 +1,79 @@
+//! Booting the build VM and getting an SSH session into it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use provisioner::{BuildKeys, CloudInitOutcome, GuestSession, SshTarget};
+use qemu_driver::{AccelReason, Vm, VmConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::bake::Emitter;
+use crate::events::secs;
+use crate::{BakeEvent, Error, Result};
+
+/// A running build VM with an authenticated session.
+pub(crate) struct Guest {
+    pub vm: Vm,
+    pub session: GuestSession,
+    pub started: Instant,
+}
+
+/// Starts QEMU (restarting once under TCG if `auto` picked KVM and KVM failed), waits for SSH
+/// and for cloud-init. Everything is raced against QEMU dying and against `cancel`.
+pub(crate) async fn boot(
+    config: VmConfig,
+    keys: Arc<BuildKeys>,
+    boot_timeout: Duration,
+    events: &Emitter,
+    cancel: &CancellationToken,
+) -> Result<Guest> {
+    let started = Instant::now();
+    let serial_log = config.run_dir.join("serial.log");
+    let ready = async |vm: &Vm| -> Result<GuestSession> {
+        let accel = vm.accel();
+        if let AccelReason::KvmFailed(why) = &accel.reason {
+            events.emit(BakeEvent::RestartedUnderTcg { reason: why.clone() });
+        }
+        events.emit(BakeEvent::VmStarted {
+            accel: accel.accel.to_string(),
+            reason: accel.to_string(),
+            ssh_addr: vm.ssh_addr().to_string(),
+            serial_log: vm.serial_log().to_path_buf(),
+        });
+        let target = SshTarget {
+            addr: vm.ssh_addr(),
+            user: crate::BUILD_USER.to_owned(),
+            keys: keys.clone(),
+            privilege: provisioner::Privilege::Sudo,
+        };
+        let deadline = tokio::time::Instant::now() + boot_timeout;
+        let session = provisioner::wait_for_ssh(&target, deadline, cancel).await?;
+        events.emit(BakeEvent::SshReady { after_secs: secs(started.elapsed()) });
+        match session.cloud_init_wait(boot_timeout, cancel).await? {
+            CloudInitOutcome::Finished => {}
+            CloudInitOutcome::FinishedWithErrors { detail } => {
+                events.emit(BakeEvent::CloudInitWarning { detail });
+            }
+            CloudInitOutcome::NeverRan { detail } => {
+                return Err(Error::CloudInitNeverRan { detail, serial_log: serial_log.clone() });
+            }
+        }
+        events.emit(BakeEvent::CloudInitDone { after_secs: secs(started.elapsed()) });
+        Ok(session)
+    };
+    let (vm, session) = Vm::launch_with_fallback(config, cancel.clone(), ready).await?;
+    Ok(Guest { vm, session: session?, started })
+}
+
+/// The `ssh` command a person can paste to get into the build VM.
+pub(crate) fn ssh_command(addr: std::net::SocketAddr, key: &Path, known_hosts: &Path) -> String {
+    format!(
+        "ssh -i {} -p {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes {}@{}",
+        key.display(),
+        addr.port(),
+        known_hosts.display(),
+        crate::BUILD_USER,
+        addr.ip()
+    )
+}

@@ -1,0 +1,623 @@
+//! Running one recipe step in the guest: upload, run as root with its environment, stream
+//! and log its output, enforce its timeout, retry, reboot.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::{ExitStatus, Stream};
+use crate::session::GuestSession;
+use crate::shell::{self, is_secret_name};
+use crate::wait::wait_for_ssh;
+use crate::{Error, Result};
+
+/// Directory in the guest (root-only, 0700) where step scripts are uploaded. Each step's files
+/// are removed after it ran, and the directory itself when empty, so a final cleanup step leaves
+/// nothing behind.
+pub const REMOTE_STEP_DIR: &str = "/var/lib/imgbake/steps";
+/// Lines kept for the failure report.
+pub const LAST_LINES: usize = 30;
+/// Default command that reboots the guest after a `reboot: true` step that returned.
+pub const DEFAULT_REBOOT_COMMAND: &str = "systemctl reboot";
+
+/// One step, as plain data (the binary maps recipe steps to this).
+#[derive(Clone, Debug)]
+pub struct StepSpec {
+    /// The step id, e.g. `04`.
+    pub id: String,
+    /// Its name, e.g. `nvidia-driver`.
+    pub name: String,
+    /// The script's bytes (run with `bash`).
+    pub script: Vec<u8>,
+    /// Environment: the recipe's vars and the step's `env`. Values of names that look secret
+    /// ([`crate::is_secret_name`]) are masked in output and logs.
+    pub env: BTreeMap<String, String>,
+    /// Time allowed for one attempt.
+    pub timeout: Duration,
+    /// Extra attempts after a failure (exit code, signal or timeout).
+    pub retries: u32,
+    /// The step reboots the guest, or is followed by a reboot.
+    pub reboot: bool,
+}
+
+/// Options for [`run_step`] that come from the run rather than the step.
+#[derive(Clone, Debug)]
+pub struct StepOptions {
+    /// Where the step's output goes (`<run>/logs/NN-name.log`); parents are created.
+    pub log_path: PathBuf,
+    /// Time allowed for the guest to come back after a reboot.
+    pub reboot_timeout: Duration,
+    /// Command (run as root) that reboots the guest: [`DEFAULT_REBOOT_COMMAND`].
+    pub reboot_command: String,
+    /// Directory in the guest for the step's files: [`REMOTE_STEP_DIR`].
+    pub remote_dir: String,
+}
+
+impl StepOptions {
+    /// Options with the default reboot command.
+    pub fn new(log_path: impl Into<PathBuf>, reboot_timeout: Duration) -> Self {
+        Self {
+            log_path: log_path.into(),
+            reboot_timeout,
+            reboot_command: DEFAULT_REBOOT_COMMAND.into(),
+            remote_dir: REMOTE_STEP_DIR.into(),
+        }
+    }
+}
+
+/// How an attempt of a step ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepExit {
+    /// The script exited or was killed by a signal.
+    Status(ExitStatus),
+    /// It ran past its timeout and was killed.
+    TimedOut {
+        /// The step's timeout.
+        after: Duration,
+    },
+}
+
+impl StepExit {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        matches!(self, StepExit::Status(s) if s.success())
+    }
+}
+
+impl fmt::Display for StepExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepExit::Status(status) => status.fmt(f),
+            StepExit::TimedOut { after } => write!(f, "timed out after {after:?}"),
+        }
+    }
+}
+
+/// What happens while a step runs. The library never prints; the binary renders these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepEvent {
+    /// An attempt started (1-based).
+    Started {
+        /// Step id.
+        id: String,
+        /// Attempt number.
+        attempt: u32,
+        /// Attempts allowed in all.
+        of: u32,
+    },
+    /// A line of output (secret values masked).
+    Output {
+        /// Step id.
+        id: String,
+        /// Stdout or stderr.
+        stream: Stream,
+        /// The line.
+        line: String,
+    },
+    /// An attempt failed and the step will run again.
+    Retrying {
+        /// Step id.
+        id: String,
+        /// How the failed attempt ended.
+        exit: StepExit,
+        /// The next attempt's number.
+        next_attempt: u32,
+        /// The pause before it.
+        after: Duration,
+    },
+    /// The guest is rebooting; imgbake waits for it to come back.
+    Rebooting {
+        /// Step id.
+        id: String,
+    },
+    /// The guest is back after the reboot, with a new boot id.
+    Rebooted {
+        /// Step id.
+        id: String,
+        /// How long it took from the reboot to SSH answering again.
+        downtime: Duration,
+    },
+    /// The step is over (success or not).
+    Finished {
+        /// Step id.
+        id: String,
+        /// How the last attempt ended.
+        exit: StepExit,
+        /// Time since the first attempt started (reboot included).
+        duration: Duration,
+    },
+}
+
+/// A step that ran to success.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepSucceeded {
+    /// Step id.
+    pub id: String,
+    /// Attempts used.
+    pub attempts: u32,
+    /// Wall time (reboot included).
+    pub duration: Duration,
+    /// Whether the guest was rebooted after it.
+    pub rebooted: bool,
+}
+
+/// A step that failed after all its attempts: what the failure report shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepFailed {
+    /// Step id.
+    pub id: String,
+    /// Step name.
+    pub name: String,
+    /// How the last attempt ended.
+    pub exit: StepExit,
+    /// Attempts used.
+    pub attempts: u32,
+    /// The last [`LAST_LINES`] lines of the last attempt (stdout and stderr interleaved).
+    pub last_lines: Vec<String>,
+    /// The full log.
+    pub log_path: PathBuf,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// How [`run_step`] ended when the runner itself worked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// The script exited 0 (and the reboot, if any, happened).
+    Succeeded(StepSucceeded),
+    /// The script failed every attempt.
+    Failed(Box<StepFailed>),
+}
+
+impl StepOutcome {
+    /// `Ok` for success, [`Error::StepFailed`] otherwise, for `?`.
+    pub fn into_result(self) -> Result<StepSucceeded> {
+        match self {
+            StepOutcome::Succeeded(ok) => Ok(ok),
+            StepOutcome::Failed(failed) => Err(Error::StepFailed(failed)),
+        }
+    }
+}
+
+/// The step's file name stem in the guest: `NN-name` with anything unusual replaced by `_`.
+fn remote_stem(step: &StepSpec) -> String {
+    format!("{}-{}", step.id, step.name)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Masks secret values in output lines.
+struct Masker {
+    secrets: Vec<String>,
+}
+
+impl Masker {
+    fn new(env: &BTreeMap<String, String>) -> Self {
+        let mut secrets: Vec<String> = env
+            .iter()
+            .filter(|(name, value)| is_secret_name(name) && value.len() >= 4)
+            .flat_map(|(_, value)| value.lines().filter(|l| l.len() >= 4).map(str::to_string))
+            .collect();
+        // Longest first so a secret containing another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self { secrets }
+    }
+
+    fn mask(&self, line: String) -> String {
+        if self.secrets.iter().any(|s| line.contains(s.as_str())) {
+            let mut line = line;
+            for secret in &self.secrets {
+                line = line.replace(secret.as_str(), "***");
+            }
+            line
+        } else {
+            line
+        }
+    }
+}
+
+struct StepLog {
+    path: PathBuf,
+    out: BufWriter<File>,
+    failed: Option<std::io::Error>,
+}
+
+impl StepLog {
+    fn create(path: &Path) -> Result<Self> {
+        let err = |source| Error::Log {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(err)?;
+        }
+        let file = File::create(path).map_err(err)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+            failed: None,
+        })
+    }
+
+    fn line(&mut self, text: &str) {
+        if self.failed.is_none()
+            && let Err(e) = writeln!(self.out, "{text}")
+        {
+            self.failed = Some(e);
+        }
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let flushed = self.out.flush();
+        match self.failed.take().map_or(flushed, Err) {
+            Ok(()) => Ok(()),
+            Err(source) => Err(Error::Log {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Runs `step` in the guest.
+///
+/// Each attempt uploads the script and a private environment file (both 0600 under
+/// [`REMOTE_STEP_DIR`]) and runs `bash <script>` as root (the session's [`crate::Privilege`]),
+/// with the environment sourced from the file, which is deleted before the script starts, so
+/// values never appear on a command line, in sudo's log or in the image. Output is streamed as
+/// [`StepEvent::Output`] and written to `options.log_path`. A failed attempt is retried
+/// `step.retries` times with a growing pause. For a `reboot: true` step that succeeded (or
+/// dropped the connection: it rebooted itself), imgbake waits for the guest to go down and
+/// come back and checks that the boot id changed; `session` is then the new connection.
+///
+/// Errors are for the runner itself (connection lost, cancelled, log not writable, reboot
+/// failed); a step that fails is `Ok(StepOutcome::Failed)`.
+pub async fn run_step(
+    session: &mut GuestSession,
+    step: &StepSpec,
+    options: &StepOptions,
+    mut events: impl FnMut(StepEvent),
+    cancel: &CancellationToken,
+) -> Result<StepOutcome> {
+    let started = Instant::now();
+    let id = step.id.clone();
+    let stem = remote_stem(step);
+    let dir = options.remote_dir.trim_end_matches('/');
+    let script_path = format!("{dir}/{stem}.sh");
+    let env_path = format!("{dir}/{stem}.env");
+    let masker = Masker::new(&step.env);
+    let mut env = step.env.clone();
+    env.insert("IMGBAKE_STEP_ID".into(), step.id.clone());
+    env.insert("IMGBAKE_STEP_NAME".into(), step.name.clone());
+    let env_file = shell::export_lines(&env)?;
+    tracing::debug!(
+        step = %id,
+        vars = ?step.env.keys().collect::<Vec<_>>(),
+        "running step"
+    );
+    let boot_before = if step.reboot {
+        Some(session.boot_id(cancel).await?)
+    } else {
+        None
+    };
+    let mut log = StepLog::create(&options.log_path)?;
+    let attempts = step.retries.saturating_add(1);
+    let q = |p: &str| shell::quote(p).unwrap_or_default();
+    let command = format!(
+        "set -a; . {env}; set +a; rm -f {env}; cd /; exec bash {script}",
+        env = q(&env_path),
+        script = q(&script_path),
+    );
+
+    let mut attempt = 0;
+    let (exit, last_lines) = loop {
+        attempt += 1;
+        events(StepEvent::Started {
+            id: id.clone(),
+            attempt,
+            of: attempts,
+        });
+        log.line(&format!(
+            "# imgbake: step {id} ({}) attempt {attempt}/{attempts}",
+            step.name
+        ));
+        session
+            .upload(&step.script, &script_path, 0o600, cancel)
+            .await?;
+        session
+            .upload(env_file.as_bytes(), &env_path, 0o600, cancel)
+            .await?;
+        let mut last = VecDeque::with_capacity(LAST_LINES);
+        let result = session
+            .run(
+                &command,
+                None,
+                true,
+                step.timeout,
+                cancel,
+                |out| {
+                    let line = masker.mask(out.line);
+                    log.line(&line);
+                    if last.len() == LAST_LINES {
+                        last.pop_front();
+                    }
+                    last.push_back(line.clone());
+                    events(StepEvent::Output {
+                        id: id.clone(),
+                        stream: out.stream,
+                        line,
+                    });
+                },
+                &format!("step {id}"),
+            )
+            .await;
+        let exit = match result {
+            Ok(status) => StepExit::Status(status),
+            Err(Error::Timeout { after, .. }) => StepExit::TimedOut { after },
+            // A reboot step may reboot the guest itself: the connection drops.
+            Err(Error::Disconnected { .. }) if step.reboot => StepExit::Status(ExitStatus::Code(0)),
+            Err(e) => {
+                log.line(&format!("# imgbake: step {id}: {e}"));
+                let _ = log.finish();
+                return Err(e);
+            }
+        };
+        log.line(&format!("# imgbake: step {id} attempt {attempt}: {exit}"));
+        // Killed by a signal during a reboot step: the guest is going down (shutdown kills
+        // it); the boot id check after reconnecting tells whether it really rebooted.
+        let rebooting_itself =
+            step.reboot && matches!(&exit, StepExit::Status(ExitStatus::Signal { .. }));
+        if exit.success() || rebooting_itself || attempt >= attempts {
+            break (exit, last);
+        }
+        let pause = Duration::from_secs(2u64.saturating_pow(attempt).min(30));
+        events(StepEvent::Retrying {
+            id: id.clone(),
+            exit,
+            next_attempt: attempt + 1,
+            after: pause,
+        });
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                let _ = log.finish();
+                return Err(Error::Cancelled { what: format!("step {id}") });
+            }
+            _ = sleep_until(Instant::now() + pause) => {}
+        }
+    };
+    log.finish()?;
+
+    let ok = exit.success()
+        || (step.reboot && matches!(exit, StepExit::Status(ExitStatus::Signal { .. })));
+    if !ok {
+        remove_step_files(session, dir, &[&script_path, &env_path], cancel).await;
+        events(StepEvent::Finished {
+            id: id.clone(),
+            exit: exit.clone(),
+            duration: started.elapsed(),
+        });
+        return Ok(StepOutcome::Failed(Box::new(StepFailed {
+            id,
+            name: step.name.clone(),
+            exit,
+            attempts: attempt,
+            last_lines: last_lines.into(),
+            log_path: options.log_path.clone(),
+            duration: started.elapsed(),
+        })));
+    }
+    if let Some(before) = boot_before {
+        events(StepEvent::Rebooting { id: id.clone() });
+        let downtime = reboot_and_reconnect(session, step, options, &before, cancel).await?;
+        events(StepEvent::Rebooted {
+            id: id.clone(),
+            downtime,
+        });
+    }
+    remove_step_files(session, dir, &[&script_path, &env_path], cancel).await;
+    events(StepEvent::Finished {
+        id: id.clone(),
+        exit: StepExit::Status(ExitStatus::Code(0)),
+        duration: started.elapsed(),
+    });
+    Ok(StepOutcome::Succeeded(StepSucceeded {
+        id,
+        attempts: attempt,
+        duration: started.elapsed(),
+        rebooted: step.reboot,
+    }))
+}
+
+/// Best effort: the step's files, then the directory if empty.
+async fn remove_step_files(
+    session: &GuestSession,
+    dir: &str,
+    paths: &[&str],
+    cancel: &CancellationToken,
+) {
+    if session.is_closed() {
+        return;
+    }
+    let mut files: Vec<String> = paths.iter().filter_map(|p| shell::quote(p)).collect();
+    let mut dirs = vec![shell::quote(dir).unwrap_or_default()];
+    if dir == REMOTE_STEP_DIR {
+        dirs.push("/var/lib/imgbake".into());
+    }
+    files.retain(|f| !f.is_empty());
+    let cmd = format!(
+        "rm -f {}; rmdir {} 2>/dev/null; true",
+        files.join(" "),
+        dirs.join(" ")
+    );
+    if let Err(e) = session
+        .exec_capture_root(&cmd, Duration::from_secs(30), cancel)
+        .await
+    {
+        tracing::debug!(error = %e, "removing step files");
+    }
+}
+
+/// Reboots the guest (unless it is already going down), waits for the old connection to end,
+/// reconnects and checks the boot id. Returns the downtime.
+async fn reboot_and_reconnect(
+    session: &mut GuestSession,
+    step: &StepSpec,
+    options: &StepOptions,
+    boot_before: &str,
+    cancel: &CancellationToken,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let deadline = started + options.reboot_timeout;
+    let reboot_err = |source: Error| Error::Reboot {
+        step: step.id.clone(),
+        source: Box::new(source),
+    };
+    if !session.is_closed() {
+        // The step returned normally: reboot it ourselves. The command may not return (the
+        // connection drops): any ending but a cancel is fine.
+        match session
+            .exec_capture_root(&options.reboot_command, Duration::from_secs(30), cancel)
+            .await
+        {
+            Err(e @ Error::Cancelled { .. }) => return Err(e),
+            Ok(out) if !out.status.success() => {
+                return Err(reboot_err(Error::RemoteCommand {
+                    what: options.reboot_command.clone(),
+                    status: out.status,
+                    stderr: out.stderr,
+                }));
+            }
+            _ => {}
+        }
+    }
+    let target = session.target().clone();
+    loop {
+        wait_until_gone(session, deadline, cancel).await?;
+        if Instant::now() >= deadline && !session.is_closed() {
+            let still = session.boot_id(cancel).await.map_err(reboot_err)?;
+            return Err(Error::BootIdUnchanged {
+                step: step.id.clone(),
+                boot_id: still,
+            });
+        }
+        let fresh = wait_for_ssh(&target, deadline, cancel)
+            .await
+            .map_err(|e| match e {
+                Error::Cancelled { .. } => e,
+                other => reboot_err(other),
+            })?;
+        *session = fresh;
+        let now = session.boot_id(cancel).await.map_err(reboot_err)?;
+        if now != boot_before {
+            return Ok(started.elapsed());
+        }
+        // Reached the old system before its sshd stopped: wait for it to go down again.
+        if Instant::now() >= deadline {
+            return Err(Error::BootIdUnchanged {
+                step: step.id.clone(),
+                boot_id: now,
+            });
+        }
+    }
+}
+
+/// Waits until the guest drops this connection (it is shutting down), at most until
+/// `deadline`: a harmless `sleep` runs until the guest kills it or the connection ends.
+async fn wait_until_gone(
+    session: &GuestSession,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    if session.is_closed() {
+        return Ok(());
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    match session.exec_capture("exec sleep 3600", left, cancel).await {
+        Err(e @ Error::Cancelled { .. }) => Err(e),
+        // Exit, signal, disconnect, timeout: either it is gone or the deadline passed and
+        // the reconnect/boot-id check will say so.
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_names_are_tame() {
+        let step = StepSpec {
+            id: "04".into(),
+            name: "nvidia driver/../x".into(),
+            script: vec![],
+            env: BTreeMap::new(),
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            reboot: false,
+        };
+        assert_eq!(remote_stem(&step), "04-nvidia_driver_.._x");
+    }
+
+    #[test]
+    fn secrets_are_masked_only_for_secret_names() {
+        let env = BTreeMap::from([
+            ("GITHUB_TOKEN".to_string(), "ghp_abcdef123".to_string()),
+            ("VERSION".to_string(), "22.04".to_string()),
+            ("API_KEY".to_string(), "abc".to_string()),
+        ]);
+        let m = Masker::new(&env);
+        assert_eq!(
+            m.mask("token=ghp_abcdef123 v=22.04".into()),
+            "token=*** v=22.04"
+        );
+        // Too short to mask without mangling ordinary output.
+        assert_eq!(m.mask("abc".into()), "abc");
+    }
+
+    #[test]
+    fn step_exit_display() {
+        assert_eq!(
+            StepExit::TimedOut {
+                after: Duration::from_secs(5)
+            }
+            .to_string(),
+            "timed out after 5s"
+        );
+        assert!(StepExit::Status(ExitStatus::Code(0)).success());
+        assert!(!StepExit::Status(ExitStatus::Code(1)).success());
+    }
+}

@@ -1,0 +1,213 @@
+//! Errors and located diagnostics.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::model::StepId;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while loading a recipe or looking things up in it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The recipe file could not be read.
+    #[error("cannot read recipe {}", path.display())]
+    Read {
+        /// The recipe file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The recipe was read but has one or more problems, each located in the file.
+    #[error("{}", invalid_summary(path, diagnostics))]
+    Invalid {
+        /// The recipe file.
+        path: PathBuf,
+        /// Every problem found, in file order (never empty).
+        diagnostics: Vec<Diagnostic>,
+    },
+    /// A `--var` argument is not of the form `key=value`.
+    #[error("`{arg}` is not of the form name=value ({reason})")]
+    BadVarOverride {
+        /// The argument as given.
+        arg: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A string that is not a step id (one or two digits).
+    #[error("`{input}` is not a step id")]
+    BadStepId {
+        /// The string as given.
+        input: String,
+    },
+    /// A step id was asked for that the recipe does not have.
+    #[error("{}", no_such_step(id, valid))]
+    NoSuchStep {
+        /// The id asked for.
+        id: String,
+        /// The ids the recipe has, in order.
+        valid: Vec<StepId>,
+    },
+}
+
+impl Error {
+    /// How to fix the error, when there is one thing to say (for `try: …` lines).
+    /// For [`Error::Invalid`] each diagnostic carries its own [`Diagnostic::hint`].
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Read { .. } => Some(
+                "check the path; recipes are YAML files such as recipes/nvidia-fw1.yaml".into(),
+            ),
+            Error::Invalid { diagnostics, .. } => match diagnostics.as_slice() {
+                [only] => only.hint.clone(),
+                _ => None,
+            },
+            Error::BadVarOverride { .. } => {
+                Some("write --var name=value, e.g. --var nvidia_driver_branch=570".into())
+            }
+            Error::BadStepId { .. } => {
+                Some("a step id is the two-digit prefix of the step's script, e.g. 04".into())
+            }
+            Error::NoSuchStep { valid, .. } => Some(format!(
+                "use one of the recipe's step ids: {}",
+                join_ids(valid)
+            )),
+        }
+    }
+}
+
+fn join_ids(ids: &[StepId]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn no_such_step(id: &str, valid: &[StepId]) -> String {
+    if valid.is_empty() {
+        format!("no step `{id}`: the recipe has no steps")
+    } else {
+        format!(
+            "no step `{id}` (the recipe's steps are {})",
+            join_ids(valid)
+        )
+    }
+}
+
+fn invalid_summary(path: &std::path::Path, diagnostics: &[Diagnostic]) -> String {
+    match diagnostics {
+        [] => format!("{} is invalid", path.display()),
+        [only] => only.to_string(),
+        [first, rest @ ..] => format!("{first} (and {} more problems)", rest.len()),
+    }
+}
+
+/// A 1-based line and column (columns count characters, not bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    /// Line, from 1.
+    pub line: u64,
+    /// Column, from 1.
+    pub column: u64,
+}
+
+/// What kind of problem a [`Diagnostic`] reports (stable, for tests and tooling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DiagnosticKind {
+    /// The file is not valid YAML.
+    Syntax,
+    /// A key the schema does not know.
+    UnknownKey,
+    /// A required key is missing.
+    MissingKey,
+    /// A key appears twice in one mapping.
+    DuplicateKey,
+    /// A value of the wrong shape (a list where a single value belongs, a number for a bool…).
+    WrongType,
+    /// A value of the right shape but not allowed (zero cpus, unknown firmware…).
+    BadValue,
+    /// A size such as `8G` could not be read.
+    BadSize,
+    /// A duration such as `45m` could not be read.
+    BadDuration,
+    /// A step's script does not exist or cannot be read.
+    MissingScript,
+    /// A step's file name does not start with a two-digit id.
+    BadStepName,
+    /// Two steps have the same id.
+    DuplicateStepId,
+    /// Step ids are not in ascending order.
+    StepIdOrder,
+    /// A `{{var}}` names a variable the recipe does not define.
+    UndefinedVar,
+    /// A `{{` without `}}`, or a `{{…}}` that does not hold a var name.
+    BadTemplate,
+    /// A `--var` names a variable the recipe does not define.
+    UnknownVarOverride,
+    /// A variable name is not lower_snake_case.
+    BadVarName,
+    /// A checksum is neither `sha256:<hex>` nor `file:<sums location>`.
+    BadChecksum,
+    /// A URL or location cannot be used.
+    BadUrl,
+}
+
+impl DiagnosticKind {
+    /// A stable snake_case name (for `--json` output and tooling).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiagnosticKind::Syntax => "syntax",
+            DiagnosticKind::UnknownKey => "unknown_key",
+            DiagnosticKind::MissingKey => "missing_key",
+            DiagnosticKind::DuplicateKey => "duplicate_key",
+            DiagnosticKind::WrongType => "wrong_type",
+            DiagnosticKind::BadValue => "bad_value",
+            DiagnosticKind::BadSize => "bad_size",
+            DiagnosticKind::BadDuration => "bad_duration",
+            DiagnosticKind::MissingScript => "missing_script",
+            DiagnosticKind::BadStepName => "bad_step_name",
+            DiagnosticKind::DuplicateStepId => "duplicate_step_id",
+            DiagnosticKind::StepIdOrder => "step_id_order",
+            DiagnosticKind::UndefinedVar => "undefined_var",
+            DiagnosticKind::BadTemplate => "bad_template",
+            DiagnosticKind::UnknownVarOverride => "unknown_var_override",
+            DiagnosticKind::BadVarName => "bad_var_name",
+            DiagnosticKind::BadChecksum => "bad_checksum",
+            DiagnosticKind::BadUrl => "bad_url",
+        }
+    }
+}
+
+/// One located problem in a recipe: where, what, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The recipe file.
+    pub file: PathBuf,
+    /// Where in the file.
+    pub position: Position,
+    /// The kind of problem.
+    pub kind: DiagnosticKind,
+    /// What is wrong (lower case, no location).
+    pub message: String,
+    /// How to fix it.
+    pub hint: Option<String>,
+    /// The offending source line with a caret under the problem, ready to print.
+    pub snippet: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.position.line,
+            self.position.column,
+            self.message
+        )
+    }
+}

@@ -1,0 +1,166 @@
+//! Checkpoint keys: a chain of SHA-256s, like image build layers.
+//!
+//! ```text
+//! root    = H("imgbake-checkpoint-root-v1", base identity, disk size, firmware, machine,
+//!             seed fingerprint)
+//! step(N) = H("imgbake-checkpoint-step-v1", key(N-1), script bytes, env, reboot)
+//! ```
+//! where `env` is the sorted `NAME=value` list the script sees *and refers to*: the recipe vars
+//! whose env name appears in the script as `$NAME` or `${NAME…}`, plus every entry of the step's
+//! own `env:`. So a var change invalidates only the steps that use it (and those after them).
+//! `timeout` and `retries` do not change what ends up on the disk and are left out; `reboot`
+//! does (the checkpoint is taken after the reboot).
+//!
+//! Every field is length-prefixed, so no two different inputs hash the same bytes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use sha2::Digest as _;
+
+use crate::Recipe;
+use crate::digest::{CacheKey, Sha256};
+use crate::model::{BaseLocation, Step, StepId};
+use crate::vars::{env_name, script_references};
+
+/// What is known about the base image when keys are computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseIdentity {
+    /// The image's SHA-256 (from the recipe's `sha256:` or after fetching and checking it).
+    Digest(Sha256),
+    /// Before fetching, for a `file:` checksum: the image location and the sums file. Keys
+    /// computed from this are provisional; once fetched, use [`BaseIdentity::Digest`].
+    Unfetched {
+        /// The image location.
+        image: BaseLocation,
+        /// The SHA256SUMS location.
+        sums: BaseLocation,
+    },
+}
+
+impl fmt::Display for BaseIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BaseIdentity::Digest(d) => write!(f, "sha256:{d}"),
+            BaseIdentity::Unfetched { image, sums } => {
+                write!(f, "{image} (checked against {sums}, not fetched yet)")
+            }
+        }
+    }
+}
+
+/// The checkpoint keys of a recipe: one for the prepared base disk, one per step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointChain {
+    /// The key of the state before step one (base + disk size + seed).
+    pub root: CacheKey,
+    /// The key of the state after each step, in step order.
+    pub steps: Vec<(StepId, CacheKey)>,
+}
+
+impl CheckpointChain {
+    /// The key after step `id`.
+    pub fn key(&self, id: &StepId) -> Option<CacheKey> {
+        self.steps.iter().find(|(s, _)| s == id).map(|(_, k)| *k)
+    }
+
+    /// The key of the state a run resuming *at* step `id` starts from (the key after the step
+    /// before it, or the root for the first step).
+    pub fn key_before(&self, id: &StepId) -> Option<CacheKey> {
+        let index = self.steps.iter().position(|(s, _)| s == id)?;
+        Some(match index {
+            0 => self.root,
+            i => self.steps[i - 1].1,
+        })
+    }
+}
+
+struct KeyHasher(sha2::Sha256);
+
+impl KeyHasher {
+    fn new(domain: &str) -> KeyHasher {
+        let mut h = KeyHasher(sha2::Sha256::new());
+        h.field(domain.as_bytes());
+        h
+    }
+    fn field(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+        self
+    }
+    fn finish(self) -> CacheKey {
+        CacheKey(Sha256::from_bytes(self.0.finalize().into()))
+    }
+}
+
+fn location_bytes(l: &BaseLocation) -> Vec<u8> {
+    match l {
+        BaseLocation::Http(u) => format!("http:{u}").into_bytes(),
+        BaseLocation::File(p) => format!("file:{}", p.display()).into_bytes(),
+    }
+}
+
+impl Recipe {
+    /// What the recipe alone says about the base image: the digest when the checksum is an
+    /// inline `sha256:`, else the image and sums locations.
+    pub fn base_identity(&self) -> BaseIdentity {
+        match &self.base.checksum {
+            crate::Checksum::Sha256(d) => BaseIdentity::Digest(*d),
+            crate::Checksum::SumsFile(sums) => BaseIdentity::Unfetched {
+                image: self.base.location.clone(),
+                sums: sums.clone(),
+            },
+        }
+    }
+
+    /// The environment a step's checkpoint key covers: the vars the script refers to (by env
+    /// name) and the step's own `env`, as `NAME → value`.
+    pub fn step_key_env(&self, step: &Step) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (env_name(k), v.clone()))
+            .filter(|(name, _)| script_references(&step.contents, name))
+            .collect();
+        env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// Computes the checkpoint chain (see the [module docs](crate::keys) for the rule).
+    /// `seed_fingerprint` covers the cloud-init seed inputs that shape the disk (user name,
+    /// user-data template…); pass the same bytes for the same seed.
+    pub fn checkpoint_keys(&self, base: &BaseIdentity, seed_fingerprint: &[u8]) -> CheckpointChain {
+        let mut h = KeyHasher::new("imgbake-checkpoint-root-v1");
+        match base {
+            BaseIdentity::Digest(d) => h.field(b"digest").field(d.as_bytes()),
+            BaseIdentity::Unfetched { image, sums } => h
+                .field(b"unfetched")
+                .field(&location_bytes(image))
+                .field(&location_bytes(sums)),
+        };
+        h.field(&self.vm.disk_size.as_u64().to_le_bytes())
+            .field(self.vm.firmware.as_str().as_bytes())
+            .field(self.vm.machine.as_bytes())
+            .field(seed_fingerprint);
+        let root = h.finish();
+
+        let mut prev = root;
+        let steps = self
+            .steps
+            .iter()
+            .map(|step| {
+                let mut h = KeyHasher::new("imgbake-checkpoint-step-v1");
+                h.field(prev.0.as_bytes()).field(&step.contents);
+                let env = self.step_key_env(step);
+                h.field(&(env.len() as u64).to_le_bytes());
+                for (k, v) in &env {
+                    h.field(k.as_bytes()).field(v.as_bytes());
+                }
+                h.field(&[u8::from(step.reboot)]);
+                prev = h.finish();
+                (step.id, prev)
+            })
+            .collect();
+        CheckpointChain { root, steps }
+    }
+}
