@@ -24,6 +24,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("xorriso", "/usr/bin/xorriso"),
     ("openssh-server", "/usr/sbin/sshd"),
     ("openssh-client", "/usr/bin/ssh-keygen"),
+    ("sudo", "/usr/bin/sudo"),
     ("shellcheck", "/usr/bin/shellcheck"),
     ("zstd", "/usr/bin/zstd"),
     ("cpio", "/usr/bin/cpio"),

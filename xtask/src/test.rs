@@ -11,7 +11,11 @@ pub fn run(_args: &[String]) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(project_root());
     cmd!(sh, "cargo fmt --all --check").run()?;
-    cmd!(sh, "cargo clippy --workspace --all-targets --quiet -- -D warnings").run()?;
+    cmd!(
+        sh,
+        "cargo clippy --workspace --all-targets --quiet -- -D warnings"
+    )
+    .run()?;
     let _require = sh.push_env("IMGBAKE_REQUIRE_TOOLS", "1");
     let _fixture = sh.push_env("IMGBAKE_FIXTURE", &fixture);
     cmd!(sh, "cargo test --workspace").run()?;
@@ -20,6 +24,9 @@ pub fn run(_args: &[String]) -> Result<()> {
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }

@@ -31,7 +31,15 @@ pub struct BakeRenderer {
 
 impl BakeRenderer {
     pub fn new(recipe: String, prefix_recipe: bool, mode: RenderMode, out: Output) -> Self {
-        Self { recipe, prefix_recipe, mode, out, started: Instant::now(), last_fetch_percent: None, last_export: None }
+        Self {
+            recipe,
+            prefix_recipe,
+            mode,
+            out,
+            started: Instant::now(),
+            last_fetch_percent: None,
+            last_export: None,
+        }
     }
 
     /// Consumes events until the build ends.
@@ -41,7 +49,11 @@ impl BakeRenderer {
                 RenderMode::Json => self.json(&event),
                 RenderMode::Human => {
                     if let Some(line) = self.human(&event) {
-                        let prefix = if self.prefix_recipe { format!("{} ", self.recipe) } else { String::new() };
+                        let prefix = if self.prefix_recipe {
+                            format!("{} ", self.recipe)
+                        } else {
+                            String::new()
+                        };
                         let elapsed = self.started.elapsed().as_secs_f64();
                         let stamp = self.out.stderr().dim(&format!("{elapsed:>7.1}s"));
                         eprintln!("{stamp} {prefix}{line}");
@@ -55,7 +67,10 @@ impl BakeRenderer {
         let mut value = serde_json::to_value(event).unwrap_or_default();
         if let Some(map) = value.as_object_mut() {
             map.insert("recipe".into(), self.recipe.clone().into());
-            map.insert("elapsed_secs".into(), (self.started.elapsed().as_millis() as f64 / 1000.0).into());
+            map.insert(
+                "elapsed_secs".into(),
+                (self.started.elapsed().as_millis() as f64 / 1000.0).into(),
+            );
         }
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{value}");
@@ -142,12 +157,34 @@ impl BakeRenderer {
 pub fn print_summary(summary: &BakeSummary, out: Output) {
     let paint = out.stderr();
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "\n{}", paint.bold(&format!("{} — done in {:.1}s", summary.run.recipe, summary.run.total_secs)));
+    let _ = writeln!(
+        err,
+        "\n{}",
+        paint.bold(&format!(
+            "{} — done in {:.1}s",
+            summary.run.recipe, summary.run.total_secs
+        ))
+    );
     for step in &summary.run.steps {
-        let _ = writeln!(err, "  {:<4} {:<28} {:<7} {:>7.1}s", step.id, step.name, step.status, step.duration_secs);
+        let _ = writeln!(
+            err,
+            "  {:<4} {:<28} {:<7} {:>7.1}s",
+            step.id, step.name, step.status, step.duration_secs
+        );
     }
-    let verdict = if summary.verify.passed { paint.ok("passed") } else { paint.error("FAILED") };
-    let _ = writeln!(err, "  offline verification: {verdict} (imgbake verify {} for details)", summary.output_dir.join(format!("{}.raw", summary.run.recipe)).display());
+    let verdict = if summary.verify.passed {
+        paint.ok("passed")
+    } else {
+        paint.error("FAILED")
+    };
+    let _ = writeln!(
+        err,
+        "  offline verification: {verdict} (imgbake verify {} for details)",
+        summary
+            .output_dir
+            .join(format!("{}.raw", summary.run.recipe))
+            .display()
+    );
     for file in std::iter::once(&summary.qcow2).chain(&summary.files) {
         let _ = writeln!(err, "  {}", file.display());
     }
@@ -161,5 +198,9 @@ fn bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

@@ -108,10 +108,13 @@ impl CliError {
             }
             CliError::Recipe(_) => ExitStatus::Usage,
             CliError::Bake(e) => bake_exit_status(e),
-            CliError::DuplicateRecipeName(_) | CliError::ResumeWithSeveralRecipes => ExitStatus::Usage,
-            CliError::Stdout(_) | CliError::Json(_) | CliError::Runtime(_) | CliError::CacheDir(_) => {
-                ExitStatus::Failure
+            CliError::DuplicateRecipeName(_) | CliError::ResumeWithSeveralRecipes => {
+                ExitStatus::Usage
             }
+            CliError::Stdout(_)
+            | CliError::Json(_)
+            | CliError::Runtime(_)
+            | CliError::CacheDir(_) => ExitStatus::Failure,
         }
     }
 
@@ -224,14 +227,18 @@ fn bake_hint(err: &pipeline::Error) -> Option<String> {
             "fix the script, then rerun the same command: steps before {} are reused from their checkpoints (or add --resume-from {}); add --keep-on-failure to get a shell in the VM when it fails",
             f.id, f.id
         )),
-        E::Interrupted { .. } => Some("rerun the same command: finished steps are reused from their checkpoints".into()),
+        E::Interrupted { .. } => {
+            Some("rerun the same command: finished steps are reused from their checkpoints".into())
+        }
         E::Vm { source } if source.is_kvm_failure() => {
             Some("KVM cannot run this guest here; use --accel tcg".into())
         }
         E::Vm { .. } | E::Guest { .. } | E::CloudInitNeverRan { .. } => Some(
             "read the serial log named above; -v shows more; --accel tcg if KVM misbehaves".into(),
         ),
-        E::Fetch { .. } => Some("check the recipe's base url and checksum, or use --offline with a cached image".into()),
+        E::Fetch { .. } => Some(
+            "check the recipe's base url and checksum, or use --offline with a cached image".into(),
+        ),
         _ => None,
     }
 }
@@ -246,7 +253,14 @@ fn write_step_failure(
     let pipeline::Error::StepFailed(f) = err else {
         return write_error(w, err, hint, paint);
     };
-    writeln!(w, "{} step {} ({}) failed: {}", paint.error("error:"), f.id, f.name, f.exit)?;
+    writeln!(
+        w,
+        "{} step {} ({}) failed: {}",
+        paint.error("error:"),
+        f.id,
+        f.name,
+        f.exit
+    )?;
     if !f.last_lines.is_empty() {
         writeln!(w, "  last {} lines of its output:", f.last_lines.len())?;
         for line in &f.last_lines {

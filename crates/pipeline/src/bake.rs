@@ -98,7 +98,11 @@ impl Emitter {
 }
 
 /// Runs one build. See the crate docs.
-pub async fn bake(request: BakeRequest, events: UnboundedSender<BakeEvent>, cancel: Cancel) -> Result<BakeSummary> {
+pub async fn bake(
+    request: BakeRequest,
+    events: UnboundedSender<BakeEvent>,
+    cancel: Cancel,
+) -> Result<BakeSummary> {
     let events = Emitter(events);
     let began = Instant::now();
     let recipe = &request.recipe;
@@ -115,11 +119,15 @@ pub async fn bake(request: BakeRequest, events: UnboundedSender<BakeEvent>, canc
 
     let store = CheckpointStore::open(&request.cache_dir.join("checkpoints"))?;
     for discarded in store.sweep_incomplete()? {
-        events.emit(BakeEvent::CheckpointDiscarded { reason: discarded.to_string() });
+        events.emit(BakeEvent::CheckpointDiscarded {
+            reason: discarded.to_string(),
+        });
     }
     let mut start = resume::decide(recipe, &chain, &store, &request.start)?;
     for discarded in &start.discarded {
-        events.emit(BakeEvent::CheckpointDiscarded { reason: discarded.to_string() });
+        events.emit(BakeEvent::CheckpointDiscarded {
+            reason: discarded.to_string(),
+        });
     }
     let chain_dir = store.chain_dir(&layer_key(&chain.root))?;
     let keys = match chain_keys(&chain_dir, !start.reused.is_empty()) {
@@ -136,7 +144,11 @@ pub async fn bake(request: BakeRequest, events: UnboundedSender<BakeEvent>, canc
     };
     if !start.reused.is_empty() {
         events.emit(BakeEvent::StepsReused {
-            ids: start.reused.iter().map(|l| l.meta.step_id.clone()).collect(),
+            ids: start
+                .reused
+                .iter()
+                .map(|l| l.meta.step_id.clone())
+                .collect(),
             resumed: matches!(request.start, StartRequest::ResumeFrom(_)),
         });
     }
@@ -147,7 +159,14 @@ pub async fn bake(request: BakeRequest, events: UnboundedSender<BakeEvent>, canc
         ..RunRecord::default()
     };
     for (step, layer) in recipe.steps.iter().zip(&start.reused) {
-        run.steps.push(step_record(step, &layer.meta.key, "reused", 0.0, Some(0), 0));
+        run.steps.push(step_record(
+            step,
+            &layer.meta.key,
+            "reused",
+            0.0,
+            Some(0),
+            0,
+        ));
     }
 
     let logs_dir = request.output_dir.join("logs");
@@ -178,7 +197,10 @@ pub async fn bake(request: BakeRequest, events: UnboundedSender<BakeEvent>, canc
         )
         .await;
         // The serial log is worth keeping whatever happened.
-        let _ = std::fs::copy(run_dir.path().join("serial.log"), logs_dir.join("serial.log"));
+        let _ = std::fs::copy(
+            run_dir.path().join("serial.log"),
+            logs_dir.join("serial.log"),
+        );
         built?
     };
 
@@ -198,7 +220,11 @@ pub async fn bake(request: BakeRequest, events: UnboundedSender<BakeEvent>, canc
     Ok(outcome)
 }
 
-async fn fetch_base(request: &BakeRequest, events: &Emitter, cancel: &CancellationToken) -> Result<fetch::CachedBase> {
+async fn fetch_base(
+    request: &BakeRequest,
+    events: &Emitter,
+    cancel: &CancellationToken,
+) -> Result<fetch::CachedBase> {
     let recipe = &request.recipe;
     let location = |l: &recipe::BaseLocation| match l {
         recipe::BaseLocation::Http(url) => fetch::Location::parse(url.as_str()),
@@ -208,18 +234,32 @@ async fn fetch_base(request: &BakeRequest, events: &Emitter, cancel: &Cancellati
         recipe::Checksum::Sha256(d) => format!("sha256:{d}").parse()?,
         recipe::Checksum::SumsFile(sums) => fetch::ExpectedDigest::SumsFile(location(sums)?),
     };
-    let source = fetch::BaseSource { location: location(&recipe.base.location)?, checksum };
+    let source = fetch::BaseSource {
+        location: location(&recipe.base.location)?,
+        checksum,
+    };
     let cache = fetch::BaseCache::open(request.cache_dir.join("base"))?;
-    let options = fetch::FetchOptions { offline: request.offline, ..fetch::FetchOptions::default() };
+    let options = fetch::FetchOptions {
+        offline: request.offline,
+        ..fetch::FetchOptions::default()
+    };
     let progress = |event: fetch::FetchEvent| match event {
-        fetch::FetchEvent::Downloading { done, total } => events.emit(BakeEvent::FetchProgress { done, total }),
-        fetch::FetchEvent::Hashing { done, total, .. } => {
-            events.emit(BakeEvent::FetchProgress { done, total: Some(total) })
+        fetch::FetchEvent::Downloading { done, total } => {
+            events.emit(BakeEvent::FetchProgress { done, total })
         }
+        fetch::FetchEvent::Hashing { done, total, .. } => events.emit(BakeEvent::FetchProgress {
+            done,
+            total: Some(total),
+        }),
         _ => {}
     };
-    let base = cache.fetch(&source, &options, &progress, cancel.clone()).await?;
-    events.emit(BakeEvent::BaseReady { path: base.path.clone(), sha256: base.digest.to_hex() });
+    let base = cache
+        .fetch(&source, &options, &progress, cancel.clone())
+        .await?;
+    events.emit(BakeEvent::BaseReady {
+        path: base.path.clone(),
+        sha256: base.digest.to_hex(),
+    });
     Ok(base)
 }
 
@@ -229,8 +269,9 @@ async fn fetch_base(request: &BakeRequest, events: &Emitter, cancel: &Cancellati
 fn chain_keys(chain_dir: &Path, must_exist: bool) -> std::result::Result<BuildKeys, String> {
     let dir = chain_dir.join("keys");
     if dir.is_dir() {
-        return BuildKeys::load(&dir)
-            .map_err(|e| format!("the checkpoint chain's SSH keys are unreadable ({e}); starting from the base"));
+        return BuildKeys::load(&dir).map_err(|e| {
+            format!("the checkpoint chain's SSH keys are unreadable ({e}); starting from the base")
+        });
     }
     if must_exist {
         return Err("the checkpoint chain has lost its SSH keys; starting from the base".into());
@@ -271,15 +312,32 @@ pub(crate) fn seed_config(recipe: &Recipe, instance_id: &str, keys: &BuildKeys) 
 fn hostname(name: &str) -> String {
     let cleaned: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     let trimmed = cleaned.trim_matches('-');
     let short: String = trimmed.chars().take(63).collect();
     let short = short.trim_end_matches('-');
-    if short.is_empty() { "imgbake".to_owned() } else { short.to_owned() }
+    if short.is_empty() {
+        "imgbake".to_owned()
+    } else {
+        short.to_owned()
+    }
 }
 
-fn step_record(step: &Step, key: &LayerKey, status: &'static str, duration: f64, exit: Option<u32>, attempts: u32) -> StepRecord {
+fn step_record(
+    step: &Step,
+    key: &LayerKey,
+    status: &'static str,
+    duration: f64,
+    exit: Option<u32>,
+    attempts: u32,
+) -> StepRecord {
     StepRecord {
         id: step.id.to_string(),
         name: step.name.clone(),
@@ -360,8 +418,18 @@ async fn build_in_vm(
     };
     config.seed_iso = Some(seed_path);
 
-    let Guest { vm, mut session, started } =
-        guest::boot(config, keys.clone(), recipe.vm.boot_timeout, events, &cancel.graceful).await?;
+    let Guest {
+        vm,
+        mut session,
+        started,
+    } = guest::boot(
+        config,
+        keys.clone(),
+        recipe.vm.boot_timeout,
+        events,
+        &cancel.graceful,
+    )
+    .await?;
     run.accel = vm.accel().accel.to_string();
     run.ssh_ready_secs = None;
 
@@ -382,7 +450,10 @@ async fn build_in_vm(
             facts_before_last = session.facts(&cancel.graceful).await.ok();
         }
         let spec = step_spec(recipe, step);
-        let options = StepOptions::new(logs_dir.join(format!("{}.log", step.name)), recipe.vm.boot_timeout);
+        let options = StepOptions::new(
+            logs_dir.join(format!("{}.log", step.name)),
+            recipe.vm.boot_timeout,
+        );
         let on_event = |event: StepEvent| events.emit(step_event(event, &step.name));
         let outcome = tokio::select! {
             outcome = provisioner::run_step(&mut session, &spec, &options, on_event, &cancel.graceful) => outcome,
@@ -393,7 +464,9 @@ async fn build_in_vm(
             Err(e) if cancel.graceful.is_cancelled() => {
                 let _ = e;
                 stop_vm(vm, events, cancel).await;
-                return Err(Error::Interrupted { last_checkpoint: last_published });
+                return Err(Error::Interrupted {
+                    last_checkpoint: last_published,
+                });
             }
             Err(e) => {
                 stop_vm(vm, events, cancel).await;
@@ -403,7 +476,14 @@ async fn build_in_vm(
         let succeeded = match outcome {
             StepOutcome::Succeeded(ok) => ok,
             StepOutcome::Failed(failed) => {
-                run.steps.push(step_record(step, &keys_of[index], "failed", secs(failed.duration), exit_code(&failed.exit), failed.attempts));
+                run.steps.push(step_record(
+                    step,
+                    &keys_of[index],
+                    "failed",
+                    secs(failed.duration),
+                    exit_code(&failed.exit),
+                    failed.attempts,
+                ));
                 write_run_json(&request.output_dir, run);
                 let failure = StepFailure {
                     id: failed.id.clone(),
@@ -429,10 +509,19 @@ async fn build_in_vm(
                 return Err(Error::StepFailed(Box::new(failure)));
             }
         };
-        run.steps.push(step_record(step, &keys_of[index], "ran", secs(succeeded.duration), Some(0), succeeded.attempts));
+        run.steps.push(step_record(
+            step,
+            &keys_of[index],
+            "ran",
+            secs(succeeded.duration),
+            Some(0),
+            succeeded.attempts,
+        ));
 
         // Checkpoint: flush the guest, freeze the layer, continue on a new overlay.
-        session.exec_capture_root("sync", Duration::from_secs(300), &cancel.graceful).await?;
+        session
+            .exec_capture_root("sync", Duration::from_secs(300), &cancel.graceful)
+            .await?;
         let next = match keys_of.get(index + 1) {
             Some(key) => lease.layer_path(key),
             None => run_dir.join("final.qcow2"),
@@ -485,7 +574,12 @@ fn keys_dir_user_key(chain_dir: &Path) -> PathBuf {
 
 fn write_known_hosts(run_dir: &Path, addr: std::net::SocketAddr, keys: &BuildKeys) -> PathBuf {
     let path = run_dir.join("known_hosts");
-    let line = format!("[{}]:{} {}\n", addr.ip(), addr.port(), keys.host_public_openssh());
+    let line = format!(
+        "[{}]:{} {}\n",
+        addr.ip(),
+        addr.port(),
+        keys.host_public_openssh()
+    );
     let _ = std::fs::write(&path, line);
     path
 }
@@ -505,7 +599,11 @@ async fn stop_vm(vm: qemu_driver::Vm, events: &Emitter, cancel: &Cancel) {
 
 fn step_event(event: StepEvent, name: &str) -> BakeEvent {
     match event {
-        StepEvent::Started { id, attempt, .. } => BakeEvent::StepStarted { id, name: name.to_owned(), attempt },
+        StepEvent::Started { id, attempt, .. } => BakeEvent::StepStarted {
+            id,
+            name: name.to_owned(),
+            attempt,
+        },
         StepEvent::Output { id, stream, line } => BakeEvent::StepOutput {
             id,
             stream: match stream {
@@ -514,9 +612,15 @@ fn step_event(event: StepEvent, name: &str) -> BakeEvent {
             },
             line,
         },
-        StepEvent::Retrying { id, exit, .. } => BakeEvent::StepRetrying { id, exit: exit.to_string() },
+        StepEvent::Retrying { id, exit, .. } => BakeEvent::StepRetrying {
+            id,
+            exit: exit.to_string(),
+        },
         StepEvent::Rebooting { id } => BakeEvent::Rebooting { id },
-        StepEvent::Rebooted { id, downtime } => BakeEvent::Rebooted { id, downtime_secs: secs(downtime) },
+        StepEvent::Rebooted { id, downtime } => BakeEvent::Rebooted {
+            id,
+            downtime_secs: secs(downtime),
+        },
         StepEvent::Finished { id, exit, duration } => BakeEvent::StepFinished {
             id,
             success: exit.success(),

@@ -66,7 +66,7 @@ pub enum Error {
     Vm {
         /// The cause.
         #[source]
-        source: qemu_driver::Error,
+        source: Box<qemu_driver::Error>,
     },
     /// The cloud-init seed could not be written.
     #[error("writing the cloud-init seed")]
@@ -80,7 +80,7 @@ pub enum Error {
     Guest {
         /// The cause.
         #[source]
-        source: provisioner::Error,
+        source: Box<provisioner::Error>,
     },
     /// cloud-init never ran in the guest, so the seed was not applied.
     #[error("cloud-init never ran in the guest: {detail} (serial log: {})", serial_log.display())]
@@ -122,9 +122,16 @@ pub enum Error {
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
-pub(crate) fn io_err(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+pub(crate) fn io_err(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> Error {
     let path = path.into();
-    move |source| Error::Io { action, path, source }
+    move |source| Error::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 impl From<checkpoint::Error> for Error {
@@ -134,12 +141,16 @@ impl From<checkpoint::Error> for Error {
 }
 impl From<qemu_driver::Error> for Error {
     fn from(source: qemu_driver::Error) -> Self {
-        Error::Vm { source }
+        Error::Vm {
+            source: Box::new(source),
+        }
     }
 }
 impl From<provisioner::Error> for Error {
     fn from(source: provisioner::Error) -> Self {
-        Error::Guest { source }
+        Error::Guest {
+            source: Box::new(source),
+        }
     }
 }
 impl From<fetch::Error> for Error {

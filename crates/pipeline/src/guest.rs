@@ -33,7 +33,9 @@ pub(crate) async fn boot(
     let ready = async |vm: &Vm| -> Result<GuestSession> {
         let accel = vm.accel();
         if let AccelReason::KvmFailed(why) = &accel.reason {
-            events.emit(BakeEvent::RestartedUnderTcg { reason: why.clone() });
+            events.emit(BakeEvent::RestartedUnderTcg {
+                reason: why.clone(),
+            });
         }
         events.emit(BakeEvent::VmStarted {
             accel: accel.accel.to_string(),
@@ -49,21 +51,32 @@ pub(crate) async fn boot(
         };
         let deadline = tokio::time::Instant::now() + boot_timeout;
         let session = provisioner::wait_for_ssh(&target, deadline, cancel).await?;
-        events.emit(BakeEvent::SshReady { after_secs: secs(started.elapsed()) });
+        events.emit(BakeEvent::SshReady {
+            after_secs: secs(started.elapsed()),
+        });
         match session.cloud_init_wait(boot_timeout, cancel).await? {
             CloudInitOutcome::Finished => {}
             CloudInitOutcome::FinishedWithErrors { detail } => {
                 events.emit(BakeEvent::CloudInitWarning { detail });
             }
             CloudInitOutcome::NeverRan { detail } => {
-                return Err(Error::CloudInitNeverRan { detail, serial_log: serial_log.clone() });
+                return Err(Error::CloudInitNeverRan {
+                    detail,
+                    serial_log: serial_log.clone(),
+                });
             }
         }
-        events.emit(BakeEvent::CloudInitDone { after_secs: secs(started.elapsed()) });
+        events.emit(BakeEvent::CloudInitDone {
+            after_secs: secs(started.elapsed()),
+        });
         Ok(session)
     };
     let (vm, session) = Vm::launch_with_fallback(config, cancel.clone(), ready).await?;
-    Ok(Guest { vm, session: session?, started })
+    Ok(Guest {
+        vm,
+        session: session?,
+        started,
+    })
 }
 
 /// The `ssh` command a person can paste to get into the build VM.

@@ -35,9 +35,14 @@ pub(crate) async fn write_outputs(
     // complete. A recipe that asks for qcow2 gets the exporter's compressed one instead.
     let qcow2 = dir.join(format!("{name}.qcow2"));
     if !compressed_qcow2 {
-        events.emit(BakeEvent::Exporting { what: format!("writing {}", qcow2.display()), fraction: None });
+        events.emit(BakeEvent::Exporting {
+            what: format!("writing {}", qcow2.display()),
+            fraction: None,
+        });
         flatten(final_image, &qcow2, cancel).await?;
-        events.emit(BakeEvent::OutputWritten { path: qcow2.clone() });
+        events.emit(BakeEvent::OutputWritten {
+            path: qcow2.clone(),
+        });
     }
 
     let mut export = exporter::ExportRequest::new(final_image, dir, name.clone());
@@ -79,20 +84,34 @@ pub(crate) async fn write_outputs(
         .map(|f| f.path.clone())
         .expect("the exporter always writes RAW");
     for file in &exported.files {
-        events.emit(BakeEvent::OutputWritten { path: file.path.clone() });
+        events.emit(BakeEvent::OutputWritten {
+            path: file.path.clone(),
+        });
     }
 
-    events.emit(BakeEvent::Exporting { what: format!("verifying {} offline", raw.display()), fraction: None });
+    events.emit(BakeEvent::Exporting {
+        what: format!("verifying {} offline", raw.display()),
+        fraction: None,
+    });
     let expectations = exporter::Expectations {
-        enable_gpu_firmware: recipe.verify.nvidia.as_ref().and_then(|n| n.enable_gpu_firmware),
-        driver_branch: recipe.verify.nvidia.as_ref().and_then(|n| n.driver_branch.clone()),
+        enable_gpu_firmware: recipe
+            .verify
+            .nvidia
+            .as_ref()
+            .and_then(|n| n.enable_gpu_firmware),
+        driver_branch: recipe
+            .verify
+            .nvidia
+            .as_ref()
+            .and_then(|n| n.driver_branch.clone()),
         hygiene: recipe.verify.hygiene,
         build_user: crate::BUILD_USER.to_owned(),
     };
     let raw_for_verify = raw.clone();
-    let report = tokio::task::spawn_blocking(move || exporter::verify(&raw_for_verify, &expectations))
-        .await
-        .map_err(|e| io_err("verify", &raw)(std::io::Error::other(e)))??;
+    let report =
+        tokio::task::spawn_blocking(move || exporter::verify(&raw_for_verify, &expectations))
+            .await
+            .map_err(|e| io_err("verify", &raw)(std::io::Error::other(e)))??;
 
     let steps = run
         .steps
@@ -140,11 +159,19 @@ pub(crate) async fn write_outputs(
 
     let mut files: Vec<PathBuf> = exported.files.iter().map(|f| f.path.clone()).collect();
     files.extend([sha256sums, manifest, payload, dir.join("run.json")]);
-    Ok(BakeSummary { output_dir: dir.clone(), qcow2, files, run: run.clone(), verify: report })
+    Ok(BakeSummary {
+        output_dir: dir.clone(),
+        qcow2,
+        files,
+        run: run.clone(),
+        verify: report,
+    })
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// `qemu-img convert -O qcow2` of a chain into one standalone file, via a temp name.

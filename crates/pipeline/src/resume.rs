@@ -26,7 +26,9 @@ pub struct StartPoint {
 }
 
 pub(crate) fn layer_key(key: &recipe::CacheKey) -> LayerKey {
-    key.to_string().parse().expect("a recipe cache key is 64 hex digits")
+    key.to_string()
+        .parse()
+        .expect("a recipe cache key is 64 hex digits")
 }
 
 /// Decides where the build starts.
@@ -38,7 +40,10 @@ pub fn decide(
 ) -> Result<StartPoint> {
     let keys: Vec<LayerKey> = chain.steps.iter().map(|(_, key)| layer_key(key)).collect();
     match request {
-        StartRequest::Fresh => Ok(StartPoint { reused: Vec::new(), discarded: Vec::new() }),
+        StartRequest::Fresh => Ok(StartPoint {
+            reused: Vec::new(),
+            discarded: Vec::new(),
+        }),
         StartRequest::Reuse => {
             let (reused, discarded) = store.reusable_prefix(&keys)?;
             Ok(StartPoint { reused, discarded })

@@ -80,28 +80,59 @@ impl fmt::Display for AccelDecision {
 
 /// The KVM device.
 pub const KVM_DEVICE: &str = "/dev/kvm";
+/// Where loaded kernel modules are listed.
+pub const SYS_MODULE: &str = "/sys/module";
 
-/// Decides the accelerator for `choice`, probing `kvm_device` (normally [`KVM_DEVICE`]) for
-/// `auto`. Never fails: a device that does not open means TCG.
-pub fn decide(choice: AccelChoice, kvm_device: &Path) -> AccelDecision {
+/// Why KVM from `kvm_pvm` does not count as usable.
+pub const PVM_REASON: &str = "/dev/kvm is provided by kvm_pvm, which runs only guest kernels \
+     built for PVM; standard kernels stop with a KVM internal error";
+
+/// What provides `/dev/kvm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmBackend {
+    /// `kvm_intel` or `kvm_amd`: hardware virtualisation.
+    Hardware,
+    /// `kvm_pvm` alone (nested "pagetable-based" KVM, as on these CI machines): only guest
+    /// kernels built for PVM run; Ubuntu's and Debian's stop with "KVM internal error".
+    Pvm,
+    /// Neither is listed.
+    Unknown,
+}
+
+/// Looks at the loaded modules in `sys_module` (normally [`SYS_MODULE`]).
+pub fn kvm_backend(sys_module: &Path) -> KvmBackend {
+    let has = |module: &str| sys_module.join(module).exists();
+    if has("kvm_intel") || has("kvm_amd") {
+        KvmBackend::Hardware
+    } else if has("kvm_pvm") {
+        KvmBackend::Pvm
+    } else {
+        KvmBackend::Unknown
+    }
+}
+
+/// Decides the accelerator for `choice` on this machine (see [`decide_with`]).
+pub fn decide(choice: AccelChoice) -> AccelDecision {
+    decide_with(choice, Path::new(KVM_DEVICE), Path::new(SYS_MODULE))
+}
+
+/// Decides the accelerator for `choice`. `auto` uses KVM when `kvm_device` opens read-write
+/// and is not provided by `kvm_pvm` alone (see [`KvmBackend::Pvm`]). Never fails: an unusable
+/// KVM means TCG, with the reason.
+pub fn decide_with(choice: AccelChoice, kvm_device: &Path, sys_module: &Path) -> AccelDecision {
+    let decision = |accel, reason| AccelDecision { accel, reason };
     match choice {
-        AccelChoice::Kvm => AccelDecision {
-            accel: Accel::Kvm,
-            reason: AccelReason::Requested,
-        },
-        AccelChoice::Tcg => AccelDecision {
-            accel: Accel::Tcg,
-            reason: AccelReason::Requested,
-        },
+        AccelChoice::Kvm => decision(Accel::Kvm, AccelReason::Requested),
+        AccelChoice::Tcg => decision(Accel::Tcg, AccelReason::Requested),
         AccelChoice::Auto => match OpenOptions::new().read(true).write(true).open(kvm_device) {
-            Ok(_) => AccelDecision {
-                accel: Accel::Kvm,
-                reason: AccelReason::KvmUsable,
-            },
-            Err(err) => AccelDecision {
-                accel: Accel::Tcg,
-                reason: AccelReason::KvmUnavailable(format!("{}: {err}", kvm_device.display())),
-            },
+            Err(err) => decision(
+                Accel::Tcg,
+                AccelReason::KvmUnavailable(format!("{}: {err}", kvm_device.display())),
+            ),
+            Ok(_) if kvm_backend(sys_module) == KvmBackend::Pvm => {
+                decision(Accel::Tcg, AccelReason::KvmUnavailable(PVM_REASON.into()))
+            }
+            Ok(_) => decision(Accel::Kvm, AccelReason::KvmUsable),
         },
     }
 }
@@ -117,19 +148,35 @@ pub fn stderr_shows_kvm_failure(stderr: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn no_modules() -> &'static Path {
+        Path::new("/nonexistent/sys/module")
+    }
+
     #[test]
     fn explicit_choices_are_requested() {
-        let kvm = decide(AccelChoice::Kvm, Path::new("/nonexistent/kvm"));
+        let kvm = decide_with(
+            AccelChoice::Kvm,
+            Path::new("/nonexistent/kvm"),
+            no_modules(),
+        );
         assert_eq!(kvm.accel, Accel::Kvm);
         assert_eq!(kvm.reason, AccelReason::Requested);
-        let tcg = decide(AccelChoice::Tcg, Path::new("/nonexistent/kvm"));
+        let tcg = decide_with(
+            AccelChoice::Tcg,
+            Path::new("/nonexistent/kvm"),
+            no_modules(),
+        );
         assert_eq!(tcg.accel, Accel::Tcg);
         assert_eq!(tcg.to_string(), "tcg (requested)");
     }
 
     #[test]
     fn auto_without_device_is_tcg_and_says_why() {
-        let d = decide(AccelChoice::Auto, Path::new("/nonexistent/kvm"));
+        let d = decide_with(
+            AccelChoice::Auto,
+            Path::new("/nonexistent/kvm"),
+            no_modules(),
+        );
         assert_eq!(d.accel, Accel::Tcg);
         let text = d.to_string();
         assert!(text.contains("/nonexistent/kvm"), "{text}");
@@ -140,9 +187,29 @@ mod tests {
     fn auto_with_read_write_device_is_kvm() {
         // Any file that opens read-write stands in for the device.
         let file = tempfile::NamedTempFile::new().unwrap();
-        let d = decide(AccelChoice::Auto, file.path());
+        let modules = tempfile::tempdir().unwrap();
+        std::fs::create_dir(modules.path().join("kvm_intel")).unwrap();
+        let d = decide_with(AccelChoice::Auto, file.path(), modules.path());
         assert_eq!(d.accel, Accel::Kvm);
         assert_eq!(d.reason, AccelReason::KvmUsable);
+        // Unknown backend (e.g. built-in module without parameters): trust the device.
+        let d = decide_with(AccelChoice::Auto, file.path(), no_modules());
+        assert_eq!(d.accel, Accel::Kvm);
+    }
+
+    #[test]
+    fn auto_with_kvm_pvm_alone_is_tcg_and_says_why() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let modules = tempfile::tempdir().unwrap();
+        std::fs::create_dir(modules.path().join("kvm")).unwrap();
+        std::fs::create_dir(modules.path().join("kvm_pvm")).unwrap();
+        assert_eq!(kvm_backend(modules.path()), KvmBackend::Pvm);
+        let d = decide_with(AccelChoice::Auto, file.path(), modules.path());
+        assert_eq!(d.accel, Accel::Tcg);
+        assert!(d.to_string().contains("kvm_pvm"), "{d}");
+        // kvm_pvm next to a hardware module: the hardware one serves /dev/kvm.
+        std::fs::create_dir(modules.path().join("kvm_amd")).unwrap();
+        assert_eq!(kvm_backend(modules.path()), KvmBackend::Hardware);
     }
 
     #[test]

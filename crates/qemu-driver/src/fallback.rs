@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::accel::{self, Accel, AccelChoice, AccelDecision, AccelReason};
+use crate::accel::{Accel, AccelChoice, AccelDecision, AccelReason};
 use crate::config::VmConfig;
 use crate::error::{Error, Result};
 use crate::launch;
@@ -27,10 +27,21 @@ impl Vm {
     pub async fn launch_with_fallback<T>(
         config: VmConfig,
         cancel: CancellationToken,
+        until_ready: impl AsyncFnMut(&Vm) -> T,
+    ) -> Result<(Vm, T)> {
+        let decision = crate::vm::decide_checked(&config)?;
+        Self::launch_with_fallback_from(config, decision, cancel, until_ready).await
+    }
+
+    /// [`Vm::launch_with_fallback`] with the first accelerator decision given (no pre-checks).
+    /// The TCG restart still happens only when `config.accel` is [`AccelChoice::Auto`].
+    pub async fn launch_with_fallback_from<T>(
+        config: VmConfig,
+        decision: AccelDecision,
+        cancel: CancellationToken,
         mut until_ready: impl AsyncFnMut(&Vm) -> T,
     ) -> Result<(Vm, T)> {
         let auto = config.accel == AccelChoice::Auto;
-        let decision = accel::decide(config.accel, Path::new(accel::KVM_DEVICE));
         let first = match launch::start(config.clone(), decision, &cancel).await {
             Ok(vm) => match run_until_ready(&vm, &cancel, &mut until_ready).await {
                 Ok(value) => return Ok((vm, value)),

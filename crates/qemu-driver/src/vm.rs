@@ -94,12 +94,17 @@ impl Vm {
     ///
     /// Must be called inside a tokio runtime (QEMU gets a parent-death signal tied to the
     /// spawning thread; see [`crate::process::spawn`]).
+    ///
+    /// With [`AccelChoice::Kvm`](crate::AccelChoice::Kvm) on a machine whose `/dev/kvm` comes
+    /// from `kvm_pvm` alone ([`accel::KvmBackend::Pvm`]), this fails at once with
+    /// [`Error::Kvm`] instead of booting a guest that would crash minutes later.
     pub async fn launch(config: VmConfig, cancel: CancellationToken) -> Result<Vm> {
-        let decision = accel::decide(config.accel, Path::new(accel::KVM_DEVICE));
+        let decision = decide_checked(&config)?;
         launch::start(config, decision, &cancel).await
     }
 
-    /// Like [`Vm::launch`] with the accelerator decision given (used for the TCG restart).
+    /// Like [`Vm::launch`] with the accelerator decision given and no pre-checks (used for
+    /// the TCG restart, and to force KVM where the pre-check would refuse it).
     pub async fn launch_with_accel(
         config: VmConfig,
         accel: AccelDecision,
@@ -360,6 +365,19 @@ impl Vm {
                 tails: self.tails(),
             })
     }
+}
+
+/// The accelerator for `config`; refuses an explicit `kvm` where `/dev/kvm` is `kvm_pvm` alone.
+pub(crate) fn decide_checked(config: &VmConfig) -> Result<AccelDecision> {
+    if config.accel == crate::AccelChoice::Kvm
+        && accel::kvm_backend(Path::new(accel::SYS_MODULE)) == accel::KvmBackend::Pvm
+    {
+        return Err(Error::Kvm {
+            detail: accel::PVM_REASON.into(),
+            tails: Tails::default(),
+        });
+    }
+    Ok(accel::decide(config.accel))
 }
 
 /// The line of QEMU's stderr that names the KVM failure, or a generic description.

@@ -1,28 +1,18 @@
-//! `--accel kvm` and `auto` with the fixture guest. On machines where KVM is broken for guests
-//! (DESIGN.md §3: nested `kvm-pvm`), the guest stops with `internal-error`; the driver must
-//! report that as [`Error::Kvm`] at once (never hang), and `auto` must restart under TCG.
-//! Where KVM works, the same tests expect a boot.
+//! `--accel kvm` and `auto` with the fixture guest, on the real machine.
+//!
+//! Where `/dev/kvm` is missing, inaccessible or provided by `kvm_pvm` alone (these CI machines,
+//! DESIGN.md §3), `--accel kvm` must fail at once with the KVM error and the advice to use TCG,
+//! and `auto` must pick TCG and boot. Where KVM works, both boot under KVM. (The detection of a
+//! KVM internal error in a running guest is tested in `fake_qemu.rs`.)
 
 mod common;
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::*;
 use qemu_driver::{Accel, AccelChoice, AccelReason, Error, Vm};
 use tokio_util::sync::CancellationToken;
-
-fn kvm_device_usable() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("SKIPPED: /dev/kvm does not open read-write (nothing to test about KVM)");
-    }
-    ok
-}
 
 async fn fixture_overlay(dir: &Path) -> Option<std::path::PathBuf> {
     let fixture = test_support::fixture_image()?;
@@ -35,7 +25,7 @@ async fn fixture_overlay(dir: &Path) -> Option<std::path::PathBuf> {
 
 #[tokio::test]
 async fn accel_kvm_ends_with_the_kvm_error_or_boots() {
-    if !have_qemu() || !kvm_device_usable() {
+    if !have_qemu() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -46,23 +36,27 @@ async fn accel_kvm_ends_with_the_kvm_error_or_boots() {
     config.accel = AccelChoice::Kvm;
     config.memory_mib = 1024;
     let started = Instant::now();
-    let vm = match Vm::launch(config, CancellationToken::new()).await {
+    let launched = tokio::time::timeout(QEMU_START, Vm::launch(config, CancellationToken::new()))
+        .await
+        .expect("launch never hangs");
+    let vm = match launched {
         Ok(vm) => vm,
-        // QEMU refused KVM outright: that is the KVM error too.
         Err(error) => {
-            assert!(error.is_kvm_failure(), "{error}");
+            let text = error.to_string();
+            assert!(matches!(error, Error::Kvm { .. }), "{text}");
+            assert!(text.contains("(try: --accel tcg)"), "{text}");
+            eprintln!("--accel kvm refused after {:?}: {text}", started.elapsed());
             return;
         }
     };
+    // KVM accepted: it must boot, or fail with the KVM error (never hang).
     assert_eq!(vm.accel().accel, Accel::Kvm);
     let serial = vm.serial_log().to_path_buf();
     tokio::select! {
         error = vm.wait_for_exit_or_error() => {
             let text = error.to_string();
             assert!(matches!(error, Error::Kvm { .. }), "{text}");
-            assert!(text.contains("try: --accel tcg"), "{text}");
-            assert!(text.to_lowercase().contains("kvm internal error"), "{text}");
-            eprintln!("kvm failure reported after {:?}: {text}", started.elapsed());
+            assert!(text.contains("(try: --accel tcg)"), "{text}");
         }
         booted = wait_for_serial(&serial, "login:", GUEST_BOOT) => {
             assert!(booted, "neither a boot nor a KVM error within {GUEST_BOOT:?}");
@@ -73,8 +67,8 @@ async fn accel_kvm_ends_with_the_kvm_error_or_boots() {
 }
 
 #[tokio::test]
-async fn auto_restarts_under_tcg_when_kvm_fails() {
-    if !have_qemu() || !kvm_device_usable() {
+async fn auto_picks_an_accelerator_that_boots_and_says_which() {
+    if !have_qemu() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -83,6 +77,7 @@ async fn auto_restarts_under_tcg_when_kvm_fails() {
     };
     let mut config = tcg_config(dir.path(), &disk);
     config.accel = AccelChoice::Auto;
+    config.cpus = 2;
     config.memory_mib = 1024;
     let mut attempts = Vec::new();
     let (vm, booted) = Vm::launch_with_fallback(config, CancellationToken::new(), async |vm| {
@@ -92,27 +87,26 @@ async fn auto_restarts_under_tcg_when_kvm_fails() {
     .await
     .unwrap();
     assert!(booted, "no login prompt; accel attempts {attempts:?}");
+    eprintln!("auto: {}", vm.accel());
     match &attempts[..] {
-        // KVM worked.
-        [only] => assert_eq!(only.reason, AccelReason::KvmUsable),
+        [only] => match &only.reason {
+            AccelReason::KvmUsable => assert_eq!(only.accel, Accel::Kvm),
+            AccelReason::KvmUnavailable(why) => {
+                assert_eq!(only.accel, Accel::Tcg);
+                assert!(!why.is_empty());
+            }
+            other => panic!("unexpected reason {other:?}"),
+        },
         [first, second] => {
             assert_eq!(first.accel, Accel::Kvm);
             assert_eq!(second.accel, Accel::Tcg);
-            let AccelReason::KvmFailed(why) = &second.reason else {
-                panic!("{second:?}")
-            };
-            assert!(why.to_lowercase().contains("kvm"), "{why}");
             assert!(
-                second.to_string().contains("restarted under TCG"),
-                "{second}"
+                matches!(second.reason, AccelReason::KvmFailed(_)),
+                "{second:?}"
             );
-            assert_eq!(vm.accel(), second);
         }
         other => panic!("unexpected attempts {other:?}"),
     }
-    let stopped = vm
-        .shutdown(std::time::Duration::from_secs(180))
-        .await
-        .unwrap();
+    let stopped = vm.shutdown(Duration::from_secs(180)).await.unwrap();
     assert!(stopped.status.success(), "{stopped:?}");
 }

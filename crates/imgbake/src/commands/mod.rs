@@ -40,5 +40,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 /// under `checkpoints/`.
 pub fn default_cache_dir() -> Result<std::path::PathBuf, CliError> {
     let base = ::fetch::BaseCache::default_dir().map_err(|e| CliError::CacheDir(e.to_string()))?;
-    Ok(base.parent().map(std::path::Path::to_path_buf).unwrap_or(base))
+    Ok(base
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or(base))
 }

@@ -117,7 +117,11 @@ pub fn run(args: &RecipeArgs, out: &Output) -> Result<ExitStatus, CliError> {
         .collect();
 
     let runtime = crate::commands::runtime()?;
-    let mode = if args.json { RenderMode::Json } else { RenderMode::Human };
+    let mode = if args.json {
+        RenderMode::Json
+    } else {
+        RenderMode::Human
+    };
     let results = runtime.block_on(bake_all(requests, args.jobs.max(1), mode, *out));
     let mut worst = ExitStatus::Success;
     for result in results {
@@ -169,7 +173,10 @@ async fn bake_all(
 /// First Ctrl-C (or SIGTERM): graceful stop. Second: kill QEMU.
 async fn forward_signals(cancel: pipeline::Cancel) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return;
     };
     let mut first = true;
@@ -179,7 +186,9 @@ async fn forward_signals(cancel: pipeline::Cancel) {
             _ = term.recv() => {}
         }
         if first {
-            eprintln!("\ninterrupted: stopping the step and powering the guest off (Ctrl-C again to kill it)");
+            eprintln!(
+                "\ninterrupted: stopping the step and powering the guest off (Ctrl-C again to kill it)"
+            );
             cancel.graceful.cancel();
             first = false;
         } else {

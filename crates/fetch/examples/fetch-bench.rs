@@ -1,4 +1,4 @@
-//! `cargo run --release -p fetch --features test-server --example bench -- [SIZE_MIB] [RUNS] [DIR]`
+//! `cargo run --release -p fetch --features test-server --example fetch-bench -- [SIZE_MIB] [RUNS] [DIR]`
 //!
 //! Fetch-vs-curl throughput from a local server (what `cargo xtask bench` reports).
 
