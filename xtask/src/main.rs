@@ -3,6 +3,8 @@
 //! CI (`.ci/run`) and the README call exactly these commands, so what a developer runs locally
 //! is what CI runs.
 
+mod bench;
+mod demo;
 mod deps;
 mod fixture;
 mod test;
@@ -18,6 +20,11 @@ commands:
   deps [--install]   check the system packages imgbake needs; --install apt-gets the missing ones
   fixture            build the Debian fixture guest (target/fixture/debian-bookworm.qcow2)
   test               deps + fixture + fmt + clippy + the whole test suite, as CI runs it
+  bench [NAME...] [--runs N] [--checkpoint-runs N]
+                     speed goals as ratios against a baseline (checkpoint, export, verify,
+                     fetch); prints a table, writes target/bench/report.json
+  demo               deps, fixture, then build and verify the fixture smoke recipe
+                     into output/fixture-smoke/
 ";
 
 fn main() -> Result<()> {
@@ -28,6 +35,8 @@ fn main() -> Result<()> {
         "deps" => deps::run(rest.iter().any(|a| a == "--install")),
         "fixture" => fixture::run(&rest).map(|_| ()),
         "test" => test::run(&rest),
+        "bench" => bench::run(&rest),
+        "demo" => demo::run(&rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

@@ -83,23 +83,23 @@ pub(crate) async fn hash_file_into(
     let mut job = tokio::task::spawn_blocking(move || {
         hash_blocking(&owned, limit, hasher, &tx, &stop_reader)
     });
+    let mut sender_gone = false;
     loop {
         tokio::select! {
             () = cancel.cancelled() => {
                 stop.store(true, Ordering::Relaxed);
                 return Err(Error::Cancelled);
             }
-            changed = rx.changed() => {
-                if changed.is_ok() {
-                    progress(*rx.borrow_and_update());
-                }
-                // On Err the sender is gone: the job is finishing; the next round takes it.
-                else {
-                    let joined = (&mut job).await;
-                    return finish(joined, path);
-                }
+            changed = rx.changed(), if !sender_gone => match changed {
+                Ok(()) => progress(*rx.borrow_and_update()),
+                Err(_) => sender_gone = true,
+            },
+            joined = &mut job => {
+                let (hasher, done) = finish(joined, path)?;
+                // The last value may not have been seen above: always end at 100 %.
+                progress(done);
+                return Ok((hasher, done));
             }
-            joined = &mut job => return finish(joined, path),
         }
     }
 }

@@ -92,6 +92,12 @@ pub enum Command {
     Upload(crate::commands::upload::UploadArgs),
     /// Register an uploaded image with the Nscale region API
     Register(crate::commands::register::RegisterArgs),
+    /// Show and clean the cache: checkpoints and base images (ls, gc, rm)
+    #[command(long_about = crate::commands::cache::LONG_ABOUT, after_long_help = crate::commands::cache::AFTER_HELP)]
+    Cache(crate::commands::cache::CacheArgs),
+    /// Boot a recipe's base image with a fresh overlay and the seed, for poking around over ssh
+    #[command(long_about = crate::commands::boot::LONG_ABOUT, after_long_help = crate::commands::boot::AFTER_HELP)]
+    Boot(crate::commands::boot::BootArgs),
 }
 
 /// `--var NAME=VALUE`, shared by every command that loads a recipe.

@@ -108,14 +108,13 @@ pub async fn bake(
     let recipe = &request.recipe;
 
     let base = fetch_base(&request, &events, &cancel.graceful).await?;
-    let seed_template = seed_config(recipe, "fingerprint", &BuildKeys::generate());
-    let fingerprint = qemu_driver::seed::fingerprint(&seed_template);
+    let fingerprint = seed_fingerprint(recipe);
     let base_digest: recipe::Sha256 = base.digest.to_hex().parse().map_err(|_| Error::Io {
         action: "read the digest of",
         path: base.path.clone(),
         source: std::io::Error::other("fetch returned a malformed sha256"),
     })?;
-    let chain = recipe.checkpoint_keys(&recipe::BaseIdentity::Digest(base_digest), &fingerprint.0);
+    let chain = recipe.checkpoint_keys(&recipe::BaseIdentity::Digest(base_digest), &fingerprint);
 
     let store = CheckpointStore::open(&request.cache_dir.join("checkpoints"))?;
     for discarded in store.sweep_incomplete()? {
@@ -291,6 +290,14 @@ fn chain_keys(chain_dir: &Path, must_exist: bool) -> std::result::Result<BuildKe
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())
+}
+
+/// The digest of everything in the build's cloud-init seed except its per-chain keys and
+/// instance id: the input the recipe's checkpoint keys take as "seed inputs".
+pub fn seed_fingerprint(recipe: &Recipe) -> [u8; 32] {
+    // Keys and instance id do not enter the fingerprint, so any pair will do here.
+    let config = seed_config(recipe, "fingerprint", &BuildKeys::generate());
+    qemu_driver::seed::fingerprint(&config).0
 }
 
 pub(crate) fn seed_config(recipe: &Recipe, instance_id: &str, keys: &BuildKeys) -> SeedConfig {

@@ -25,7 +25,7 @@ pub mod resume;
 mod run;
 pub mod timing;
 
-pub use bake::{BakeRequest, BakeSummary, Cancel, bake};
+pub use bake::{BakeRequest, BakeSummary, Cancel, bake, seed_fingerprint};
 pub use error::{Error, Result, StepFailure};
 pub use events::BakeEvent;
 pub use resume::StartRequest;

@@ -251,6 +251,7 @@ fn into_vm(
         status: status_tx,
         kill: kill.clone(),
         drain: spawned.drain,
+        stderr: Arc::clone(&spawned.stderr),
     };
     tokio::spawn(supervisor.run());
     Vm {

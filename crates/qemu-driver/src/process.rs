@@ -24,15 +24,33 @@ const SERIAL_TAIL_BYTES: u64 = 16 * 1024;
 #[derive(Debug, Default)]
 pub struct StderrTail {
     lines: Mutex<VecDeque<String>>,
+    pushed: tokio::sync::Notify,
 }
 
 impl StderrTail {
     fn push(&self, line: String) {
-        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        if lines.len() == STDERR_KEEP {
-            lines.pop_front();
+        {
+            let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+            if lines.len() == STDERR_KEEP {
+                lines.pop_front();
+            }
+            lines.push_back(line);
         }
-        lines.push_back(line);
+        self.pushed.notify_waiters();
+    }
+
+    /// Waits until no new line has arrived for `quiet`, at most `cap` in all. QEMU prints a
+    /// failure (e.g. a KVM register dump) just before it reports it over QMP; this lets the
+    /// drain catch up so the error quotes all of it.
+    pub async fn settle(&self, quiet: std::time::Duration, cap: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + cap;
+        loop {
+            tokio::select! {
+                () = self.pushed.notified() => {}
+                () = tokio::time::sleep(quiet) => return,
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
     }
 
     /// The last `n` lines, joined.

@@ -14,6 +14,10 @@ use crate::state::VmState;
 
 /// How long a `query-status` after a `STOP` may take before the supervisor moves on.
 const STATUS_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Quiet time on stderr after which QEMU is taken to have finished explaining a failure.
+const STDERR_QUIET: Duration = Duration::from_millis(100);
+/// Upper bound for that wait.
+const STDERR_SETTLE_CAP: Duration = Duration::from_secs(1);
 /// How long to wait for the stderr drain to reach EOF once QEMU has exited.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
@@ -57,6 +61,7 @@ pub(crate) struct Supervisor {
     pub status: watch::Sender<VmStatus>,
     pub kill: CancellationToken,
     pub drain: JoinHandle<()>,
+    pub stderr: std::sync::Arc<crate::process::StderrTail>,
 }
 
 fn set_state(status: &watch::Sender<VmStatus>, to: VmState) {
@@ -134,7 +139,12 @@ impl Supervisor {
         match tokio::time::timeout(STATUS_QUERY_TIMEOUT, query).await {
             Ok(Ok(value)) => {
                 let status = value.get("status").and_then(|s| s.as_str()).unwrap_or("");
-                set_state(&self.status, VmState::from_run_state(status));
+                let state = VmState::from_run_state(status);
+                if matches!(state, VmState::InternalError | VmState::GuestPanicked) {
+                    // Let QEMU's explanation reach the stderr tail before anyone quotes it.
+                    self.stderr.settle(STDERR_QUIET, STDERR_SETTLE_CAP).await;
+                }
+                set_state(&self.status, state);
             }
             Ok(Err(e)) => tracing::debug!("query-status after STOP: {e}"),
             Err(_) => tracing::debug!("query-status after STOP timed out"),

@@ -184,10 +184,7 @@ impl Vm {
         let kvm = self.accel.accel == Accel::Kvm;
         match status.state {
             VmState::Starting | VmState::Running | VmState::Paused => None,
-            VmState::InternalError if kvm => Some(Error::Kvm {
-                detail: kvm_detail(&self.stderr.last(200)),
-                tails: tails(),
-            }),
+            VmState::InternalError if kvm => Some(self.kvm_error()),
             VmState::InternalError | VmState::GuestPanicked | VmState::IoError => {
                 Some(Error::Stopped {
                     state: status.state,
@@ -205,10 +202,7 @@ impl Vm {
                 let tails = tails();
                 match status.exit {
                     Some(_) if kvm && accel::stderr_shows_kvm_failure(&tails.stderr) => {
-                        Some(Error::Kvm {
-                            detail: kvm_detail(&self.stderr.last(200)),
-                            tails,
-                        })
+                        Some(self.kvm_error())
                     }
                     // Exit 0 after a SHUTDOWN event: say why it shut down.
                     Some(exit) if exit.success() && status.shutdown.is_some() => {
@@ -230,6 +224,25 @@ impl Vm {
                     }),
                 }
             }
+        }
+    }
+
+    /// A KVM failure, quoting QEMU's stderr from its KVM line on (QEMU follows "KVM internal
+    /// error" with a register dump longer than the usual tail).
+    fn kvm_error(&self) -> Error {
+        let stderr = self.stderr.last(200);
+        let mut tails = self.tails();
+        if let Some(start) = stderr.lines().position(is_kvm_line) {
+            tails.stderr = stderr
+                .lines()
+                .skip(start)
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        Error::Kvm {
+            detail: kvm_detail(&stderr),
+            tails,
         }
     }
 
@@ -380,14 +393,15 @@ pub(crate) fn decide_checked(config: &VmConfig) -> Result<AccelDecision> {
     Ok(accel::decide(config.accel))
 }
 
+fn is_kvm_line(line: &str) -> bool {
+    accel::stderr_shows_kvm_failure(line)
+}
+
 /// The line of QEMU's stderr that names the KVM failure, or a generic description.
 fn kvm_detail(stderr: &str) -> String {
     stderr
         .lines()
-        .find(|l| {
-            let l = l.to_ascii_lowercase();
-            l.contains("kvm") || l.contains("failed to set msr")
-        })
+        .find(|l| is_kvm_line(l))
         .map(|l| l.trim().to_owned())
         .unwrap_or_else(|| "the guest stopped with internal-error".into())
 }

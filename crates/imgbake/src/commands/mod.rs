@@ -1,6 +1,8 @@
 //! One module per command. To add one: a file here with its `Args` struct and `run`, a variant
 //! in `cli::Command`, and one line in [`run`].
 
+pub mod boot;
+pub mod cache;
 pub mod export;
 pub mod fetch;
 pub mod plan;
@@ -25,6 +27,8 @@ pub fn run(command: Command, out: &Output) -> Result<ExitStatus, CliError> {
         Command::Export(args) => export::run(&args, out),
         Command::Upload(args) => upload::run(&args, out),
         Command::Register(args) => register::run(&args, out),
+        Command::Cache(args) => cache::run(&args, out),
+        Command::Boot(args) => boot::run(&args, out),
     }
 }
 

@@ -37,10 +37,6 @@ pub const AFTER_HELP: &str = concat!(
     exit_status_help!(),
 );
 
-/// The seed fingerprint the plan's keys assume. The real one comes from the build's
-/// cloud-init seed (qemu_driver::seed::fingerprint) once `plan` knows the build settings.
-pub const PLAN_SEED_FINGERPRINT: &[u8] = b"imgbake-plan-default-seed";
-
 /// `imgbake plan`.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -147,7 +143,9 @@ struct StepDoc {
 impl PlanDoc {
     pub fn new(r: &Recipe) -> PlanDoc {
         let identity = r.base_identity();
-        let chain = r.checkpoint_keys(&identity, PLAN_SEED_FINGERPRINT);
+        // The same seed fingerprint a build uses, so the keys shown are the keys a build makes.
+        let seed = pipeline::seed_fingerprint(r);
+        let chain = r.checkpoint_keys(&identity, &seed);
         PlanDoc {
             format: "imgbake-plan/1",
             recipe: r.path.display().to_string(),
@@ -189,7 +187,7 @@ impl PlanDoc {
             checkpoint: CheckpointDoc {
                 provisional: !matches!(identity, BaseIdentity::Digest(_)),
                 base_identity: identity.to_string(),
-                seed_fingerprint: String::from_utf8_lossy(PLAN_SEED_FINGERPRINT).into_owned(),
+                seed_fingerprint: seed.iter().map(|b| format!("{b:02x}")).collect(),
                 root: chain.root.to_string(),
             },
             steps: r

@@ -106,6 +106,6 @@ pub fn run(args: &VerifyArgs, out: &Output) -> Result<ExitStatus, CliError> {
     Ok(if verified.passed {
         ExitStatus::Success
     } else {
-        ExitStatus::Failure
+        ExitStatus::VerifyFailed
     })
 }

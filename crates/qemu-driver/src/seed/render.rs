@@ -24,15 +24,36 @@ impl Values {
     /// Adds a string value (JSON-encoded when rendered).
     pub(crate) fn string(mut self, name: &'static str, value: &str) -> Self {
         self.0
-            .insert(name, serde_json::Value::from(value).to_string());
+            .insert(name, yaml_json(&serde_json::Value::from(value)));
         self
     }
 
     /// Adds any JSON value.
     pub(crate) fn json(mut self, name: &'static str, value: &serde_json::Value) -> Self {
-        self.0.insert(name, value.to_string());
+        self.0.insert(name, yaml_json(value));
         self
     }
+}
+
+/// Compact JSON that YAML 1.1 parsers (cloud-init uses PyYAML) read back unchanged.
+///
+/// serde_json leaves DEL, C1 controls, U+2028/U+2029 and noncharacters raw inside strings.
+/// PyYAML rejects some of them as unprintable and folds NEL/U+2028/U+2029 as line breaks, so
+/// they are written as `\uXXXX` escapes, which JSON and YAML double-quoted scalars both decode.
+pub(crate) fn yaml_json(value: &serde_json::Value) -> String {
+    let json = value.to_string();
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if matches!(
+            c,
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+        ) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Replaces every `{{ name }}` in `template`. A placeholder without a value, or a value without
@@ -116,7 +137,7 @@ pub(crate) fn append_extra(
         }
         user_data.push_str(key);
         user_data.push_str(": ");
-        user_data.push_str(&value.to_string());
+        user_data.push_str(&yaml_json(value));
         user_data.push('\n');
     }
     Ok(())
@@ -147,6 +168,23 @@ mod tests {
         );
         let err = render("t", "k: {{ a", &Values::default()).unwrap_err();
         assert!(err.to_string().contains("never closed"), "{err}");
+    }
+
+    #[test]
+    fn yaml_line_breaks_and_unprintables_are_escaped() {
+        let nasty = "a\u{85}b\u{2028}c\u{2029}d\u{7f}e\u{9f}f\u{feff}g\u{ffff}h\u{1F600}\t\n\"";
+        let json = yaml_json(&serde_json::Value::from(nasty));
+        let raw: Vec<char> = json.chars().filter(|c| !c.is_ascii()).collect();
+        assert_eq!(raw, ['\u{1F600}'], "{json}");
+        for escape in [
+            "\\u0085", "\\u2028", "\\u2029", "\\u007f", "\\u009f", "\\ufeff", "\\uffff",
+        ] {
+            assert!(json.contains(escape), "{escape} missing in {json}");
+        }
+        let back: String = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, nasty);
+        let back: String = serde_saphyr::from_str(&json).unwrap();
+        assert_eq!(back, nasty);
     }
 
     #[test]

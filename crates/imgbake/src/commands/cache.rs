@@ -1,0 +1,631 @@
+//! `imgbake cache ls|gc|rm`: what the cache holds, and removing what is no longer wanted.
+//!
+//! The cache root (`--cache-dir`, `IMGBAKE_CACHE_DIR`, default `$XDG_CACHE_HOME/imgbake`) holds
+//! `base/` (verified base images, [`fetch::BaseCache`]) and `checkpoints/` (per-step qcow2
+//! layers, [`checkpoint::CheckpointStore`]). Space is reported as allocated blocks: images are
+//! sparse, and a layer holds only its step's writes while naming its backing by path, so summing
+//! the files counts shared backing once.
+//!
+//! `gc` and `rm` take the store's lock exclusively and refuse while a build holds it. Their
+//! `--dry-run` asks the checkpoint crate itself what it would remove, on a scratch copy of the
+//! store's records, so the preview can never disagree with the real run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use checkpoint::{CheckpointStore, GcPolicy, LayerInfo, LayerKey};
+use clap::{ArgGroup, Args, Subcommand};
+use indicatif::HumanBytes;
+use serde::Serialize;
+
+use crate::output::Output;
+use crate::report::{self, CliError, ExitStatus, exit_status_help, stdout_err};
+
+pub const LONG_ABOUT: &str = "\
+Show and clean imgbake's cache: the per-step checkpoints of earlier builds and the verified \
+base images.
+
+The cache is --cache-dir, else IMGBAKE_CACHE_DIR, else $XDG_CACHE_HOME/imgbake (~/.cache/imgbake): \
+base images in base/, checkpoints in checkpoints/. Sizes are the space really used: sparse \
+files count their allocated blocks, and a checkpoint layer holds only what its step wrote, \
+backed by the layer before it, so shared backing is counted once.
+
+gc and rm need the cache to themselves: they refuse while a build is running.";
+
+pub const AFTER_HELP: &str = concat!(
+    "EXAMPLES:\n",
+    "    What is cached, and how much space it really takes:\n",
+    "        imgbake cache ls\n",
+    "\n",
+    "    See what gc would remove, then remove it:\n",
+    "        imgbake cache gc --keep 1 --older-than 14d --dry-run\n",
+    "        imgbake cache gc --keep 1 --older-than 14d\n",
+    "\n",
+    "    Forget every checkpoint of one recipe:\n",
+    "        imgbake cache rm ubuntu-2204-nvidia-565-firmware1\n",
+    "\n",
+    exit_status_help!(),
+);
+
+/// `imgbake cache`.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The cache root (holding base/ and checkpoints/) [default: $XDG_CACHE_HOME/imgbake]
+    #[arg(long, env = "IMGBAKE_CACHE_DIR", value_name = "DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+/// The `cache` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List checkpoints and base images with their size, age and recipe/step, and the total
+    /// space used
+    Ls(LsArgs),
+    /// Remove checkpoints by rule (and every checkpoint built on a removed one)
+    #[command(group(ArgGroup::new("rule").required(true).multiple(true).args(["keep", "older_than"])))]
+    Gc(GcArgs),
+    /// Remove every checkpoint of the named recipes
+    Rm(RmArgs),
+}
+
+/// `imgbake cache ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print one JSON document instead of tables
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `imgbake cache gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Keep only the newest N checkpoints of each recipe step
+    #[arg(long, value_name = "N")]
+    pub keep: Option<usize>,
+    /// Remove checkpoints older than this (e.g. 7d, 12h, 2w)
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub older_than: Option<Duration>,
+    /// Show what would be removed; remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Print one JSON document instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `imgbake cache rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Recipe names (the `name:` of the recipe, as `cache ls` shows it)
+    #[arg(required = true, value_name = "RECIPE_NAME")]
+    pub recipes: Vec<String>,
+    /// Show what would be removed; remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Print one JSON document instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A checkpoint as `ls --json` prints it.
+#[derive(Debug, Serialize)]
+struct CheckpointRow {
+    recipe: String,
+    step_id: String,
+    step_name: String,
+    key: String,
+    parent: Option<String>,
+    root: String,
+    path: PathBuf,
+    size: u64,
+    allocated: u64,
+    created_unix: u64,
+    age_secs: u64,
+}
+
+impl From<&LayerInfo> for CheckpointRow {
+    fn from(layer: &LayerInfo) -> Self {
+        let m = &layer.meta;
+        CheckpointRow {
+            recipe: m.recipe.clone(),
+            step_id: m.step_id.clone(),
+            step_name: m.step_name.clone(),
+            key: m.key.to_string(),
+            parent: m.parent.as_ref().map(ToString::to_string),
+            root: m.root.to_string(),
+            path: layer.path.clone(),
+            size: m.size,
+            allocated: layer.allocated,
+            created_unix: m.created_unix,
+            age_secs: layer.age_secs,
+        }
+    }
+}
+
+/// A base image as `ls --json` prints it.
+#[derive(Debug, Serialize)]
+struct BaseRow {
+    sha256: String,
+    path: PathBuf,
+    size: u64,
+    allocated: u64,
+    source: Option<String>,
+    fetched_at: Option<String>,
+}
+
+/// The space used.
+#[derive(Debug, Default, Serialize)]
+struct Total {
+    /// Bytes allocated on disk by the whole cache.
+    allocated: u64,
+    /// Of which the checkpoint store (layer files, records, layers still being written).
+    checkpoints_allocated: u64,
+    /// Of which the base images.
+    base_allocated: u64,
+    /// Apparent size of the same files, for comparison.
+    apparent: u64,
+    checkpoints: usize,
+    base_images: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Listing {
+    cache_dir: PathBuf,
+    checkpoints: Vec<CheckpointRow>,
+    base_images: Vec<BaseRow>,
+    total: Total,
+}
+
+/// What `gc`/`rm` did (or would do).
+#[derive(Debug, Serialize)]
+struct Removal {
+    dry_run: bool,
+    removed: Vec<CheckpointRow>,
+    freed: u64,
+    /// Incomplete layers that `gc` swept away (cut off by a crash or Ctrl-C).
+    discarded: Vec<String>,
+}
+
+/// Runs `imgbake cache`.
+pub fn run(args: &CacheArgs, out: &Output) -> Result<ExitStatus, CliError> {
+    let root = match &args.cache_dir {
+        Some(dir) => dir.clone(),
+        None => crate::commands::default_cache_dir()?,
+    };
+    let result = match &args.command {
+        CacheCommand::Ls(ls) => list(&root).and_then(|l| print_listing(&l, ls.json, out)),
+        CacheCommand::Gc(gc) => collect(&root, gc, out),
+        CacheCommand::Rm(rm) => remove(&root, rm, out),
+    };
+    match result {
+        Ok(status) => Ok(status),
+        Err(Failure::Cli(e)) => Err(e),
+        Err(Failure::Store(e)) => {
+            let hint = match &e {
+                checkpoint::Error::Busy { .. } => Some(
+                    "wait until the running build finishes (or stop it), then run this again"
+                        .into(),
+                ),
+                _ => None,
+            };
+            let _ = report::write_error(&mut io::stderr().lock(), &e, hint, out.stderr());
+            Ok(ExitStatus::Failure)
+        }
+        Err(Failure::Base(e)) => {
+            let _ = report::write_error(&mut io::stderr().lock(), &e, None, out.stderr());
+            Ok(ExitStatus::Failure)
+        }
+    }
+}
+
+/// The ways a cache command fails; the store's and fetch's errors are printed with their chain.
+enum Failure {
+    Cli(CliError),
+    Store(checkpoint::Error),
+    Base(fetch::Error),
+}
+
+impl From<CliError> for Failure {
+    fn from(e: CliError) -> Self {
+        Failure::Cli(e)
+    }
+}
+impl From<checkpoint::Error> for Failure {
+    fn from(e: checkpoint::Error) -> Self {
+        Failure::Store(e)
+    }
+}
+impl From<fetch::Error> for Failure {
+    fn from(e: fetch::Error) -> Self {
+        Failure::Base(e)
+    }
+}
+
+fn allocated(path: &Path) -> (u64, u64) {
+    std::fs::metadata(path).map_or((0, 0), |m| (m.blocks() * 512, m.len()))
+}
+
+/// Everything in the cache. Creates nothing: a cache that does not exist lists as empty.
+fn list(root: &Path) -> Result<Listing, Failure> {
+    let mut listing = Listing {
+        cache_dir: root.to_path_buf(),
+        checkpoints: Vec::new(),
+        base_images: Vec::new(),
+        total: Total::default(),
+    };
+    let store_dir = root.join("checkpoints");
+    if store_dir.join("layers").is_dir() {
+        let store = CheckpointStore::open(&store_dir)?;
+        listing.checkpoints = store.list()?.iter().map(CheckpointRow::from).collect();
+        let usage = store.usage()?;
+        listing.total.checkpoints_allocated = usage.allocated;
+        listing.total.apparent += usage.apparent;
+    }
+    let base_dir = root.join("base");
+    if base_dir.is_dir() {
+        for entry in fetch::BaseCache::open(&base_dir)?.list()? {
+            let (allocated, apparent) = allocated(&entry.path);
+            listing.total.base_allocated += allocated;
+            listing.total.apparent += apparent;
+            listing.base_images.push(BaseRow {
+                sha256: entry.digest.to_hex(),
+                path: entry.path,
+                size: entry.size,
+                allocated,
+                source: entry.source,
+                fetched_at: entry.fetched_at,
+            });
+        }
+    }
+    let t = &mut listing.total;
+    t.allocated = t.checkpoints_allocated + t.base_allocated;
+    t.checkpoints = listing.checkpoints.len();
+    t.base_images = listing.base_images.len();
+    Ok(listing)
+}
+
+fn print_listing(listing: &Listing, json: bool, out: &Output) -> Result<ExitStatus, Failure> {
+    let mut stdout = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut stdout, listing).map_err(CliError::Json)?;
+        writeln!(stdout).map_err(stdout_err)?;
+        return Ok(ExitStatus::Success);
+    }
+    let text = render_listing(listing, out);
+    stdout.write_all(text.as_bytes()).map_err(stdout_err)?;
+    Ok(ExitStatus::Success)
+}
+
+fn render_listing(listing: &Listing, out: &Output) -> String {
+    let paint = out.stdout();
+    let mut s = String::new();
+    let store = listing.cache_dir.join("checkpoints");
+    if listing.checkpoints.is_empty() {
+        s.push_str(&format!("no checkpoints in {}\n", store.display()));
+    } else {
+        s.push_str(&format!(
+            "{} in {}\n",
+            paint.bold("checkpoints"),
+            store.display()
+        ));
+        s.push_str(&checkpoint_table(&listing.checkpoints));
+    }
+    s.push('\n');
+    let base = listing.cache_dir.join("base");
+    if listing.base_images.is_empty() {
+        s.push_str(&format!("no base images in {}\n", base.display()));
+    } else {
+        s.push_str(&format!(
+            "{} in {}\n",
+            paint.bold("base images"),
+            base.display()
+        ));
+        let mut rows = vec![[
+            "SHA256".to_owned(),
+            "SIZE".into(),
+            "ALLOCATED".into(),
+            "FETCHED".into(),
+            "SOURCE".into(),
+        ]];
+        for b in &listing.base_images {
+            rows.push([
+                b.sha256[..12].to_owned(),
+                HumanBytes(b.size).to_string(),
+                HumanBytes(b.allocated).to_string(),
+                b.fetched_at.clone().unwrap_or_else(|| "-".into()),
+                b.source.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        s.push_str(&columns(&rows, &[false, true, true, false, false]));
+    }
+    let t = &listing.total;
+    s.push_str(&format!(
+        "\n{} {} on disk: checkpoints {} ({} {}), base images {} ({} {})\n",
+        paint.bold("total"),
+        HumanBytes(t.allocated),
+        HumanBytes(t.checkpoints_allocated),
+        t.checkpoints,
+        plural(t.checkpoints, "layer", "layers"),
+        HumanBytes(t.base_allocated),
+        t.base_images,
+        plural(t.base_images, "image", "images"),
+    ));
+    s.push_str(&format!(
+        "  (allocated blocks; the files' apparent size is {}; local base files outside the cache are not counted)\n",
+        HumanBytes(t.apparent)
+    ));
+    s
+}
+
+fn checkpoint_table(rows_in: &[CheckpointRow]) -> String {
+    let mut rows = vec![[
+        "RECIPE".to_owned(),
+        "STEP".into(),
+        "KEY".into(),
+        "ALLOCATED".into(),
+        "AGE".into(),
+    ]];
+    for c in rows_in {
+        rows.push([
+            c.recipe.clone(),
+            c.step_name.clone(),
+            c.key[..c.key.len().min(12)].to_owned(),
+            HumanBytes(c.allocated).to_string(),
+            age(c.age_secs),
+        ]);
+    }
+    columns(&rows, &[false, false, false, true, true])
+}
+
+fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 { one } else { many }
+}
+
+/// Rows as aligned columns, indented by two spaces; `right[i]` right-aligns column i.
+fn columns<const N: usize>(rows: &[[String; N]], right: &[bool; N]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut s = String::new();
+    for row in rows {
+        let mut line = String::from(" ");
+        for (i, cell) in row.iter().enumerate() {
+            let pad = widths[i] - cell.chars().count();
+            line.push(' ');
+            if right[i] {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                if i + 1 < N {
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        s.push_str(line.trim_end());
+        s.push('\n');
+    }
+    s
+}
+
+/// A short age: `45s`, `12m`, `5h`, `3d`.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failure> {
+    let policy = GcPolicy {
+        keep_per_step: args.keep,
+        older_than: args.older_than,
+        live_keys: None,
+    };
+    let store_dir = root.join("checkpoints");
+    let removal = if !store_dir.join("layers").is_dir() {
+        Removal {
+            dry_run: args.dry_run,
+            removed: Vec::new(),
+            freed: 0,
+            discarded: Vec::new(),
+        }
+    } else if args.dry_run {
+        let store = CheckpointStore::open(&store_dir)?;
+        would_remove(&store, |scratch| scratch.gc(&policy))?
+    } else {
+        let store = CheckpointStore::open_exclusive(&store_dir)?;
+        // No build runs while we hold the lock, so every unpublished layer file is a leftover.
+        let discarded = store.sweep_incomplete()?;
+        let removed = store.gc(&policy)?;
+        removal(
+            false,
+            &removed,
+            discarded.iter().map(ToString::to_string).collect(),
+        )
+    };
+    print_removal(&removal, args.json, out)?;
+    Ok(ExitStatus::Success)
+}
+
+fn remove(root: &Path, args: &RmArgs, out: &Output) -> Result<ExitStatus, Failure> {
+    let store_dir = root.join("checkpoints");
+    let store = if !store_dir.join("layers").is_dir() {
+        None
+    } else if args.dry_run {
+        Some(CheckpointStore::open(&store_dir)?)
+    } else {
+        Some(CheckpointStore::open_exclusive(&store_dir)?)
+    };
+    let known: BTreeSet<String> = match &store {
+        Some(store) => store.list()?.into_iter().map(|l| l.meta.recipe).collect(),
+        None => BTreeSet::new(),
+    };
+    let unknown: Vec<&String> = args
+        .recipes
+        .iter()
+        .filter(|r| !known.contains(*r))
+        .collect();
+    let removal = match &store {
+        None => removal(args.dry_run, &[], Vec::new()),
+        Some(store) if args.dry_run => would_remove(store, |scratch| {
+            let mut all = Vec::new();
+            for recipe in &args.recipes {
+                all.extend(scratch.remove_recipe(recipe)?);
+            }
+            Ok(all)
+        })?,
+        Some(store) => {
+            let mut removed = Vec::new();
+            for recipe in &args.recipes {
+                removed.extend(store.remove_recipe(recipe)?);
+            }
+            removal(false, &removed, Vec::new())
+        }
+    };
+    print_removal(&removal, args.json, out)?;
+    if unknown.is_empty() {
+        return Ok(ExitStatus::Success);
+    }
+    let names: Vec<&str> = unknown.iter().map(|s| s.as_str()).collect();
+    let mut stderr = io::stderr().lock();
+    let paint = out.stderr();
+    let _ = writeln!(
+        stderr,
+        "{} no checkpoints of {} `{}` in {}",
+        paint.error("error:"),
+        plural(names.len(), "recipe", "recipes"),
+        names.join("`, `"),
+        store_dir.display()
+    );
+    let hint = if known.is_empty() {
+        "the cache has no checkpoints at all; `imgbake cache ls` shows what it holds".to_owned()
+    } else {
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        format!("recipes with checkpoints: {}", known.join(", "))
+    };
+    let _ = writeln!(stderr, "{} {hint}", paint.hint("try:"));
+    Ok(ExitStatus::Failure)
+}
+
+fn removal(dry_run: bool, removed: &[LayerInfo], discarded: Vec<String>) -> Removal {
+    Removal {
+        dry_run,
+        freed: removed.iter().map(|l| l.allocated).sum(),
+        removed: removed.iter().map(CheckpointRow::from).collect(),
+        discarded,
+    }
+}
+
+/// What `op` would remove from `store`, found by running it on a scratch store holding copies
+/// of the records only (no layer files), so the checkpoint crate's own rules decide.
+fn would_remove(
+    store: &CheckpointStore,
+    op: impl FnOnce(&CheckpointStore) -> checkpoint::Result<Vec<LayerInfo>>,
+) -> Result<Removal, Failure> {
+    let real: BTreeMap<LayerKey, LayerInfo> = store
+        .list()?
+        .into_iter()
+        .map(|l| (l.meta.key.clone(), l))
+        .collect();
+    let scratch_dir = tempfile::Builder::new()
+        .prefix("imgbake-cache-dry-run-")
+        .tempdir()
+        .map_err(|e| scratch_err(std::env::temp_dir(), e))?;
+    let scratch = CheckpointStore::open_exclusive(scratch_dir.path())?;
+    let layers = scratch_dir.path().join("layers");
+    for key in real.keys() {
+        let name = format!("{key}.json");
+        std::fs::copy(store.root().join("layers").join(&name), layers.join(&name))
+            .map_err(|e| scratch_err(layers.join(&name), e))?;
+    }
+    let doomed: Vec<LayerInfo> = op(&scratch)?
+        .iter()
+        .filter_map(|l| real.get(&l.meta.key).cloned())
+        .collect();
+    Ok(removal(true, &doomed, Vec::new()))
+}
+
+fn scratch_err(path: PathBuf, source: io::Error) -> Failure {
+    Failure::Store(checkpoint::Error::Io {
+        action: "prepare the dry run in",
+        path,
+        source,
+    })
+}
+
+fn print_removal(removal: &Removal, json: bool, out: &Output) -> Result<(), Failure> {
+    let mut stdout = io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut stdout, removal).map_err(CliError::Json)?;
+        writeln!(stdout).map_err(stdout_err)?;
+        return Ok(());
+    }
+    let mut s = String::new();
+    for d in &removal.discarded {
+        s.push_str(&format!("threw away: {d}\n"));
+    }
+    let n = removal.removed.len();
+    let layers = plural(n, "checkpoint", "checkpoints");
+    if n == 0 {
+        s.push_str(if removal.dry_run {
+            "nothing would be removed\n"
+        } else {
+            "nothing to remove\n"
+        });
+    } else {
+        let verb = if removal.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        s.push_str(&format!(
+            "{} {n} {layers}, {} {}:\n",
+            out.stdout().bold(verb),
+            if removal.dry_run { "freeing" } else { "freed" },
+            HumanBytes(removal.freed)
+        ));
+        s.push_str(&checkpoint_table(&removal.removed));
+        if removal.dry_run {
+            s.push_str("(dry run: nothing was removed)\n");
+        }
+    }
+    stdout.write_all(s.as_bytes()).map_err(stdout_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(age(5), "5s");
+        assert_eq!(age(60), "1m");
+        assert_eq!(age(7200), "2h");
+        assert_eq!(age(3 * 86_400 + 5), "3d");
+    }
+
+    #[test]
+    fn columns_align_and_right_align_numbers() {
+        let rows = [
+            ["A".to_owned(), "SIZE".to_owned()],
+            ["long-name".to_owned(), "1".to_owned()],
+        ];
+        assert_eq!(
+            columns(&rows, &[false, true]),
+            "  A          SIZE\n  long-name     1\n"
+        );
+    }
+}
