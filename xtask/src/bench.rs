@@ -31,8 +31,7 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::project_root;
 pub use report::{Goal, Measurement};
 
-const USAGE: &str =
-    "usage: cargo xtask bench [checkpoint|export|verify|fetch ...] [--runs N] [--checkpoint-runs N]";
+const USAGE: &str = "usage: cargo xtask bench [checkpoint|export|verify|fetch ...] [--runs N] [--checkpoint-runs N]";
 
 /// Every bench, in the order they run.
 const ALL: &[&str] = &["export", "verify", "fetch", "checkpoint"];
@@ -91,7 +90,8 @@ impl Bench {
     /// Fails (quoting the log's tail) unless it exits with one of `ok_codes`.
     pub fn time(&self, log: &str, cmd: &mut Command, ok_codes: &[i32]) -> Result<Duration> {
         let log_path = self.logs.join(format!("{log}.log"));
-        let out = File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+        let out =
+            File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let started = Instant::now();
@@ -191,9 +191,8 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 fn which(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
 #[cfg(test)]

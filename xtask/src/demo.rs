@@ -37,14 +37,19 @@ pub fn run(args: &[String]) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(&root);
     step("building imgbake");
-    cmd!(sh, "cargo build --quiet -p imgbake").run().context("cargo build -p imgbake")?;
+    cmd!(sh, "cargo build --quiet -p imgbake")
+        .run()
+        .context("cargo build -p imgbake")?;
     let imgbake = root.join("target/debug/imgbake");
     let output = Path::new("output").join(NAME);
 
     step("baking the fixture smoke recipe (--accel auto: KVM if it works here, else TCG)");
-    cmd!(sh, "{imgbake} recipe {RECIPE} --accel auto --output {output}")
-        .run()
-        .context("imgbake recipe failed; its message above says what to try")?;
+    cmd!(
+        sh,
+        "{imgbake} recipe {RECIPE} --accel auto --output {output}"
+    )
+    .run()
+    .context("imgbake recipe failed; its message above says what to try")?;
 
     let raw = output.join(format!("{NAME}.raw"));
     step("verifying the exported RAW image offline");
@@ -64,8 +69,14 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("  {file}");
     }
     println!("fixture guest: {}", fixture.display());
-    println!("checkpoints and base cache: `{} cache ls`", imgbake.display());
-    println!("boot the base yourself:     `{} boot {RECIPE}`", imgbake.display());
+    println!(
+        "checkpoints and base cache: `{} cache ls`",
+        imgbake.display()
+    );
+    println!(
+        "boot the base yourself:     `{} boot {RECIPE}`",
+        imgbake.display()
+    );
     Ok(())
 }
 

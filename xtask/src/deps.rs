@@ -25,6 +25,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("openssh-server", "/usr/sbin/sshd"),
     ("openssh-client", "/usr/bin/ssh-keygen"),
     ("sudo", "/usr/bin/sudo"),
+    (
+        "python3-yaml",
+        "/usr/lib/python3/dist-packages/yaml/__init__.py",
+    ),
     ("shellcheck", "/usr/bin/shellcheck"),
     ("zstd", "/usr/bin/zstd"),
     ("cpio", "/usr/bin/cpio"),

@@ -819,3 +819,34 @@ async fn cancelling_keeps_the_partial_for_a_later_resume() {
     assert_eq!(got.outcome, Outcome::Downloaded { resumed_from: kept });
     assert_eq!(std::fs::read(&got.path).unwrap(), body);
 }
+
+#[tokio::test]
+async fn a_complete_partial_from_a_crashed_run_is_verified_without_a_request() {
+    let server = TestServer::start().unwrap();
+    let body = data(1 << 20, 16);
+    let len = body.len() as u64;
+    let digest = Sha256Digest::of(&body);
+    server.put("/base.img", Resource::bytes(body.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    let source = inline(&server.url("/base.img"), digest);
+    server.cut_next(1, len / 2);
+    let no_retry = FetchOptions {
+        retries: 0,
+        ..opts()
+    };
+    run(&cache, &source, &no_retry, &Events::default())
+        .await
+        .unwrap_err();
+    // As if the run had received everything and stopped before publishing.
+    std::fs::write(part_path(tmp.path(), &digest), &body).unwrap();
+    let before = server.requests().len();
+
+    let got = run(&cache, &source, &opts(), &Events::default())
+        .await
+        .unwrap();
+
+    assert_eq!(got.outcome, Outcome::Downloaded { resumed_from: len });
+    assert_eq!(server.requests().len(), before);
+    assert_eq!(std::fs::read(&got.path).unwrap(), body);
+}

@@ -129,7 +129,7 @@ impl BakeRenderer {
                 if *success { paint.ok(&text) } else { paint.error(&text) }
             }
             BakeEvent::CheckpointSaved { id, key, size, published } => {
-                let note = if *published { "" } else { " (another build published this key first)" };
+                let note = if *published { "" } else { " (an earlier build already saved this checkpoint; kept it)" };
                 paint.dim(&format!("[{id}] checkpoint {key} ({}){note}", bytes(*size)))
             }
             BakeEvent::ShuttingDown => "powering the guest off".to_owned(),

@@ -399,6 +399,8 @@ async fn build_in_vm(
     let keys_of: Vec<LayerKey> = chain.steps.iter().map(|(_, key)| layer_key(key)).collect();
     let root = layer_key(&chain.root);
 
+    // The instance id is the chain's: a guest resumed from a checkpoint must not run
+    // cloud-init's per-instance modules again.
     let instance_id = format!("imgbake-{}", &root.as_str()[..16]);
     let seed_path = run_dir.join("seed.iso");
     qemu_driver::seed::write_iso(&seed_config(recipe, &instance_id, &keys), &seed_path)?;
@@ -410,7 +412,84 @@ async fn build_in_vm(
     let disk = lease.layer_path(&keys_of[first]);
     qemu_driver::overlay::create(&backing, &disk, Some(recipe.vm.disk_size.as_u64())).await?;
 
-    let mut config = VmConfig::new(&recipe.name, &disk, run_dir);
+    let guest = guest::boot(
+        vm_config(recipe, &disk, run_dir, seed_path),
+        keys.clone(),
+        recipe.vm.boot_timeout,
+        events,
+        &cancel.graceful,
+    )
+    .await;
+    let Guest {
+        vm,
+        mut session,
+        started,
+    } = match guest {
+        Ok(guest) => guest,
+        Err(_) if cancel.graceful.is_cancelled() => {
+            return Err(Error::Interrupted {
+                last_checkpoint: start.reused.last().map(|l| l.meta.step_id.clone()),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    run.accel = vm.accel().accel.to_string();
+
+    let mut progress = StepsProgress {
+        current: disk,
+        backing_of_current: backing,
+        parent: start.reused.last().map(|l| l.meta.key.clone()),
+        last_published: start.reused.last().map(|l| l.meta.step_id.clone()),
+        facts_before_last: None,
+        final_top: run_dir.join("final.qcow2"),
+    };
+    let ran = run_steps(
+        request,
+        &keys_of,
+        &root,
+        first,
+        &vm,
+        &mut session,
+        started,
+        lease,
+        run,
+        &mut progress,
+        events,
+        cancel,
+    )
+    .await;
+    if let Err(e) = ran {
+        if let (Error::StepFailed(_), true) = (&e, request.keep_on_failure) {
+            keep_for_debugging(&vm, &keys, chain_dir, run_dir, events, cancel).await;
+        }
+        stop_vm(vm, events, cancel).await;
+        return Err(if cancel.graceful.is_cancelled() {
+            Error::Interrupted {
+                last_checkpoint: progress.last_published,
+            }
+        } else {
+            e
+        });
+    }
+
+    let facts = match session.facts(&cancel.graceful).await {
+        Ok(facts) => Some(facts),
+        Err(e) => {
+            tracing::debug!("facts after the last step: {e}; using those from before it");
+            progress.facts_before_last.take()
+        }
+    };
+    session.close().await;
+    events.emit(BakeEvent::ShuttingDown);
+    tokio::select! {
+        stopped = vm.shutdown(POWERDOWN_DEADLINE) => { stopped?; }
+        () = cancel.hard.cancelled() => return Err(Error::Interrupted { last_checkpoint: progress.last_published }),
+    }
+    Ok((progress.current, facts))
+}
+
+fn vm_config(recipe: &Recipe, disk: &Path, run_dir: &Path, seed: PathBuf) -> VmConfig {
+    let mut config = VmConfig::new(&recipe.name, disk, run_dir);
     config.cpus = recipe.vm.cpus;
     config.memory_mib = recipe.vm.memory.as_u64() / (1024 * 1024);
     config.machine = Some(recipe.vm.machine.clone());
@@ -423,156 +502,152 @@ async fn build_in_vm(
         recipe::AccelChoice::Kvm => qemu_driver::AccelChoice::Kvm,
         recipe::AccelChoice::Tcg => qemu_driver::AccelChoice::Tcg,
     };
-    config.seed_iso = Some(seed_path);
+    config.seed_iso = Some(seed);
+    config
+}
 
-    let Guest {
-        vm,
-        mut session,
-        started,
-    } = guest::boot(
-        config,
-        keys.clone(),
-        recipe.vm.boot_timeout,
-        events,
-        &cancel.graceful,
-    )
-    .await?;
-    run.accel = vm.accel().accel.to_string();
-    run.ssh_ready_secs = None;
+/// Where the step loop is: the image the guest writes to, what it is backed by, the last
+/// published checkpoint.
+struct StepsProgress {
+    current: PathBuf,
+    backing_of_current: PathBuf,
+    parent: Option<LayerKey>,
+    last_published: Option<String>,
+    facts_before_last: Option<GuestFacts>,
+    /// The top image after the last step (in the private run dir; never published).
+    final_top: PathBuf,
+}
 
-    let mut current = disk;
-    let mut parent: Option<LayerKey> = start.reused.last().map(|l| l.meta.key.clone());
-    let mut backing_of_current = backing;
-    let mut last_published: Option<String> = start.reused.last().map(|l| l.meta.step_id.clone());
+/// Runs the steps from `first` on, each followed by a checkpoint. Every wait is raced against
+/// QEMU dying; cancellation surfaces as an error the caller turns into `Interrupted`.
+#[allow(clippy::too_many_arguments)]
+async fn run_steps(
+    request: &BakeRequest,
+    keys_of: &[LayerKey],
+    root: &LayerKey,
+    first: usize,
+    vm: &qemu_driver::Vm,
+    session: &mut provisioner::GuestSession,
+    started: Instant,
+    lease: &mut RunLease<'_>,
+    run: &mut RunRecord,
+    progress: &mut StepsProgress,
+    events: &Emitter,
+    cancel: &Cancel,
+) -> Result<()> {
+    let recipe = &request.recipe;
     let logs_dir = request.output_dir.join("logs");
-    let mut facts_before_last: Option<GuestFacts> = None;
-
     for (index, step) in recipe.steps.iter().enumerate().skip(first) {
         if run.first_step_secs.is_none() {
             run.first_step_secs = Some(secs(started.elapsed()));
         }
-        // The last step is usually the cleanup that removes the build user; after it SSH may
-        // be gone, so take the facts before it as a fallback.
-        if index + 1 == recipe.steps.len() {
-            facts_before_last = session.facts(&cancel.graceful).await.ok();
-        }
-        let spec = step_spec(recipe, step);
-        let options = StepOptions::new(
-            logs_dir.join(format!("{}.log", step.name)),
-            recipe.vm.boot_timeout,
-        );
-        let on_event = |event: StepEvent| events.emit(step_event(event, &step.name));
-        let outcome = tokio::select! {
-            outcome = provisioner::run_step(&mut session, &spec, &options, on_event, &cancel.graceful) => outcome,
-            error = vm.wait_for_exit_or_error() => Err(Error::from(error))?,
-        };
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(e) if cancel.graceful.is_cancelled() => {
-                let _ = e;
-                stop_vm(vm, events, cancel).await;
-                return Err(Error::Interrupted {
-                    last_checkpoint: last_published,
-                });
+        let step_id = step.id.to_string();
+        let ran = async {
+            // The last step is usually the cleanup that removes the build user; after it SSH
+            // may be gone, so take the facts before it as a fallback.
+            if index + 1 == recipe.steps.len() {
+                progress.facts_before_last = session.facts(&cancel.graceful).await.ok();
             }
-            Err(e) => {
-                stop_vm(vm, events, cancel).await;
-                return Err(e.into());
-            }
-        };
-        let succeeded = match outcome {
-            StepOutcome::Succeeded(ok) => ok,
-            StepOutcome::Failed(failed) => {
-                run.steps.push(step_record(
-                    step,
-                    &keys_of[index],
-                    "failed",
-                    secs(failed.duration),
-                    exit_code(&failed.exit),
-                    failed.attempts,
-                ));
-                write_run_json(&request.output_dir, run);
-                let failure = StepFailure {
-                    id: failed.id.clone(),
-                    name: step.name.clone(),
-                    exit: failed.exit.to_string(),
-                    exit_code: exit_code(&failed.exit),
-                    last_lines: failed.last_lines.clone(),
-                    log: failed.log_path.clone(),
-                    serial_log: logs_dir.join("serial.log"),
-                };
-                if request.keep_on_failure {
-                    let key = keys_dir_user_key(chain_dir);
-                    let known_hosts = write_known_hosts(run_dir, vm.ssh_addr(), &keys);
-                    events.emit(BakeEvent::KeptForDebugging {
-                        ssh_command: guest::ssh_command(vm.ssh_addr(), &key, &known_hosts),
-                    });
-                    tokio::select! {
-                        () = cancel.graceful.cancelled() => {}
-                        _ = vm.wait_for_exit_or_error() => {}
-                    }
+            let spec = step_spec(recipe, step);
+            let options = StepOptions::new(
+                logs_dir.join(format!("{}.log", step.name)),
+                recipe.vm.boot_timeout,
+            );
+            let on_event = |event: StepEvent| events.emit(step_event(event, &step.name));
+            let outcome =
+                provisioner::run_step(session, &spec, &options, on_event, &cancel.graceful).await?;
+            let succeeded = match outcome {
+                StepOutcome::Succeeded(ok) => ok,
+                StepOutcome::Failed(failed) => {
+                    run.steps.push(step_record(
+                        step,
+                        &keys_of[index],
+                        "failed",
+                        secs(failed.duration),
+                        exit_code(&failed.exit),
+                        failed.attempts,
+                    ));
+                    write_run_json(&request.output_dir, run);
+                    return Err(Error::StepFailed(Box::new(StepFailure {
+                        id: failed.id.clone(),
+                        name: step.name.clone(),
+                        exit: failed.exit.to_string(),
+                        exit_code: exit_code(&failed.exit),
+                        last_lines: failed.last_lines.clone(),
+                        log: failed.log_path.clone(),
+                        serial_log: logs_dir.join("serial.log"),
+                    })));
                 }
-                stop_vm(vm, events, cancel).await;
-                return Err(Error::StepFailed(Box::new(failure)));
+            };
+            run.steps.push(step_record(
+                step,
+                &keys_of[index],
+                "ran",
+                secs(succeeded.duration),
+                Some(0),
+                succeeded.attempts,
+            ));
+
+            // Checkpoint: flush the guest, freeze the layer, continue on a new overlay.
+            session
+                .exec_capture_root("sync", Duration::from_secs(300), &cancel.graceful)
+                .await?;
+            let next = match keys_of.get(index + 1) {
+                Some(key) => lease.layer_path(key),
+                None => progress.final_top.clone(),
+            };
+            vm.snapshot_layer(&next, &progress.current).await?;
+            let key = &keys_of[index];
+            let published = lease.publish(&PublishRequest {
+                key,
+                parent: progress.parent.as_ref(),
+                root,
+                backing: &progress.backing_of_current,
+                recipe: &recipe.name,
+                step_id: &step_id,
+                step_name: &step.name,
+            })?;
+            let size = std::fs::metadata(&progress.current).map_or(0, |m| m.len());
+            events.emit(BakeEvent::CheckpointSaved {
+                id: step_id.clone(),
+                key: key.short().to_owned(),
+                size,
+                published: published.is_some(),
+            });
+            if published.is_some() {
+                progress.last_published = Some(step_id.clone());
             }
+            progress.parent = Some(key.clone());
+            progress.backing_of_current = std::mem::replace(&mut progress.current, next);
+            Ok(())
         };
-        run.steps.push(step_record(
-            step,
-            &keys_of[index],
-            "ran",
-            secs(succeeded.duration),
-            Some(0),
-            succeeded.attempts,
-        ));
-
-        // Checkpoint: flush the guest, freeze the layer, continue on a new overlay.
-        session
-            .exec_capture_root("sync", Duration::from_secs(300), &cancel.graceful)
-            .await?;
-        let next = match keys_of.get(index + 1) {
-            Some(key) => lease.layer_path(key),
-            None => run_dir.join("final.qcow2"),
-        };
-        vm.snapshot_layer(&next, &current).await?;
-        let key = &keys_of[index];
-        let published = lease.publish(&PublishRequest {
-            key,
-            parent: parent.as_ref(),
-            root: &root,
-            backing: &backing_of_current,
-            recipe: &recipe.name,
-            step_id: &step.id.to_string(),
-            step_name: &step.name,
-        })?;
-        let size = std::fs::metadata(&current).map_or(0, |m| m.len());
-        events.emit(BakeEvent::CheckpointSaved {
-            id: step.id.to_string(),
-            key: key.short().to_owned(),
-            size,
-            published: published.is_some(),
-        });
-        if published.is_some() {
-            last_published = Some(step.id.to_string());
+        tokio::select! {
+            result = ran => result?,
+            error = vm.wait_for_exit_or_error() => return Err(error.into()),
         }
-        parent = Some(key.clone());
-        backing_of_current = current;
-        current = next;
     }
+    Ok(())
+}
 
-    let facts = match session.facts(&cancel.graceful).await {
-        Ok(facts) => Some(facts),
-        Err(e) => {
-            tracing::debug!("facts after the last step: {e}; using those from before it");
-            facts_before_last
-        }
-    };
-    session.close().await;
-    events.emit(BakeEvent::ShuttingDown);
+/// After a failed step with `--keep-on-failure`: print the ssh command and wait for Ctrl-C (or
+/// the VM to go away).
+async fn keep_for_debugging(
+    vm: &qemu_driver::Vm,
+    keys: &BuildKeys,
+    chain_dir: &Path,
+    run_dir: &Path,
+    events: &Emitter,
+    cancel: &Cancel,
+) {
+    let key = keys_dir_user_key(chain_dir);
+    let known_hosts = write_known_hosts(run_dir, vm.ssh_addr(), keys);
+    events.emit(BakeEvent::KeptForDebugging {
+        ssh_command: guest::ssh_command(vm.ssh_addr(), &key, &known_hosts),
+    });
     tokio::select! {
-        stopped = vm.shutdown(POWERDOWN_DEADLINE) => { stopped?; }
-        () = cancel.hard.cancelled() => return Err(Error::Interrupted { last_checkpoint: last_published }),
+        () = cancel.graceful.cancelled() => {}
+        _ = vm.wait_for_exit_or_error() => {}
     }
-    Ok((current, facts))
 }
 
 fn keys_dir_user_key(chain_dir: &Path) -> PathBuf {

@@ -228,7 +228,6 @@ async fn auto_restarts_once_under_tcg_after_a_kvm_internal_error() {
     vm.shutdown(Duration::from_secs(20)).await.unwrap();
 
     // Without `auto` there is no restart: the KVM error is the result.
-    let mut config = config;
     config.accel = AccelChoice::Kvm;
     config.run_dir = dir.path().join("run-kvm");
     let err = Vm::launch_with_fallback_from(

@@ -38,27 +38,31 @@ pub fn run(bench: &Bench) -> Result<Measurement> {
     let (mut plain, mut ours) = (Vec::new(), Vec::new());
     for run in 0..bench.runs {
         settle()?;
-        plain.push(bench.time(
-            &format!("export-qemu-img-{run}"),
-            Command::new("qemu-img")
-                .args(["convert", "-O", "raw"])
-                .arg(&source)
-                .arg(&plain_raw),
-            &[0],
-        )?);
+        plain.push(
+            bench.time(
+                &format!("export-qemu-img-{run}"),
+                Command::new("qemu-img")
+                    .args(["convert", "-O", "raw"])
+                    .arg(&source)
+                    .arg(&plain_raw),
+                &[0],
+            )?,
+        );
         std::fs::remove_file(&plain_raw)?;
         settle()?;
-        ours.push(bench.time(
-            &format!("export-imgbake-{run}"),
-            bench
-                .imgbake()
-                .arg("export")
-                .arg(&source)
-                .arg("--output")
-                .arg(&out)
-                .args(["--name", "bench"]),
-            &[0],
-        )?);
+        ours.push(
+            bench.time(
+                &format!("export-imgbake-{run}"),
+                bench
+                    .imgbake()
+                    .arg("export")
+                    .arg(&source)
+                    .arg("--output")
+                    .arg(&out)
+                    .args(["--name", "bench"]),
+                &[0],
+            )?,
+        );
         std::fs::remove_dir_all(&out)?;
     }
     let (p, o) = (median(&plain), median(&ours));

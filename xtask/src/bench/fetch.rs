@@ -20,7 +20,8 @@ const MIB: u64 = 1536;
 /// Writes `size` random bytes (from /dev/urandom) to `path`.
 pub fn random_file(path: &Path, size: u64) -> Result<()> {
     let mut random = std::fs::File::open("/dev/urandom").context("open /dev/urandom")?;
-    let mut out = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut out =
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let copied = std::io::copy(&mut (&mut random).take(size), &mut out)?;
     anyhow::ensure!(copied == size, "short read from /dev/urandom");
     out.flush()?;
@@ -76,16 +77,18 @@ pub fn run(bench: &Bench) -> Result<Measurement> {
 
         let _ = std::fs::remove_dir_all(&cache);
         settle()?;
-        ours.push(bench.time(
-            &format!("fetch-imgbake-{run}"),
-            bench
-                .imgbake()
-                .arg("fetch")
-                .arg(&recipe)
-                .arg("--cache-dir")
-                .arg(&cache),
-            &[0],
-        )?);
+        ours.push(
+            bench.time(
+                &format!("fetch-imgbake-{run}"),
+                bench
+                    .imgbake()
+                    .arg("fetch")
+                    .arg(&recipe)
+                    .arg("--cache-dir")
+                    .arg(&cache),
+                &[0],
+            )?,
+        );
         let fetched = cache.join(&digest);
         anyhow::ensure!(
             fetched.is_file(),

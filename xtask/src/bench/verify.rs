@@ -41,7 +41,9 @@ pub fn run(bench: &Bench) -> Result<Measurement> {
     )?;
     bench.time(
         "verify-relocate-gpt",
-        Command::new("sfdisk").args(["--relocate", "gpt-bak-std"]).arg(&image),
+        Command::new("sfdisk")
+            .args(["--relocate", "gpt-bak-std"])
+            .arg(&image),
         &[0],
     )?;
     let meta = std::fs::metadata(&image).context("stat the bench image")?;

@@ -21,6 +21,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use indicatif::HumanBytes;
 use serde::Serialize;
 
+use crate::cli::VarArgs;
 use crate::output::Output;
 use crate::report::{self, CliError, ExitStatus, exit_status_help, stdout_err};
 
@@ -43,6 +44,9 @@ pub const AFTER_HELP: &str = concat!(
     "    See what gc would remove, then remove it:\n",
     "        imgbake cache gc --keep 1 --older-than 14d --dry-run\n",
     "        imgbake cache gc --keep 1 --older-than 14d\n",
+    "\n",
+    "    Drop the checkpoints today's recipes no longer produce (edited steps, new base):\n",
+    "        imgbake cache gc recipes/gpu-ready.yaml recipes/nvidia-fw1.yaml\n",
     "\n",
     "    Forget every checkpoint of one recipe:\n",
     "        imgbake cache rm ubuntu-2204-nvidia-565-firmware1\n",
@@ -68,7 +72,7 @@ pub enum CacheCommand {
     /// space used
     Ls(LsArgs),
     /// Remove checkpoints by rule (and every checkpoint built on a removed one)
-    #[command(group(ArgGroup::new("rule").required(true).multiple(true).args(["keep", "older_than"])))]
+    #[command(group(ArgGroup::new("rule").required(true).multiple(true).args(["keep", "older_than", "recipes"])))]
     Gc(GcArgs),
     /// Remove every checkpoint of the named recipes
     Rm(RmArgs),
@@ -85,6 +89,12 @@ pub struct LsArgs {
 /// `imgbake cache gc`.
 #[derive(Debug, Args)]
 pub struct GcArgs {
+    /// Recipes as they are today: their checkpoints that today's recipe no longer produces
+    /// (an edited step, a new base image, changed vars) are removed; other recipes' are kept
+    #[arg(value_name = "RECIPE")]
+    pub recipes: Vec<PathBuf>,
+    #[command(flatten)]
+    pub vars: VarArgs,
     /// Keep only the newest N checkpoints of each recipe step
     #[arg(long, value_name = "N")]
     pub keep: Option<usize>,
@@ -221,19 +231,46 @@ pub fn run(args: &CacheArgs, out: &Output) -> Result<ExitStatus, CliError> {
             let _ = report::write_error(&mut io::stderr().lock(), &e, None, out.stderr());
             Ok(ExitStatus::Failure)
         }
+        Err(e @ Failure::Keys { .. }) => {
+            let hint =
+                "fetch its base image first (`imgbake fetch RECIPE`), or leave the recipe out";
+            let _ = report::write_error(
+                &mut io::stderr().lock(),
+                &e,
+                Some(hint.into()),
+                out.stderr(),
+            );
+            Ok(ExitStatus::Failure)
+        }
     }
 }
 
 /// The ways a cache command fails; the store's and fetch's errors are printed with their chain.
+#[derive(Debug, thiserror::Error)]
 enum Failure {
+    #[error(transparent)]
     Cli(CliError),
+    #[error(transparent)]
     Store(checkpoint::Error),
+    #[error(transparent)]
     Base(fetch::Error),
+    /// The base digest of a recipe given to `gc` is unknown, so its keys are too.
+    #[error("cannot tell which checkpoints {} makes today: its base image's digest is unknown", recipe.display())]
+    Keys {
+        recipe: PathBuf,
+        #[source]
+        source: fetch::Error,
+    },
 }
 
 impl From<CliError> for Failure {
     fn from(e: CliError) -> Self {
         Failure::Cli(e)
+    }
+}
+impl From<recipe::Error> for Failure {
+    fn from(e: recipe::Error) -> Self {
+        Failure::Cli(CliError::Recipe(e))
     }
 }
 impl From<checkpoint::Error> for Failure {
@@ -428,7 +465,14 @@ fn age(secs: u64) -> String {
 }
 
 fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failure> {
-    let policy = GcPolicy {
+    // Every recipe must load, and its keys be known, before anything is removed.
+    let mut recipes = Vec::new();
+    for path in &args.recipes {
+        let recipe = recipe::Recipe::load(path, &args.vars.vars)?;
+        let chain = live_chain(&recipe, root)?;
+        recipes.push((recipe.name, chain));
+    }
+    let mut policy = GcPolicy {
         keep_per_step: args.keep,
         older_than: args.older_than,
         live_keys: None,
@@ -443,9 +487,11 @@ fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failu
         }
     } else if args.dry_run {
         let store = CheckpointStore::open(&store_dir)?;
+        policy.live_keys = live_keys(&store, &recipes)?;
         would_remove(&store, |scratch| scratch.gc(&policy))?
     } else {
         let store = CheckpointStore::open_exclusive(&store_dir)?;
+        policy.live_keys = live_keys(&store, &recipes)?;
         // No build runs while we hold the lock, so every unpublished layer file is a leftover.
         let discarded = store.sweep_incomplete()?;
         let removed = store.gc(&policy)?;
@@ -457,6 +503,72 @@ fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failu
     };
     print_removal(&removal, args.json, out)?;
     Ok(ExitStatus::Success)
+}
+
+/// The checkpoint keys a build of `recipe` makes today, computed as `pipeline::bake` does:
+/// the base image's digest (from the recipe, else the cache, without touching the network) and
+/// the seed fingerprint.
+fn live_chain(recipe: &recipe::Recipe, root: &Path) -> Result<BTreeSet<LayerKey>, Failure> {
+    let digest = match recipe.base_identity() {
+        recipe::BaseIdentity::Digest(digest) => digest,
+        recipe::BaseIdentity::Unfetched { .. } => {
+            let cache = fetch::BaseCache::open(root.join("base"))?;
+            let source = crate::commands::fetch::base_source(&recipe.base);
+            let options = fetch::FetchOptions {
+                offline: true,
+                ..fetch::FetchOptions::default()
+            };
+            let runtime = crate::commands::runtime()?;
+            let fetched = runtime.block_on(cache.fetch(
+                &source,
+                &options,
+                &|_| {},
+                tokio_util::sync::CancellationToken::new(),
+            ));
+            let base = fetched.map_err(|source| Failure::Keys {
+                recipe: recipe.path.clone(),
+                source,
+            })?;
+            base.digest
+                .to_hex()
+                .parse()
+                .expect("a fetched digest is 64 hex digits")
+        }
+    };
+    let chain = recipe.checkpoint_keys(
+        &recipe::BaseIdentity::Digest(digest),
+        &pipeline::seed_fingerprint(recipe),
+    );
+    Ok(chain
+        .steps
+        .iter()
+        .map(|(_, key)| {
+            key.to_string()
+                .parse()
+                .expect("a recipe cache key is 64 hex digits")
+        })
+        .collect())
+}
+
+/// Keys gc must keep for `recipes`: their chains as of today, plus every layer of a recipe not
+/// named (those are not this gc's business). `None` without recipes.
+fn live_keys(
+    store: &CheckpointStore,
+    recipes: &[(String, BTreeSet<LayerKey>)],
+) -> Result<Option<BTreeSet<LayerKey>>, Failure> {
+    if recipes.is_empty() {
+        return Ok(None);
+    }
+    let named: BTreeSet<&str> = recipes.iter().map(|(name, _)| name.as_str()).collect();
+    let mut live: BTreeSet<LayerKey> = recipes.iter().flat_map(|(_, keys)| keys.clone()).collect();
+    live.extend(
+        store
+            .list()?
+            .into_iter()
+            .filter(|l| !named.contains(l.meta.recipe.as_str()))
+            .map(|l| l.meta.key),
+    );
+    Ok(Some(live))
 }
 
 fn remove(root: &Path, args: &RmArgs, out: &Output) -> Result<ExitStatus, Failure> {

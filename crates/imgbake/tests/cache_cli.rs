@@ -1,0 +1,428 @@
+//! `imgbake cache ls|gc|rm` against a cache holding real qcow2 layers: made with `qemu-img
+//! create` on a backing chain, given real data with `qemu-io`, and published through the
+//! checkpoint crate's own API, plus a base image in the fetch cache's layout.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+
+use assert_cmd::Command;
+use checkpoint::{CheckpointStore, LayerKey, PublishRequest};
+use serde_json::Value;
+
+fn imgbake(cache: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("imgbake").unwrap();
+    cmd.env("IMGBAKE_CACHE_DIR", cache)
+        .env("NO_COLOR", "1")
+        .env_remove("IMGBAKE_LOG");
+    cmd
+}
+
+fn tools() -> bool {
+    test_support::require_tool("qemu-img") && test_support::require_tool("qemu-io")
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = StdCommand::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn key(n: u32) -> LayerKey {
+    format!("{n:064x}").parse().unwrap()
+}
+
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// A cache root with a base image in `base/` (a 1 GiB qcow2 with 2 MiB of data, named by its
+/// sha256 as the fetch cache does).
+struct Cache {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    base: PathBuf,
+}
+
+impl Cache {
+    fn new() -> Cache {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        let base_dir = root.join("base");
+        std::fs::create_dir_all(&base_dir).unwrap();
+        let made = dir.path().join("base.qcow2");
+        let made_s = made.to_str().unwrap();
+        run("qemu-img", &["create", "-q", "-f", "qcow2", made_s, "1G"]);
+        run("qemu-io", &["-c", "write -P 0x11 0 2M", made_s]);
+        let digest = fetch::Sha256Digest::of(&std::fs::read(&made).unwrap());
+        let base = base_dir.join(digest.to_hex());
+        std::fs::rename(&made, &base).unwrap();
+        Cache {
+            _dir: dir,
+            root,
+            base,
+        }
+    }
+
+    fn store_dir(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+
+    /// Publishes a chain of layers for `recipe` (one per `(key, step id, MiB written)`), the
+    /// first backed by the base image. Returns the layer files.
+    fn chain(&self, recipe: &str, root: u32, steps: &[(u32, &str, u32)]) -> Vec<PathBuf> {
+        let store = CheckpointStore::open(&self.store_dir()).unwrap();
+        let mut lease = store.lease().unwrap();
+        let root_key = key(root);
+        let mut backing = self.base.clone();
+        let mut parent: Option<LayerKey> = None;
+        let mut files = Vec::new();
+        for (n, step, mib) in steps {
+            let k = key(*n);
+            let path = lease.layer_path(&k);
+            let p = path.to_str().unwrap();
+            run(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "qcow2",
+                    "-b",
+                    backing.to_str().unwrap(),
+                    p,
+                ],
+            );
+            run("qemu-io", &["-c", &format!("write -P 0x22 4M {mib}M"), p]);
+            let published = lease
+                .publish(&PublishRequest {
+                    key: &k,
+                    parent: parent.as_ref(),
+                    root: &root_key,
+                    backing: &backing,
+                    recipe,
+                    step_id: step,
+                    step_name: &format!("{step}-step"),
+                })
+                .unwrap();
+            assert!(published.is_some());
+            files.push(path.clone());
+            parent = Some(k);
+            backing = path;
+        }
+        lease.finish();
+        files
+    }
+
+    /// Makes the layer `n` look `days` old (its record's timestamp).
+    fn age(&self, n: u32, days: u64) {
+        let record = self
+            .store_dir()
+            .join("layers")
+            .join(format!("{}.json", key(n)));
+        let mut meta: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        let created = meta["created_unix"].as_u64().unwrap();
+        meta["created_unix"] = (created - days * 86_400).into();
+        std::fs::write(&record, serde_json::to_vec(&meta).unwrap()).unwrap();
+    }
+
+    fn ls(&self) -> Value {
+        let out = imgbake(&self.root)
+            .args(["cache", "ls", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn steps(&self) -> Vec<String> {
+        self.ls()["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c["recipe"].as_str().unwrap(),
+                    c["step_id"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn ls_shows_each_checkpoint_and_base_and_counts_allocated_blocks_once() {
+    if !tools() {
+        return;
+    }
+    let cache = Cache::new();
+    let alpha = cache.chain("alpha", 100, &[(1, "01", 3), (2, "02", 1), (3, "03", 2)]);
+    cache.chain("beta", 200, &[(4, "01", 1)]);
+
+    let listing = cache.ls();
+    let checkpoints = listing["checkpoints"].as_array().unwrap();
+    assert_eq!(checkpoints.len(), 4);
+    let first = checkpoints
+        .iter()
+        .find(|c| c["key"] == key(1).to_string())
+        .unwrap();
+    assert_eq!(first["recipe"], "alpha");
+    assert_eq!(first["step_id"], "01");
+    assert_eq!(first["step_name"], "01-step");
+    assert_eq!(first["allocated"], allocated(&alpha[0]));
+    // A layer holds only its own writes (3 MiB here), not its 1 GiB disk or its backing.
+    let own = first["allocated"].as_u64().unwrap();
+    assert!(own >= 3 << 20 && own < 8 << 20, "layer 01 allocates {own}");
+
+    let bases = listing["base_images"].as_array().unwrap();
+    assert_eq!(bases.len(), 1);
+    assert_eq!(bases[0]["path"], cache.base.to_str().unwrap());
+    assert_eq!(bases[0]["allocated"], allocated(&cache.base));
+
+    // The total is every file of the store plus the base, each counted once by its blocks.
+    let mut expected = allocated(&cache.base);
+    for entry in std::fs::read_dir(cache.store_dir().join("layers")).unwrap() {
+        expected += allocated(&entry.unwrap().path());
+    }
+    let total = &listing["total"];
+    assert_eq!(total["allocated"], expected);
+    assert_eq!(total["checkpoints"], 4);
+    assert_eq!(total["base_images"], 1);
+    assert!(
+        expected < 64 << 20,
+        "sparse data counted by blocks: {expected}"
+    );
+
+    let out = imgbake(&cache.root).args(["cache", "ls"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    for needle in [
+        "alpha",
+        "beta",
+        "03-step",
+        &key(3).to_string()[..12],
+        "total",
+        "base images",
+    ] {
+        assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+    }
+}
+
+#[test]
+fn ls_of_a_cache_that_does_not_exist_is_empty_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("nothing-here");
+    let out = imgbake(&root)
+        .args(["cache", "ls", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listing["checkpoints"].as_array().unwrap().len(), 0);
+    assert_eq!(listing["total"]["allocated"], 0);
+    let out = imgbake(&root).args(["cache", "ls"]).output().unwrap();
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("no checkpoints")
+    );
+    assert!(!root.exists());
+}
+
+#[test]
+fn gc_older_than_previews_with_dry_run_then_removes_the_old_chain_and_its_descendants() {
+    if !tools() {
+        return;
+    }
+    let cache = Cache::new();
+    let old = cache.chain("alpha", 100, &[(1, "01", 1), (2, "02", 1)]);
+    let new = cache.chain("alpha", 101, &[(11, "01", 1), (12, "02", 1)]);
+    // Only the first layer of the old chain is old; its child must go with it.
+    cache.age(1, 10);
+
+    let out = imgbake(&cache.root)
+        .args(["cache", "gc", "--older-than", "7d", "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["dry_run"], true);
+    let doomed: Vec<&str> = plan["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(doomed.len(), 2, "{plan}");
+    assert!(
+        doomed.contains(&key(1).to_string().as_str())
+            && doomed.contains(&key(2).to_string().as_str())
+    );
+    assert_eq!(plan["freed"], allocated(&old[0]) + allocated(&old[1]));
+    assert!(old.iter().all(|f| f.exists()), "a dry run removed files");
+    assert_eq!(cache.steps().len(), 4);
+
+    let out = imgbake(&cache.root)
+        .args(["cache", "gc", "--older-than", "7d"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("removed 2 checkpoints")
+    );
+    assert!(old.iter().all(|f| !f.exists()));
+    assert!(new.iter().all(|f| f.exists()));
+    let keys: Vec<String> = cache.ls()["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, [key(11).to_string(), key(12).to_string()]);
+}
+
+#[test]
+fn gc_keep_keeps_the_newest_per_step() {
+    if !tools() {
+        return;
+    }
+    let cache = Cache::new();
+    let older = cache.chain("alpha", 100, &[(1, "01", 1), (2, "02", 1)]);
+    let newer = cache.chain("alpha", 101, &[(11, "01", 1)]);
+    cache.age(1, 2);
+    cache.age(2, 2);
+    let out = imgbake(&cache.root)
+        .args(["cache", "gc", "--keep", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Step 01 had two layers: the older goes, and layer 02 (built on it) with it.
+    assert!(older.iter().all(|f| !f.exists()));
+    assert!(newer[0].exists());
+    assert_eq!(cache.steps(), ["alpha/01"]);
+}
+
+#[test]
+fn gc_needs_a_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = imgbake(dir.path()).args(["cache", "gc"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("--keep") && err.contains("--older-than"),
+        "{err}"
+    );
+    let out = imgbake(dir.path())
+        .args(["cache", "gc", "--older-than", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn rm_removes_one_recipe_and_names_the_known_ones_for_a_typo() {
+    if !tools() {
+        return;
+    }
+    let cache = Cache::new();
+    let alpha = cache.chain("alpha", 100, &[(1, "01", 1), (2, "02", 1)]);
+    let beta = cache.chain("beta", 200, &[(4, "01", 1)]);
+
+    let out = imgbake(&cache.root)
+        .args(["cache", "rm", "alpha", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("would remove 2 checkpoints"), "{text}");
+    assert!(alpha.iter().all(|f| f.exists()));
+
+    let out = imgbake(&cache.root)
+        .args(["cache", "rm", "alpha"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(alpha.iter().all(|f| !f.exists()));
+    assert!(beta[0].exists());
+    assert_eq!(cache.steps(), ["beta/01"]);
+
+    let out = imgbake(&cache.root)
+        .args(["cache", "rm", "betta"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("no checkpoints of recipe `betta`"), "{err}");
+    assert!(err.contains("recipes with checkpoints: beta"), "{err}");
+    assert!(beta[0].exists());
+}
+
+#[test]
+fn gc_and_rm_refuse_while_a_build_holds_the_store() {
+    if !tools() {
+        return;
+    }
+    let cache = Cache::new();
+    let files = cache.chain("alpha", 100, &[(1, "01", 1)]);
+    cache.age(1, 30);
+    // A running build holds the store's lock shared, as `pipeline::bake` does.
+    let build = CheckpointStore::open(&cache.store_dir()).unwrap();
+    for args in [
+        &["cache", "gc", "--older-than", "1d"][..],
+        &["cache", "rm", "alpha"],
+    ] {
+        let out = imgbake(&cache.root).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("in use by a running build"), "{err}");
+        assert!(err.contains("try:"), "{err}");
+        assert!(files[0].exists());
+    }
+    // ls and a dry run still work next to a build.
+    assert_eq!(cache.steps(), ["alpha/01"]);
+    let out = imgbake(&cache.root)
+        .args(["cache", "gc", "--older-than", "1d", "-n"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    drop(build);
+    let out = imgbake(&cache.root)
+        .args(["cache", "gc", "--older-than", "1d"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!files[0].exists());
+}
