@@ -426,3 +426,175 @@ fn gc_and_rm_refuse_while_a_build_holds_the_store() {
     assert_eq!(out.status.code(), Some(0));
     assert!(!files[0].exists());
 }
+
+/// A recipe on the cache's base image (inline `sha256:`, so `imgbake plan` shows the very keys
+/// a build makes) with steps 01 and 02.
+fn recipe_on(cache: &Cache, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("steps")).unwrap();
+    std::fs::write(dir.join("steps/01-one.sh"), "echo one\n").unwrap();
+    std::fs::write(dir.join("steps/02-two.sh"), "echo two\n").unwrap();
+    let digest = cache.base.file_name().unwrap().to_str().unwrap();
+    let recipe = dir.join("gc.yaml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name: gc-demo\nbase:\n  url: {}\n  checksum: sha256:{digest}\n\
+             vm: {{ cpus: 1, memory: 512M, disk_size: 1G, firmware: bios, accel: tcg }}\n\
+             steps:\n  - steps/01-one.sh\n  - steps/02-two.sh\n",
+            cache.base.display()
+        ),
+    )
+    .unwrap();
+    recipe
+}
+
+/// The checkpoint keys `imgbake plan` shows for a recipe, as numbers-free `LayerKey`s.
+fn planned_keys(cache: &Cache, recipe: &Path) -> Vec<LayerKey> {
+    let out = imgbake(&cache.root)
+        .args(["plan", "--json"])
+        .arg(recipe)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["checkpoint_key"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Publishes a chain under the given keys (the first backed by the base).
+fn chain_with_keys(cache: &Cache, recipe: &str, keys: &[LayerKey]) -> Vec<PathBuf> {
+    let store = CheckpointStore::open(&cache.store_dir()).unwrap();
+    let mut lease = store.lease().unwrap();
+    let (mut backing, mut parent, mut files) = (cache.base.clone(), None::<LayerKey>, Vec::new());
+    for (i, k) in keys.iter().enumerate() {
+        let path = lease.layer_path(k);
+        let p = path.to_str().unwrap();
+        run(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                backing.to_str().unwrap(),
+                p,
+            ],
+        );
+        let step = format!("{:02}", i + 1);
+        lease
+            .publish(&PublishRequest {
+                key: k,
+                parent: parent.as_ref(),
+                root: &key(999),
+                backing: &backing,
+                recipe,
+                step_id: &step,
+                step_name: &step,
+            })
+            .unwrap()
+            .unwrap();
+        files.push(path.clone());
+        parent = Some(k.clone());
+        backing = path;
+    }
+    lease.finish();
+    files
+}
+
+#[test]
+fn gc_with_recipes_removes_what_they_no_longer_produce_and_leaves_other_recipes_alone() {
+    if !tools() {
+        return;
+    }
+    let cache = Cache::new();
+    let work = tempfile::tempdir().unwrap();
+    let recipe = recipe_on(&cache, work.path());
+    let today = planned_keys(&cache, &recipe);
+    assert_eq!(today.len(), 2);
+    let live = chain_with_keys(&cache, "gc-demo", &today);
+    let stale = cache.chain("gc-demo", 100, &[(1, "01", 1), (2, "02", 1)]);
+    let other = cache.chain("other", 200, &[(3, "01", 1)]);
+
+    let out = imgbake(&cache.root)
+        .args(["cache", "gc"])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stale.iter().all(|f| !f.exists()),
+        "the stale chain survived"
+    );
+    assert!(live.iter().all(|f| f.exists()), "today's chain was removed");
+    assert!(other[0].exists(), "another recipe's checkpoint was removed");
+
+    // Editing step 02 makes its checkpoint stale; 01's is still what the recipe makes.
+    std::fs::write(work.path().join("steps/02-two.sh"), "echo two, edited\n").unwrap();
+    let out = imgbake(&cache.root)
+        .args(["cache", "gc", "--dry-run", "--json"])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doomed: Vec<&str> = plan["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(doomed, [today[1].as_str()]);
+}
+
+#[test]
+fn gc_with_a_recipe_whose_base_is_not_cached_removes_nothing() {
+    if !tools() {
+        return;
+    }
+    let cache = Cache::new();
+    let files = cache.chain("gc-demo", 100, &[(1, "01", 1)]);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(work.path().join("steps")).unwrap();
+    std::fs::write(work.path().join("steps/01-one.sh"), "echo one\n").unwrap();
+    let recipe = work.path().join("gc.yaml");
+    std::fs::write(
+        &recipe,
+        "name: gc-demo\nbase:\n  url: https://example.invalid/img.qcow2\n  \
+         checksum: file:https://example.invalid/SHA256SUMS\n\
+         vm: { cpus: 1, memory: 512M, disk_size: 1G, firmware: bios, accel: tcg }\n\
+         steps:\n  - steps/01-one.sh\n",
+    )
+    .unwrap();
+    let out = imgbake(&cache.root)
+        .args(["cache", "gc"])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("base image's digest is unknown"), "{err}");
+    assert!(err.contains("imgbake fetch"), "{err}");
+    assert!(files[0].exists());
+}

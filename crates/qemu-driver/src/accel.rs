@@ -84,8 +84,8 @@ pub const KVM_DEVICE: &str = "/dev/kvm";
 pub const SYS_MODULE: &str = "/sys/module";
 
 /// Why KVM from `kvm_pvm` does not count as usable.
-pub const PVM_REASON: &str = "/dev/kvm is provided by kvm_pvm, which runs only guest kernels \
-     built for PVM; standard kernels stop with a KVM internal error";
+pub const PVM_REASON: &str = "/dev/kvm comes from kvm_pvm, which runs only guest kernels built \
+     for PVM (standard kernels stop with a KVM internal error)";
 
 /// What provides `/dev/kvm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
