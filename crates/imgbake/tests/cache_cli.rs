@@ -448,7 +448,7 @@ fn recipe_on(cache: &Cache, dir: &Path) -> PathBuf {
     recipe
 }
 
-/// The checkpoint keys `imgbake plan` shows for a recipe, as numbers-free `LayerKey`s.
+/// The checkpoint keys `imgbake plan` shows for a recipe.
 fn planned_keys(cache: &Cache, recipe: &Path) -> Vec<LayerKey> {
     let out = imgbake(&cache.root)
         .args(["plan", "--json"])

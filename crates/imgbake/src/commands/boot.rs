@@ -85,14 +85,14 @@ enum BootError {
     Keys {
         path: PathBuf,
         #[source]
-        source: provisioner::Error,
+        source: Box<provisioner::Error>,
     },
     #[error("cannot write the cloud-init seed")]
     Seed(#[source] qemu_driver::seed::SeedError),
     #[error("the vm failed")]
     Vm(#[source] qemu_driver::Error),
     #[error("the guest did not become reachable over ssh")]
-    Guest(#[source] provisioner::Error),
+    Guest(#[source] Box<provisioner::Error>),
     #[error("cloud-init never ran in the guest: {detail}")]
     CloudInitNeverRan { detail: String },
     #[error("interrupted before the guest was up")]
@@ -229,7 +229,7 @@ async fn boot(
     let keys_dir = dir.join("keys");
     keys.save(&keys_dir).map_err(|source| BootError::Keys {
         path: keys_dir.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let seed = dir.join("seed.iso");
     qemu_driver::seed::write_iso(&seed_config(recipe, &keys), &seed).map_err(BootError::Seed)?;
@@ -262,7 +262,7 @@ async fn boot(
         let deadline = tokio::time::Instant::now() + boot_timeout;
         let session = provisioner::wait_for_ssh(&target, deadline, cancel)
             .await
-            .map_err(BootError::Guest)?;
+            .map_err(|e| BootError::Guest(Box::new(e)))?;
         say(&format!(
             "ssh answered after {:.1}s",
             started.elapsed().as_secs_f64()
@@ -270,7 +270,7 @@ async fn boot(
         match session
             .cloud_init_wait(boot_timeout, cancel)
             .await
-            .map_err(BootError::Guest)?
+            .map_err(|e| BootError::Guest(Box::new(e)))?
         {
             CloudInitOutcome::Finished => {}
             CloudInitOutcome::FinishedWithErrors { detail } => {

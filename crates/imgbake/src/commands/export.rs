@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use exporter::{ExportEvent, ExportFormat, ExportRequest, Stage};
-use tokio_util::sync::CancellationToken;
 
 use crate::output::Output;
 use crate::report::{self, CliError, ExitStatus, exit_status_help, stdout_err};
@@ -84,13 +83,7 @@ pub fn run(args: &ExportArgs, out: &Output) -> Result<ExitStatus, CliError> {
         }
     };
     let result = runtime.block_on(async {
-        let cancel = CancellationToken::new();
-        let on_ctrl_c = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                on_ctrl_c.cancel();
-            }
-        });
+        let cancel = super::cancel_on_ctrl_c();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let printer = tokio::spawn(async move {
             while let Some(event) = rx.recv().await {

@@ -11,7 +11,6 @@ use fetch::{
     HashPurpose, Location, Outcome, RestartReason, Sha256Digest,
 };
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::VarArgs;
 use crate::output::Output;
@@ -122,13 +121,7 @@ pub fn run(args: &FetchArgs, out: &Output) -> Result<ExitStatus, CliError> {
     let mut stdout = std::io::stdout().lock();
     let mut failed = 0usize;
     runtime.block_on(async {
-        let cancel = CancellationToken::new();
-        let on_ctrl_c = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                on_ctrl_c.cancel();
-            }
-        });
+        let cancel = super::cancel_on_ctrl_c();
         for recipe in &recipes {
             let source = base_source(&recipe.base);
             let bar = Bar::new(&recipe.name);

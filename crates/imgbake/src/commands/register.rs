@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 use publish::{ApiTarget, ApiToken, Payload, Registrar, RetryPolicy};
-use tokio_util::sync::CancellationToken;
 
 use crate::output::Output;
 use crate::report::{self, CliError, ExitStatus, exit_status_help, stdout_err};
@@ -91,13 +90,7 @@ pub fn run(args: &RegisterArgs, out: &Output) -> Result<ExitStatus, CliError> {
         Err(e) => return fail(&e),
     };
     let result = runtime.block_on(async {
-        let cancel = CancellationToken::new();
-        let on_ctrl_c = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                on_ctrl_c.cancel();
-            }
-        });
+        let cancel = super::cancel_on_ctrl_c();
         registrar.register(&payload, &cancel).await
     });
     let done = match result {

@@ -10,7 +10,6 @@ use publish::{
     Addressing, AwsConfig, S3Location, S3Settings, Sha256Digest, UploadEvent, UploadOptions,
     UploadStatus, Uploader,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::output::Output;
 use crate::report::{self, CliError, ExitStatus, exit_status_help, stdout_err};
@@ -119,13 +118,7 @@ pub fn run(args: &UploadArgs, out: &Output) -> Result<ExitStatus, CliError> {
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let result = runtime.block_on(async {
-        let cancel = CancellationToken::new();
-        let on_ctrl_c = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                on_ctrl_c.cancel();
-            }
-        });
+        let cancel = super::cancel_on_ctrl_c();
         let pb = bar.clone();
         let events = move |event: UploadEvent| render(&pb, event);
         uploader
