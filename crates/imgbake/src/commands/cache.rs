@@ -424,7 +424,8 @@ fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
     if n == 1 { one } else { many }
 }
 
-/// Rows as aligned columns, indented by two spaces; `right[i]` right-aligns column i.
+/// Rows as aligned columns, indented and separated by two spaces; `right[i]` right-aligns
+/// column i.
 fn columns<const N: usize>(rows: &[[String; N]], right: &[bool; N]) -> String {
     let mut widths = [0usize; N];
     for row in rows {
@@ -434,10 +435,10 @@ fn columns<const N: usize>(rows: &[[String; N]], right: &[bool; N]) -> String {
     }
     let mut s = String::new();
     for row in rows {
-        let mut line = String::from(" ");
+        let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             let pad = widths[i] - cell.chars().count();
-            line.push(' ');
+            line.push_str("  ");
             if right[i] {
                 line.push_str(&" ".repeat(pad));
                 line.push_str(cell);
