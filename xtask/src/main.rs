@@ -27,7 +27,18 @@ commands:
                      into output/fixture-smoke/
 ";
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    // Print the error chain once, without anyhow's backtrace (RUST_BACKTRACE is often set).
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_else(|| "help".to_owned());
     let rest: Vec<String> = args.collect();

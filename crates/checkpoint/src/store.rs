@@ -186,13 +186,13 @@ impl CheckpointStore {
             Ok(Some(meta)) => meta,
             Ok(None) => return Ok(Lookup::Miss),
             Err(why) => {
-                self.unpublish(key, None)?;
+                self.discard(key, None)?;
                 return Ok(Lookup::Discarded(why));
             }
         };
         let path = self.layers_dir().join(&meta.file);
         if !path.is_file() {
-            self.unpublish(key, None)?;
+            self.discard(key, None)?;
             return Ok(Lookup::Discarded(Discarded::Missing {
                 key: key.clone(),
                 file: path,
@@ -200,7 +200,7 @@ impl CheckpointStore {
         }
         let actual = sha256_file(&path)?;
         if actual != meta.sha256 {
-            self.unpublish(key, Some(&path))?;
+            self.discard(key, Some(&path))?;
             return Ok(Lookup::Discarded(Discarded::Corrupt {
                 key: key.clone(),
                 expected: meta.sha256,
@@ -233,6 +233,15 @@ impl CheckpointStore {
             }
         }
         Ok((layers, discarded))
+    }
+
+    /// Removes a broken checkpoint and every layer built on it: those can never be booted
+    /// without it, and their stale records would keep a rebuild of the same keys from being
+    /// published.
+    fn discard(&self, key: &LayerKey, file: Option<&Path>) -> Result<()> {
+        let doomed = std::collections::BTreeSet::from([key.clone()]);
+        self.remove_with_descendants(self.list()?, doomed)?;
+        self.unpublish(key, file)
     }
 
     pub(crate) fn unpublish(&self, key: &LayerKey, file: Option<&Path>) -> Result<()> {

@@ -138,7 +138,7 @@ impl CheckpointStore {
         self.remove_with_descendants(layers, doomed)
     }
 
-    fn remove_with_descendants(
+    pub(crate) fn remove_with_descendants(
         &self,
         layers: Vec<LayerInfo>,
         mut doomed: BTreeSet<LayerKey>,

@@ -217,3 +217,47 @@ fn gc_removes_dead_keys_with_their_descendants_and_waits_for_builds() {
     assert_eq!(store.remove_recipe("smoke").unwrap().len(), 1);
     assert!(store.list().unwrap().is_empty());
 }
+
+#[test]
+fn a_corrupt_layer_takes_its_descendants_along_so_a_rebuild_can_publish_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    let root = key(0);
+    let keys = [key(1), key(2), key(3)];
+    let mut lease = store.lease().unwrap();
+    let mut backing = base.clone();
+    for (i, k) in keys.iter().enumerate() {
+        fs::write(lease.layer_path(k), format!("layer {i}")).unwrap();
+        let parent = i.checked_sub(1).map(|p| &keys[p]);
+        lease
+            .publish(&request(k, parent, &root, &backing))
+            .unwrap()
+            .unwrap();
+        backing = lease.layer_path(k);
+    }
+    let layer_2 = lease.layer_path(&keys[1]);
+    drop(lease);
+    fs::write(&layer_2, b"layer 1, bit-rotted").unwrap();
+    // Layer 2 rots: the walk stops there, and layer 3 (backed by it) goes too.
+    let mut lease = store.lease().unwrap();
+    let (layers, discarded) = store.reusable_prefix(&keys).unwrap();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(discarded.len(), 1);
+    assert_eq!(store.lookup(&key(3)).unwrap(), Lookup::Miss);
+    // A rebuild of 2 and 3 on top of 1 publishes both again.
+    let mut backing = layers[0].path.clone();
+    for (i, k) in keys.iter().enumerate().skip(1) {
+        fs::write(lease.layer_path(k), format!("rebuilt {i}")).unwrap();
+        assert!(
+            lease
+                .publish(&request(k, Some(&keys[i - 1]), &root, &backing))
+                .unwrap()
+                .is_some(),
+            "the rebuilt layer {i} was not published"
+        );
+        backing = lease.layer_path(k);
+    }
+    assert_eq!(store.reusable_prefix(&keys).unwrap().0.len(), 3);
+}

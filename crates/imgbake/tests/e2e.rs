@@ -177,6 +177,15 @@ fn smoke_recipe_builds_and_every_step_is_on_the_output_disk() {
         ])
         .finish(NO_VM);
     verify.expect_code(0, "imgbake verify of the smoke RAW");
+    let report: Value = serde_json::from_str(&verify.stdout).expect("verify --json prints JSON");
+    assert_eq!(report["passed"], true, "{report}");
+    let decoded = report["gpu_firmware"]["decoded"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        decoded.starts_with("1 = "),
+        "effective NVreg_EnableGpuFirmware: {decoded}"
+    );
 
     eprintln!(
         "TIMING smoke build: wall {:.1}s, total_secs {}, QEMU start -> first step {first_step:.1}s, \
@@ -318,9 +327,11 @@ fn assert_runs_log(
 fn edit_step_03(recipe: &Path, edition: &str) {
     let script = recipe.parent().unwrap().join("reuse/03-middle.sh");
     let text = std::fs::read_to_string(&script).unwrap();
-    let start = text.find("edition=").unwrap();
+    // The assignment at the start of a line (the header comment mentions it too).
+    let start = text.find("\nedition=").expect("an `edition=` line") + 1;
     let end = start + text[start..].find('\n').unwrap();
     let edited = format!("{}edition={edition}{}", &text[..start], &text[end..]);
+    assert_ne!(edited, text, "the edit changed nothing");
     std::fs::write(&script, edited).unwrap();
 }
 

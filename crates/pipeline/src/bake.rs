@@ -1,14 +1,11 @@
 //! The build itself: fetch, plan reuse, boot, run steps with a checkpoint after each, export.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use checkpoint::{CheckpointStore, LayerKey, PublishRequest, RunLease};
 use provisioner::{BuildKeys, GuestFacts, StepEvent, StepOptions, StepOutcome, StepSpec};
-use qemu_driver::VmConfig;
-use qemu_driver::seed::{HostKeyPair, NetworkConfig, SeedConfig};
 use recipe::{CheckpointChain, Recipe, Step};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -18,10 +15,14 @@ use crate::events::secs;
 use crate::guest::{self, Guest};
 use crate::resume::{self, StartPoint, StartRequest, layer_key};
 use crate::run::{RunRecord, StepRecord};
+use crate::setup::{seed_config, vm_config};
 use crate::{BakeEvent, Error, Result, StepFailure, output};
 
 /// How long a guest gets to power off before QEMU is told to quit.
 const POWERDOWN_DEADLINE: Duration = Duration::from_secs(120);
+/// After a step's SSH session broke: how long to wait for QEMU's exit to be seen before
+/// reporting the SSH error itself.
+const VM_GONE_GRACE: Duration = Duration::from_secs(3);
 
 /// One build's inputs.
 #[derive(Clone, Debug)]
@@ -224,19 +225,7 @@ async fn fetch_base(
     events: &Emitter,
     cancel: &CancellationToken,
 ) -> Result<fetch::CachedBase> {
-    let recipe = &request.recipe;
-    let location = |l: &recipe::BaseLocation| match l {
-        recipe::BaseLocation::Http(url) => fetch::Location::parse(url.as_str()),
-        recipe::BaseLocation::File(path) => Ok(fetch::Location::File(path.clone())),
-    };
-    let checksum = match &recipe.base.checksum {
-        recipe::Checksum::Sha256(d) => format!("sha256:{d}").parse()?,
-        recipe::Checksum::SumsFile(sums) => fetch::ExpectedDigest::SumsFile(location(sums)?),
-    };
-    let source = fetch::BaseSource {
-        location: location(&recipe.base.location)?,
-        checksum,
-    };
+    let source = crate::setup::base_source(&request.recipe.base);
     let cache = fetch::BaseCache::open(request.cache_dir.join("base"))?;
     let options = fetch::FetchOptions {
         offline: request.offline,
@@ -298,43 +287,6 @@ pub fn seed_fingerprint(recipe: &Recipe) -> [u8; 32] {
     // Keys and instance id do not enter the fingerprint, so any pair will do here.
     let config = seed_config(recipe, "fingerprint", &BuildKeys::generate());
     qemu_driver::seed::fingerprint(&config).0
-}
-
-pub(crate) fn seed_config(recipe: &Recipe, instance_id: &str, keys: &BuildKeys) -> SeedConfig {
-    SeedConfig {
-        instance_id: instance_id.to_owned(),
-        hostname: hostname(&recipe.name),
-        build_user: crate::BUILD_USER.to_owned(),
-        user_authorized_key: keys.user_public_openssh(),
-        host_key: HostKeyPair {
-            private_openssh: keys.host_private_openssh(),
-            public_openssh: keys.host_public_openssh(),
-        },
-        network: NetworkConfig::None,
-        extra_cloud_config: BTreeMap::new(),
-    }
-}
-
-/// An RFC 1123 host name from a recipe name.
-fn hostname(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let trimmed = cleaned.trim_matches('-');
-    let short: String = trimmed.chars().take(63).collect();
-    let short = short.trim_end_matches('-');
-    if short.is_empty() {
-        "imgbake".to_owned()
-    } else {
-        short.to_owned()
-    }
 }
 
 fn step_record(
@@ -488,24 +440,6 @@ async fn build_in_vm(
     Ok((progress.current, facts))
 }
 
-fn vm_config(recipe: &Recipe, disk: &Path, run_dir: &Path, seed: PathBuf) -> VmConfig {
-    let mut config = VmConfig::new(&recipe.name, disk, run_dir);
-    config.cpus = recipe.vm.cpus;
-    config.memory_mib = recipe.vm.memory.as_u64() / (1024 * 1024);
-    config.machine = Some(recipe.vm.machine.clone());
-    config.firmware = match recipe.vm.firmware {
-        recipe::Firmware::Bios => qemu_driver::Firmware::Bios,
-        recipe::Firmware::Uefi => qemu_driver::Firmware::Uefi,
-    };
-    config.accel = match recipe.vm.accel {
-        recipe::AccelChoice::Auto => qemu_driver::AccelChoice::Auto,
-        recipe::AccelChoice::Kvm => qemu_driver::AccelChoice::Kvm,
-        recipe::AccelChoice::Tcg => qemu_driver::AccelChoice::Tcg,
-    };
-    config.seed_iso = Some(seed);
-    config
-}
-
 /// Where the step loop is: the image the guest writes to, what it is backed by, the last
 /// published checkpoint.
 struct StepsProgress {
@@ -622,7 +556,20 @@ async fn run_steps(
             Ok(())
         };
         tokio::select! {
-            result = ran => result?,
+            result = ran => {
+                if let Err(e) = result {
+                    // A dropped SSH connection is often noticed before QEMU's exit: if the VM
+                    // is gone, its error (exit status, stderr and serial tails) says why.
+                    if !cancel.graceful.is_cancelled()
+                        && !matches!(e, Error::StepFailed(_))
+                        && let Ok(vm_error) =
+                            tokio::time::timeout(VM_GONE_GRACE, vm.wait_for_exit_or_error()).await
+                    {
+                        return Err(vm_error.into());
+                    }
+                    return Err(e);
+                }
+            }
             error = vm.wait_for_exit_or_error() => return Err(error.into()),
         }
     }
@@ -642,7 +589,7 @@ async fn keep_for_debugging(
     let key = keys_dir_user_key(chain_dir);
     let known_hosts = write_known_hosts(run_dir, vm.ssh_addr(), keys);
     events.emit(BakeEvent::KeptForDebugging {
-        ssh_command: guest::ssh_command(vm.ssh_addr(), &key, &known_hosts),
+        ssh_command: crate::setup::ssh_command(vm.ssh_addr(), &key, &known_hosts),
     });
     tokio::select! {
         () = cancel.graceful.cancelled() => {}

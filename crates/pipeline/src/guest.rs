@@ -1,6 +1,5 @@
 //! Booting the build VM and getting an SSH session into it.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,16 +76,4 @@ pub(crate) async fn boot(
         session: session?,
         started,
     })
-}
-
-/// The `ssh` command a person can paste to get into the build VM.
-pub(crate) fn ssh_command(addr: std::net::SocketAddr, key: &Path, known_hosts: &Path) -> String {
-    format!(
-        "ssh -i {} -p {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes {}@{}",
-        key.display(),
-        addr.port(),
-        known_hosts.display(),
-        crate::BUILD_USER,
-        addr.ip()
-    )
 }

@@ -23,6 +23,7 @@ mod guest;
 mod output;
 pub mod resume;
 mod run;
+pub mod setup;
 pub mod timing;
 
 pub use bake::{BakeRequest, BakeSummary, Cancel, bake, seed_fingerprint};

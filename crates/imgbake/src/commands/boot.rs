@@ -5,10 +5,9 @@
 //! Nothing is written to the cache except the base image (fetched as `imgbake fetch` would);
 //! the overlay, keys, seed and logs live in a private run directory that is removed at the end.
 //!
-//! The VM settings and seed mirror `pipeline`'s build (which keeps its own copies private); if
-//! pipeline exposes them, this file should call those instead.
+//! The VM settings and seed come from `pipeline::setup`, so this boots the guest exactly as a
+//! build does.
 
-use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use provisioner::{BuildKeys, CloudInitOutcome, GuestSession, SshTarget};
-use qemu_driver::seed::{HostKeyPair, NetworkConfig, SeedConfig};
-use qemu_driver::{AccelReason, Vm, VmConfig};
+use qemu_driver::{AccelReason, Vm};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{AccelArg, VarArgs};
@@ -232,14 +230,20 @@ async fn boot(
         source: Box::new(source),
     })?;
     let seed = dir.join("seed.iso");
-    qemu_driver::seed::write_iso(&seed_config(recipe, &keys), &seed).map_err(BootError::Seed)?;
+    // A fresh instance id per boot, so cloud-init runs in full.
+    let instance_id = format!("imgbake-boot-{}", std::process::id());
+    qemu_driver::seed::write_iso(
+        &pipeline::setup::seed_config(recipe, &instance_id, &keys),
+        &seed,
+    )
+    .map_err(BootError::Seed)?;
     let disk = dir.join("disk.qcow2");
     let base_path = std::path::absolute(&base).map_err(io_err("resolve", &base))?;
     qemu_driver::overlay::create(&base_path, &disk, Some(recipe.vm.disk_size.as_u64()))
         .await
         .map_err(BootError::Vm)?;
 
-    let config = vm_config(recipe, &disk, &seed, &dir.join("vm"));
+    let config = pipeline::setup::vm_config(recipe, &disk, &dir.join("vm"), seed.clone());
     let keys = Arc::new(keys);
     let started = Instant::now();
     let boot_timeout = recipe.vm.boot_timeout;
@@ -314,7 +318,8 @@ async fn boot(
             keys.host_public_openssh()
         ),
     )?;
-    let command = ssh_command(addr, &BuildKeys::user_key_path(&keys_dir), &known_hosts);
+    let command =
+        pipeline::setup::ssh_command(addr, &BuildKeys::user_key_path(&keys_dir), &known_hosts);
     let _ = writeln!(io::stdout(), "{command}");
     say(&format!(
         "the guest is up; run the command above to log in (user {} has passwordless sudo).\n\
@@ -358,7 +363,7 @@ async fn fetch_base(
         source,
     };
     let cache = fetch::BaseCache::open(cache_dir.join("base")).map_err(fetch_err)?;
-    let source = crate::commands::fetch::base_source(&recipe.base);
+    let source = pipeline::setup::base_source(&recipe.base);
     let options = fetch::FetchOptions {
         offline,
         ..fetch::FetchOptions::default()
@@ -384,70 +389,6 @@ async fn fetch_base(
     Ok(base.path)
 }
 
-/// The seed a build would write, with a fresh instance id so cloud-init runs in full.
-fn seed_config(recipe: &recipe::Recipe, keys: &BuildKeys) -> SeedConfig {
-    SeedConfig {
-        instance_id: format!("imgbake-boot-{}", std::process::id()),
-        hostname: hostname(&recipe.name),
-        build_user: pipeline::BUILD_USER.to_owned(),
-        user_authorized_key: keys.user_public_openssh(),
-        host_key: HostKeyPair {
-            private_openssh: keys.host_private_openssh(),
-            public_openssh: keys.host_public_openssh(),
-        },
-        network: NetworkConfig::None,
-        extra_cloud_config: BTreeMap::new(),
-    }
-}
-
-/// An RFC 1123 host name (at most 63 of `a-z0-9-`) from a recipe name.
-fn hostname(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let short: String = cleaned.trim_matches('-').chars().take(63).collect();
-    match short.trim_end_matches('-') {
-        "" => "imgbake".to_owned(),
-        s => s.to_owned(),
-    }
-}
-
-fn vm_config(recipe: &recipe::Recipe, disk: &Path, seed: &Path, run_dir: &Path) -> VmConfig {
-    let mut config = VmConfig::new(&recipe.name, disk, run_dir);
-    config.cpus = recipe.vm.cpus;
-    config.memory_mib = recipe.vm.memory.as_u64() / (1024 * 1024);
-    config.machine = Some(recipe.vm.machine.clone());
-    config.firmware = match recipe.vm.firmware {
-        recipe::Firmware::Bios => qemu_driver::Firmware::Bios,
-        recipe::Firmware::Uefi => qemu_driver::Firmware::Uefi,
-    };
-    config.accel = match recipe.vm.accel {
-        recipe::AccelChoice::Auto => qemu_driver::AccelChoice::Auto,
-        recipe::AccelChoice::Kvm => qemu_driver::AccelChoice::Kvm,
-        recipe::AccelChoice::Tcg => qemu_driver::AccelChoice::Tcg,
-    };
-    config.seed_iso = Some(seed.to_path_buf());
-    config
-}
-
-fn ssh_command(addr: std::net::SocketAddr, key: &Path, known_hosts: &Path) -> String {
-    format!(
-        "ssh -i {} -p {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes {}@{}",
-        key.display(),
-        addr.port(),
-        known_hosts.display(),
-        pipeline::BUILD_USER,
-        addr.ip()
-    )
-}
-
 /// Writes a file readable only by its owner.
 fn write_private(path: &Path, text: &str) -> Result<(), BootError> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -459,16 +400,4 @@ fn write_private(path: &Path, text: &str) -> Result<(), BootError> {
         .map_err(io_err("create", path))?;
     file.write_all(text.as_bytes())
         .map_err(io_err("write", path))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hostnames_are_rfc1123() {
-        assert_eq!(hostname("ubuntu-22.04_NVIDIA"), "ubuntu-22-04-nvidia");
-        assert_eq!(hostname("..."), "imgbake");
-        assert_eq!(hostname(&"a".repeat(80)).len(), 63);
-    }
 }

@@ -514,7 +514,7 @@ fn live_chain(recipe: &recipe::Recipe, root: &Path) -> Result<BTreeSet<LayerKey>
         recipe::BaseIdentity::Digest(digest) => digest,
         recipe::BaseIdentity::Unfetched { .. } => {
             let cache = fetch::BaseCache::open(root.join("base"))?;
-            let source = crate::commands::fetch::base_source(&recipe.base);
+            let source = pipeline::setup::base_source(&recipe.base);
             let options = fetch::FetchOptions {
                 offline: true,
                 ..fetch::FetchOptions::default()

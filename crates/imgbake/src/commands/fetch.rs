@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 use fetch::{
-    BaseCache, BaseSource, CachedBase, DigestOrigin, ExpectedDigest, FetchEvent, FetchOptions,
-    HashPurpose, Location, Outcome, RestartReason, Sha256Digest,
+    BaseCache, CachedBase, DigestOrigin, FetchEvent, FetchOptions, HashPurpose, Outcome,
+    RestartReason,
 };
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -60,7 +60,7 @@ pub struct FetchArgs {
     /// Use only the cache; never touch the network
     #[arg(long)]
     pub offline: bool,
-    /// The base image cache [default: $XDG_CACHE_HOME/imgbake/base]
+    /// Cache directory; base images live in its base/ [default: $XDG_CACHE_HOME/imgbake]
     #[arg(long, value_name = "DIR", env = "IMGBAKE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Re-hash a cached image before trusting it
@@ -69,20 +69,6 @@ pub struct FetchArgs {
 }
 
 /// The fetch source for a recipe's base (the recipe crate's types mapped onto fetch's).
-pub fn base_source(base: &recipe::Base) -> BaseSource {
-    let location = |l: &recipe::BaseLocation| match l {
-        recipe::BaseLocation::Http(url) => Location::Http(url.clone()),
-        recipe::BaseLocation::File(path) => Location::File(path.clone()),
-    };
-    BaseSource {
-        location: location(&base.location),
-        checksum: match &base.checksum {
-            recipe::Checksum::Sha256(d) => ExpectedDigest::Sha256(Sha256Digest(*d.as_bytes())),
-            recipe::Checksum::SumsFile(list) => ExpectedDigest::SumsFile(location(list)),
-        },
-    }
-}
-
 pub fn run(args: &FetchArgs, out: &Output) -> Result<ExitStatus, CliError> {
     // Every recipe must load before anything is downloaded.
     let recipes = args
@@ -92,7 +78,7 @@ pub fn run(args: &FetchArgs, out: &Output) -> Result<ExitStatus, CliError> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut stderr = std::io::stderr().lock();
     let opened = match &args.cache_dir {
-        Some(dir) => BaseCache::open(dir),
+        Some(dir) => BaseCache::open(dir.join("base")),
         None => BaseCache::open_default(),
     };
     let cache = match opened {
@@ -123,7 +109,7 @@ pub fn run(args: &FetchArgs, out: &Output) -> Result<ExitStatus, CliError> {
     runtime.block_on(async {
         let cancel = super::cancel_on_ctrl_c();
         for recipe in &recipes {
-            let source = base_source(&recipe.base);
+            let source = pipeline::setup::base_source(&recipe.base);
             let bar = Bar::new(&recipe.name);
             let progress = |event| bar.on(event);
             match cache.fetch(&source, &opts, &progress, cancel.clone()).await {

@@ -141,7 +141,9 @@ impl Sandbox {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        Build::spawn(cmd, args.join(" "))
+        let jsonl =
+            args.first().is_some_and(|a| a == "recipe") && args.iter().any(|a| a == "--json");
+        Build::spawn(cmd, args.join(" "), jsonl)
     }
 
     /// Runs `imgbake recipe …` to the end (bounded by `limit`).
@@ -235,20 +237,23 @@ impl Drop for Sandbox {
     }
 }
 
-/// A running `imgbake`: its `--json` events arrive as they are printed.
+/// A running `imgbake`: with `recipe --json`, its events arrive as they are printed, and every
+/// stdout line must be a JSON object.
 pub struct Build {
     pub pid: u32,
     command: String,
+    jsonl: bool,
     started: Instant,
     lines: Receiver<String>,
     stdout: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    stderr_done: Receiver<()>,
     exit: Receiver<ExitStatus>,
     status: Option<ExitStatus>,
 }
 
 impl Build {
-    fn spawn(mut cmd: Command, command: String) -> Build {
+    fn spawn(mut cmd: Command, command: String, jsonl: bool) -> Build {
         let mut child = cmd.spawn().expect("start imgbake");
         let pid = child.id();
         let (line_tx, lines) = mpsc::channel();
@@ -264,6 +269,7 @@ impl Build {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().unwrap();
         let sink = Arc::clone(&stderr);
+        let (done_tx, stderr_done) = mpsc::channel();
         thread::spawn(move || {
             let mut buf = [0u8; 8192];
             loop {
@@ -275,6 +281,7 @@ impl Build {
                         .push_str(&String::from_utf8_lossy(&buf[..n])),
                 }
             }
+            let _ = done_tx.send(());
         });
         let (exit_tx, exit) = mpsc::channel();
         thread::spawn(move || {
@@ -285,10 +292,12 @@ impl Build {
         Build {
             pid,
             command,
+            jsonl,
             started: Instant::now(),
             lines,
             stdout: Vec::new(),
             stderr,
+            stderr_done,
             exit,
             status: None,
         }
@@ -301,12 +310,22 @@ impl Build {
     }
 
     fn record(&mut self, line: String) -> Value {
-        let value = serde_json::from_str::<Value>(&line).unwrap_or_else(|e| {
-            panic!(
-                "`{}` printed a stdout line that is not JSON ({e}): {line}",
+        let value = if self.jsonl {
+            let value = serde_json::from_str::<Value>(&line).unwrap_or_else(|e| {
+                panic!(
+                    "`{}` printed a stdout line that is not JSON ({e}): {line}",
+                    self.command
+                )
+            });
+            assert!(
+                value["event"].is_string(),
+                "`{}`: not an event: {line}",
                 self.command
-            )
-        });
+            );
+            value
+        } else {
+            Value::String(line.clone())
+        };
         self.stdout.push(line);
         value
     }
@@ -385,16 +404,20 @@ impl Build {
             self.record(line);
         }
         // The stderr reader may still be copying the last bytes.
-        thread::sleep(Duration::from_millis(100));
-        let events = self
-            .stdout
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let _ = self.stderr_done.recv_timeout(Duration::from_secs(10));
+        let events = if self.jsonl {
+            self.stdout
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        } else {
+            Vec::new()
+        };
         Finished {
             command: self.command.clone(),
             code: status.code(),
             events,
+            stdout: self.stdout.join("\n"),
             stderr: self.stderr.lock().unwrap().clone(),
             wall,
         }
@@ -413,8 +436,10 @@ pub struct Finished {
     pub command: String,
     /// Exit code (`None` when killed by a signal).
     pub code: Option<i32>,
-    /// The `--json` events, in order.
+    /// The `recipe --json` events, in order.
     pub events: Vec<Value>,
+    /// Everything on stdout.
+    pub stdout: String,
     pub stderr: String,
     pub wall: Duration,
 }

@@ -1,0 +1,107 @@
+//! How a build VM is set up from a recipe — base source, seed, VM settings, the ssh command —
+//! shared by the build and by `imgbake boot`, so both boot the guest the same way.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use provisioner::BuildKeys;
+use qemu_driver::VmConfig;
+use qemu_driver::seed::{HostKeyPair, NetworkConfig, SeedConfig};
+use recipe::Recipe;
+
+/// The recipe's base image as the fetch crate sees it.
+pub fn base_source(base: &recipe::Base) -> fetch::BaseSource {
+    let location = |l: &recipe::BaseLocation| match l {
+        recipe::BaseLocation::Http(url) => fetch::Location::Http(url.clone()),
+        recipe::BaseLocation::File(path) => fetch::Location::File(path.clone()),
+    };
+    fetch::BaseSource {
+        location: location(&base.location),
+        checksum: match &base.checksum {
+            recipe::Checksum::Sha256(d) => {
+                fetch::ExpectedDigest::Sha256(fetch::Sha256Digest(*d.as_bytes()))
+            }
+            recipe::Checksum::SumsFile(list) => fetch::ExpectedDigest::SumsFile(location(list)),
+        },
+    }
+}
+
+/// The cloud-init seed of a build VM: the build user with the chain's user key, the pinned
+/// host key, DHCP by cloud-init's fallback (works with netplan, ENI and networkd alike).
+pub fn seed_config(recipe: &Recipe, instance_id: &str, keys: &BuildKeys) -> SeedConfig {
+    SeedConfig {
+        instance_id: instance_id.to_owned(),
+        hostname: hostname(&recipe.name),
+        build_user: crate::BUILD_USER.to_owned(),
+        user_authorized_key: keys.user_public_openssh(),
+        host_key: HostKeyPair {
+            private_openssh: keys.host_private_openssh(),
+            public_openssh: keys.host_public_openssh(),
+        },
+        network: NetworkConfig::None,
+        extra_cloud_config: BTreeMap::new(),
+    }
+}
+
+/// The recipe's `vm` section as QEMU settings.
+pub fn vm_config(recipe: &Recipe, disk: &Path, run_dir: &Path, seed: PathBuf) -> VmConfig {
+    let mut config = VmConfig::new(&recipe.name, disk, run_dir);
+    config.cpus = recipe.vm.cpus;
+    config.memory_mib = recipe.vm.memory.as_u64() / (1024 * 1024);
+    config.machine = Some(recipe.vm.machine.clone());
+    config.firmware = match recipe.vm.firmware {
+        recipe::Firmware::Bios => qemu_driver::Firmware::Bios,
+        recipe::Firmware::Uefi => qemu_driver::Firmware::Uefi,
+    };
+    config.accel = match recipe.vm.accel {
+        recipe::AccelChoice::Auto => qemu_driver::AccelChoice::Auto,
+        recipe::AccelChoice::Kvm => qemu_driver::AccelChoice::Kvm,
+        recipe::AccelChoice::Tcg => qemu_driver::AccelChoice::Tcg,
+    };
+    config.seed_iso = Some(seed);
+    config
+}
+
+/// The `ssh` command a person can paste to get into the build VM.
+pub fn ssh_command(addr: SocketAddr, key: &Path, known_hosts: &Path) -> String {
+    format!(
+        "ssh -i {} -p {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes {}@{}",
+        key.display(),
+        addr.port(),
+        known_hosts.display(),
+        crate::BUILD_USER,
+        addr.ip()
+    )
+}
+
+/// An RFC 1123 host name (at most 63 of `a-z0-9-`) from a recipe name.
+pub fn hostname(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let short: String = cleaned.trim_matches('-').chars().take(63).collect();
+    match short.trim_end_matches('-') {
+        "" => "imgbake".to_owned(),
+        s => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_are_rfc1123() {
+        assert_eq!(hostname("ubuntu-22.04_NVIDIA"), "ubuntu-22-04-nvidia");
+        assert_eq!(hostname("..."), "imgbake");
+        assert_eq!(hostname(&"a".repeat(80)).len(), 63);
+    }
+}
