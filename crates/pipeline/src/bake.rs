@@ -231,14 +231,17 @@ async fn fetch_base(
         offline: request.offline,
         ..fetch::FetchOptions::default()
     };
-    let progress = |event: fetch::FetchEvent| match event {
-        fetch::FetchEvent::Downloading { done, total } => {
-            events.emit(BakeEvent::FetchProgress { done, total })
+    // One event per percent at most: --json readers get a progress stream, not a flood.
+    let last_percent = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let emit_progress = |done: u64, total: Option<u64>| {
+        let percent = total.map_or(done >> 26, |t| done.saturating_mul(100) / t.max(1));
+        if last_percent.swap(percent, std::sync::atomic::Ordering::Relaxed) != percent {
+            events.emit(BakeEvent::FetchProgress { done, total });
         }
-        fetch::FetchEvent::Hashing { done, total, .. } => events.emit(BakeEvent::FetchProgress {
-            done,
-            total: Some(total),
-        }),
+    };
+    let progress = |event: fetch::FetchEvent| match event {
+        fetch::FetchEvent::Downloading { done, total } => emit_progress(done, total),
+        fetch::FetchEvent::Hashing { done, total, .. } => emit_progress(done, Some(total)),
         _ => {}
     };
     let base = cache
@@ -376,6 +379,7 @@ async fn build_in_vm(
         vm,
         mut session,
         started,
+        ssh_ready,
     } = match guest {
         Ok(guest) => guest,
         Err(_) if cancel.graceful.is_cancelled() => {
@@ -386,6 +390,7 @@ async fn build_in_vm(
         Err(e) => return Err(e),
     };
     run.accel = vm.accel().accel.to_string();
+    run.ssh_ready_secs = Some(secs(ssh_ready));
 
     let mut progress = StepsProgress {
         current: disk,

@@ -16,6 +16,8 @@ pub(crate) struct Guest {
     pub vm: Vm,
     pub session: GuestSession,
     pub started: Instant,
+    /// Time from QEMU start until SSH answered.
+    pub ssh_ready: Duration,
 }
 
 /// Starts QEMU (restarting once under TCG if `auto` picked KVM and KVM failed), waits for SSH
@@ -29,7 +31,7 @@ pub(crate) async fn boot(
 ) -> Result<Guest> {
     let started = Instant::now();
     let serial_log = config.run_dir.join("serial.log");
-    let ready = async |vm: &Vm| -> Result<GuestSession> {
+    let ready = async |vm: &Vm| -> Result<(GuestSession, Duration)> {
         let accel = vm.accel();
         if let AccelReason::KvmFailed(why) = &accel.reason {
             events.emit(BakeEvent::RestartedUnderTcg {
@@ -50,8 +52,9 @@ pub(crate) async fn boot(
         };
         let deadline = tokio::time::Instant::now() + boot_timeout;
         let session = provisioner::wait_for_ssh(&target, deadline, cancel).await?;
+        let ssh_ready = started.elapsed();
         events.emit(BakeEvent::SshReady {
-            after_secs: secs(started.elapsed()),
+            after_secs: secs(ssh_ready),
         });
         match session.cloud_init_wait(boot_timeout, cancel).await? {
             CloudInitOutcome::Finished => {}
@@ -68,12 +71,14 @@ pub(crate) async fn boot(
         events.emit(BakeEvent::CloudInitDone {
             after_secs: secs(started.elapsed()),
         });
-        Ok(session)
+        Ok((session, ssh_ready))
     };
-    let (vm, session) = Vm::launch_with_fallback(config, cancel.clone(), ready).await?;
+    let (vm, ready) = Vm::launch_with_fallback(config, cancel.clone(), ready).await?;
+    let (session, ssh_ready) = ready?;
     Ok(Guest {
         vm,
-        session: session?,
+        session,
         started,
+        ssh_ready,
     })
 }

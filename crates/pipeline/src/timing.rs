@@ -6,7 +6,8 @@ use std::path::Path;
 ///
 /// cloud-init prints, on the console, a line like
 /// `Cloud-init v. 22.4.2 finished at Wed, 25 Nov 2026 18:30:01 +0000. Datasource DataSourceNoCloud [seed=/dev/vdb][dsmode=net].  Up 31.42 seconds`.
-/// The last such line wins (a reboot prints another).
+/// The first such line counts: it is the first boot, the one the tool waited for (a reboot
+/// step prints another).
 pub fn cloud_init_finished_uptime(serial_log: &Path) -> Option<f64> {
     let text = std::fs::read(serial_log).ok()?;
     let text = String::from_utf8_lossy(&text);
@@ -16,7 +17,7 @@ pub fn cloud_init_finished_uptime(serial_log: &Path) -> Option<f64> {
             let (_, tail) = line.rsplit_once("Up ")?;
             tail.split_whitespace().next()?.parse::<f64>().ok()
         })
-        .next_back()
+        .next()
 }
 
 #[cfg(test)]
@@ -24,7 +25,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_last_finished_line() {
+    fn reads_the_first_boots_finished_line() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("serial.log");
         std::fs::write(
@@ -35,7 +36,7 @@ mod tests {
              Cloud-init v. 22.4.2 finished at Wed, 25 Nov 2026 18:31:01 +0000. Datasource DataSourceNoCloud.  Up 12.50 seconds\r\n",
         )
         .unwrap();
-        assert_eq!(cloud_init_finished_uptime(&log), Some(12.5));
+        assert_eq!(cloud_init_finished_uptime(&log), Some(31.42));
         std::fs::write(&log, "no cloud-init here\n").unwrap();
         assert_eq!(cloud_init_finished_uptime(&log), None);
     }

@@ -29,7 +29,7 @@ pub const NO_VM: Duration = Duration::from_secs(120);
 /// Runs the VM tests one at a time, across threads (`cargo test`) and processes (`nextest`):
 /// two TCG guests at once on two cores only make both slow. Hold the guard for the whole test.
 pub fn vm_lock() -> File {
-    let path = test_support::workspace_root().join("target/e2e-vm.lock");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-vm.lock");
     let file = File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
     file.lock()
         .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
