@@ -206,7 +206,6 @@ pub async fn bake(
 
     let outcome = output::write_outputs(
         &request,
-        &chain,
         &base,
         &final_image,
         facts.as_ref(),
@@ -268,20 +267,17 @@ fn chain_keys(chain_dir: &Path, must_exist: bool) -> std::result::Result<BuildKe
         return Err("the checkpoint chain has lost its SSH keys; starting from the base".into());
     }
     let keys = BuildKeys::generate();
-    let tmp = chain_dir.join(format!("keys.tmp-{:016x}", rand_u64()));
-    keys.save(&tmp).map_err(|e| e.to_string())?;
-    match std::fs::rename(&tmp, &dir) {
+    // A private temp dir (tempfile makes it 0700 with a unique name), renamed into place whole.
+    let tmp = tempfile::Builder::new()
+        .prefix("keys.tmp-")
+        .tempdir_in(chain_dir)
+        .map_err(|e| e.to_string())?;
+    keys.save(tmp.path()).map_err(|e| e.to_string())?;
+    match std::fs::rename(tmp.path(), &dir) {
         Ok(()) => Ok(keys),
-        Err(_) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            BuildKeys::load(&dir).map_err(|e| e.to_string())
-        }
+        // Another build made the chain's keys first: use theirs (the temp dir is dropped).
+        Err(_) => BuildKeys::load(&dir).map_err(|e| e.to_string()),
     }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now())
 }
 
 /// The digest of everything in the build's cloud-init seed except its per-chain keys and

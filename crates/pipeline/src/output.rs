@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use provisioner::GuestFacts;
-use recipe::{CheckpointChain, ExportFormat};
+use recipe::ExportFormat;
 use tokio_util::sync::CancellationToken;
 
 use crate::bake::{BakeRequest, BakeSummary, Emitter, write_run_json};
@@ -17,7 +17,6 @@ use crate::{BakeEvent, Error, Result};
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn write_outputs(
     request: &BakeRequest,
-    _chain: &CheckpointChain,
     base: &fetch::CachedBase,
     final_image: &Path,
     facts: Option<&GuestFacts>,
