@@ -9,6 +9,7 @@ mod commands;
 mod output;
 mod render;
 mod report;
+mod signals;
 
 use std::process::ExitCode;
 

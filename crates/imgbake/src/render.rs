@@ -118,7 +118,7 @@ impl BakeRenderer {
                 paint.bold(&format!("[{id}] ▶ {name}{attempt}"))
             }
             BakeEvent::StepOutput { id, stream, line } => {
-                let bar = if *stream == "stderr" { "┃" } else { "│" };
+                let bar = if *stream == pipeline::OutputStream::Stderr { "┃" } else { "│" };
                 format!("{}{bar} {line}", paint.dim(id))
             }
             BakeEvent::StepRetrying { id, exit } => paint.hint(&format!("[{id}] {exit}; retrying")),
@@ -149,6 +149,8 @@ impl BakeRenderer {
                 "the VM stays up for debugging (Ctrl-C to end it):\n    {ssh_command}"
             )),
             BakeEvent::Warning { message } => paint.hint(&format!("warning: {message}")),
+            BakeEvent::GuestReady { ssh_command, .. } => format!("guest up: {ssh_command}"),
+            BakeEvent::VmStopped { why } => format!("the vm stopped: {why}"),
         })
     }
 }

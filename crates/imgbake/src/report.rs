@@ -27,8 +27,12 @@ pub enum ExitStatus {
     VmFailed,
     /// 6: the image failed offline verification.
     VerifyFailed,
-    /// 130: interrupted (Ctrl-C).
+    /// 129: stopped by SIGHUP (the terminal went away).
+    HungUp,
+    /// 130: interrupted (Ctrl-C, SIGINT).
     Interrupted,
+    /// 143: stopped by SIGTERM (CI cancellation, Kubernetes).
+    Terminated,
 }
 
 impl ExitStatus {
@@ -41,7 +45,9 @@ impl ExitStatus {
             ExitStatus::StepFailed => 4,
             ExitStatus::VmFailed => 5,
             ExitStatus::VerifyFailed => 6,
+            ExitStatus::HungUp => 129,
             ExitStatus::Interrupted => 130,
+            ExitStatus::Terminated => 143,
         }
     }
 }
@@ -64,7 +70,8 @@ macro_rules! exit_status_help {
             "    4  a build step failed (its last lines, log and how to resume are printed)\n",
             "    5  the build VM or guest failed (QEMU exited, KVM error, SSH or cloud-init)\n",
             "    6  the image failed offline verification\n",
-            "  130  interrupted by Ctrl-C (finished steps keep their checkpoints)\n",
+            "  129  stopped by SIGHUP; 130 by Ctrl-C (SIGINT); 143 by SIGTERM (finished steps keep\n",
+            "       their checkpoints; a second signal kills QEMU at once)\n",
         )
     };
 }
@@ -97,6 +104,15 @@ pub enum CliError {
     /// No cache directory could be found.
     #[error("no cache directory: {0}")]
     CacheDir(String),
+    /// Fetching a base image failed.
+    #[error(transparent)]
+    Fetch(#[from] fetch::Error),
+    /// `imgbake verify` could not read the image.
+    #[error("cannot verify the image")]
+    Verify(#[source] exporter::Error),
+    /// `imgbake export` failed.
+    #[error("export failed")]
+    Export(#[source] exporter::Error),
 }
 
 impl CliError {
@@ -111,10 +127,14 @@ impl CliError {
             CliError::DuplicateRecipeName(_) | CliError::ResumeWithSeveralRecipes => {
                 ExitStatus::Usage
             }
+            CliError::Fetch(fetch::Error::Cancelled) => crate::signals::interrupted_status(),
             CliError::Stdout(_)
             | CliError::Json(_)
             | CliError::Runtime(_)
-            | CliError::CacheDir(_) => ExitStatus::Failure,
+            | CliError::CacheDir(_)
+            | CliError::Fetch(_)
+            | CliError::Export(_)
+            | CliError::Verify(_) => ExitStatus::Failure,
         }
     }
 
@@ -125,6 +145,15 @@ impl CliError {
             CliError::DuplicateRecipeName(_) => Some("give each recipe a distinct `name:`".into()),
             CliError::ResumeWithSeveralRecipes => Some("resume one recipe at a time".into()),
             CliError::CacheDir(_) => Some("pass --cache-dir DIR or set IMGBAKE_CACHE_DIR".into()),
+            CliError::Fetch(e) => fetch_hint(e),
+            CliError::Verify(_) => Some(
+                "check that IMAGE is a RAW or qcow2 disk image with a GPT/MBR and an ext4 root"
+                    .into(),
+            ),
+            CliError::Export(_) => Some(
+                "check the source with `qemu-img info` and that the output directory is writable"
+                    .into(),
+            ),
             CliError::Stdout(_) | CliError::Json(_) | CliError::Runtime(_) => None,
         }
     }
@@ -161,6 +190,13 @@ pub fn report(err: &CliError, out: &Output) -> ExitStatus {
         _ => write_error(&mut stderr, err, err.hint(), paint),
     };
     err.exit_status()
+}
+
+/// One failed item of a command that goes on with the others (`fetch A B`): `label:`, then
+/// the error as [`report`] prints it. Returns its exit status.
+pub fn report_item(label: &str, err: &CliError, out: &Output) -> ExitStatus {
+    let _ = writeln!(io::stderr().lock(), "{label}:");
+    report(err, out)
 }
 
 /// `error: …`, `caused by: …` for each source, `try: …`.
@@ -210,7 +246,7 @@ fn bake_exit_status(err: &pipeline::Error) -> ExitStatus {
         E::Recipe { .. } => ExitStatus::Usage,
         E::NoCheckpoint { .. } => ExitStatus::Usage,
         E::StepFailed(_) => ExitStatus::StepFailed,
-        E::Interrupted { .. } => ExitStatus::Interrupted,
+        E::Interrupted { .. } => crate::signals::interrupted_status(),
         E::Vm { .. } | E::Guest { .. } | E::CloudInitNeverRan { .. } => ExitStatus::VmFailed,
         _ => ExitStatus::Failure,
     }
@@ -273,4 +309,28 @@ fn write_step_failure(
         writeln!(w, "{} {hint}", paint.hint("try:"))?;
     }
     Ok(())
+}
+
+fn fetch_hint(err: &fetch::Error) -> Option<String> {
+    use fetch::Error as E;
+    Some(match err {
+        E::NoCacheDir => "pass --cache-dir DIR or set IMGBAKE_CACHE_DIR".into(),
+        E::OfflineMiss { .. } => "run the same command once without --offline".into(),
+        E::OfflineSums { .. } => {
+            "run once without --offline (that saves the list), or use a sha256: checksum".into()
+        }
+        E::Mismatch { .. } => {
+            "check the recipe's checksum; the image may have been updated upstream".into()
+        }
+        E::SumsMissing { .. } | E::SumsMalformed { .. } | E::SumsConflict { .. } => {
+            "check that the base url's file name is listed in the checksum file".into()
+        }
+        E::CacheDamaged { path, .. } => format!("rm {} and fetch again", path.display()),
+        E::Http { .. } => "check the network and the url; run again to resume".into(),
+        E::Status { status, .. } if status.as_u16() == 404 => {
+            "check the url (for Ubuntu: codename and release)".into()
+        }
+        E::Cancelled => "run again to resume the download".into(),
+        _ => return None,
+    })
 }

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use provisioner::StepEvent;
 use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
 
 /// One thing that happened during a build.
 #[derive(Clone, Debug, Serialize)]
@@ -80,8 +82,8 @@ pub enum BakeEvent {
     StepOutput {
         /// Step id.
         id: String,
-        /// `stdout` or `stderr`.
-        stream: &'static str,
+        /// Which stream the line came from.
+        stream: OutputStream,
         /// The line (secrets masked).
         line: String,
     },
@@ -145,11 +147,83 @@ pub enum BakeEvent {
         /// The exact command to get in.
         ssh_command: String,
     },
+    /// `imgbake boot`: the guest is up; this command gets in. It runs until cancelled.
+    GuestReady {
+        /// The exact command to get in.
+        ssh_command: String,
+        /// The private run directory (key, known_hosts, serial log); removed at the end.
+        run_dir: PathBuf,
+        /// The user logged in as (passwordless sudo).
+        user: String,
+    },
+    /// `imgbake boot`: the VM stopped by itself (powered off inside, or QEMU died).
+    VmStopped {
+        /// What happened.
+        why: String,
+    },
     /// A non-fatal warning.
     Warning {
         /// The message.
         message: String,
     },
+}
+
+/// Which of a step's streams a line came from; serialised as `stdout` / `stderr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Sends events; a closed receiver is not an error (the build goes on).
+#[derive(Clone, Debug)]
+pub(crate) struct Emitter(UnboundedSender<BakeEvent>);
+
+impl Emitter {
+    pub(crate) fn new(sender: UnboundedSender<BakeEvent>) -> Emitter {
+        Emitter(sender)
+    }
+
+    pub(crate) fn emit(&self, event: BakeEvent) {
+        let _ = self.0.send(event);
+    }
+
+    /// Forwards one provisioner step event as a [`BakeEvent`].
+    pub(crate) fn step_event(&self, event: StepEvent, name: &str) {
+        self.emit(match event {
+            StepEvent::Started { id, attempt, .. } => BakeEvent::StepStarted {
+                id,
+                name: name.to_owned(),
+                attempt,
+            },
+            StepEvent::Output { id, stream, line } => BakeEvent::StepOutput {
+                id,
+                stream: match stream {
+                    provisioner::Stream::Stdout => OutputStream::Stdout,
+                    provisioner::Stream::Stderr => OutputStream::Stderr,
+                },
+                line,
+            },
+            StepEvent::Retrying { id, exit, .. } => BakeEvent::StepRetrying {
+                id,
+                exit: exit.to_string(),
+            },
+            StepEvent::Rebooting { id } => BakeEvent::Rebooting { id },
+            StepEvent::Rebooted { id, downtime } => BakeEvent::Rebooted {
+                id,
+                downtime_secs: secs(downtime),
+            },
+            StepEvent::Finished { id, exit, duration } => BakeEvent::StepFinished {
+                id,
+                success: exit.success(),
+                exit: exit.to_string(),
+                duration_secs: secs(duration),
+            },
+        });
+    }
 }
 
 pub(crate) fn secs(d: Duration) -> f64 {

@@ -3,7 +3,17 @@
 //! [`bake`] wires the stage crates in the order data flows — `fetch` → `qemu-driver` →
 //! `provisioner` (with a `checkpoint` after every step) → `exporter` — and reports progress as
 //! [`BakeEvent`]s on a channel. It never prints and installs no signal handler: the binary owns
-//! the terminal and turns Ctrl-C into the [`Cancel`] tokens.
+//! the terminal and maps signals onto [`Cancel`].
+//!
+//! Main types: [`BakeRequest`] (one build's inputs), [`BuildPlan`] (the checkpoint key chain,
+//! computed once for builds, `imgbake plan` and `imgbake cache gc`), [`StartRequest`] /
+//! [`StartPoint`] (reuse, resume, fresh), [`BakeEvent`], [`RunRecord`] (`run.json`),
+//! [`BakeSummary`], [`Error`]. [`boot_interactive`] boots a recipe's base the way a build does,
+//! for `imgbake boot`.
+//!
+//! Modules, in the order a build passes through them: `plan` → `build` (fetch, reuse, the
+//! [`Build`](build) context) → `boot` → `steps` → `outputs`; `events`, `run` and `setup` are
+//! shared leaves.
 //!
 //! ```no_run
 //! # async fn demo(recipe: recipe::Recipe) -> pipeline::Result<()> {
@@ -16,21 +26,23 @@
 //! ```
 #![warn(missing_docs)]
 
-mod bake;
+mod boot;
+mod build;
 mod error;
 mod events;
-mod guest;
-mod output;
-pub mod resume;
+mod outputs;
+pub mod plan;
 mod run;
 pub mod setup;
+mod steps;
 pub mod timing;
 
-pub use bake::{BakeRequest, BakeSummary, Cancel, bake, seed_fingerprint};
+pub use boot::{InteractiveBoot, boot_interactive};
+pub use build::{BakeRequest, BakeSummary, Cancel, bake, default_runtime_dir};
 pub use error::{Error, Result, StepFailure};
-pub use events::BakeEvent;
-pub use resume::StartRequest;
-pub use run::{RunRecord, StepRecord};
+pub use events::{BakeEvent, OutputStream};
+pub use plan::{BuildPlan, StartPoint, StartRequest, expectations, seed_fingerprint};
+pub use run::{RunRecord, StepRecord, StepStatus};
 
 /// The user the seed creates and imgbake logs in as; `99-cleanup` removes it.
 pub const BUILD_USER: &str = "imgbake";

@@ -1,6 +1,38 @@
-//! `run.json`: what a build did, step by step.
+//! `run.json`: what a build did, step by step. Written from one place, [`RunRecord::write`].
+
+use std::path::Path;
 
 use serde::Serialize;
+
+/// How a step ended in this build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// It ran and succeeded.
+    Ran,
+    /// Its checkpoint was reused; it did not run.
+    Reused,
+    /// It ran and failed.
+    Failed,
+}
+
+impl StepStatus {
+    /// `ran`, `reused` or `failed`, as `run.json` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Ran => "ran",
+            StepStatus::Reused => "reused",
+            StepStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, not `write_str`: tables align it with `{:<7}`.
+        f.pad(self.as_str())
+    }
+}
 
 /// One step's record.
 #[derive(Clone, Debug, Serialize)]
@@ -13,8 +45,8 @@ pub struct StepRecord {
     pub script_sha256: String,
     /// Its checkpoint key.
     pub key: String,
-    /// `ran`, `reused` or `failed`.
-    pub status: &'static str,
+    /// How it ended.
+    pub status: StepStatus,
     /// Seconds it took (0 when reused).
     pub duration_secs: f64,
     /// Its exit code (0 when reused).
@@ -42,4 +74,13 @@ pub struct RunRecord {
     pub guest_cloud_init_finished_uptime_secs: Option<f64>,
     /// Wall time of the whole build.
     pub total_secs: f64,
+}
+
+impl RunRecord {
+    /// Writes `<dir>/run.json` atomically. Best effort: a build is not failed for its report,
+    /// so the error is returned for the caller to turn into a warning.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        digest::write_atomic(&dir.join("run.json"), &json)
+    }
 }

@@ -75,6 +75,24 @@ pub fn ssh_command(addr: SocketAddr, key: &Path, known_hosts: &Path) -> String {
     )
 }
 
+/// Writes `<dir>/known_hosts` pinning the guest's host key (mode 0600), for [`ssh_command`].
+pub fn write_known_hosts(dir: &Path, addr: SocketAddr, keys: &BuildKeys) -> crate::Result<PathBuf> {
+    use std::io::Write;
+    let path = dir.join("known_hosts");
+    let line = format!(
+        "[{}]:{} {}\n",
+        addr.ip(),
+        addr.port(),
+        keys.host_public_openssh()
+    );
+    let mut file =
+        digest::AtomicFile::create(&path).map_err(crate::error::io_err("create", &path))?;
+    file.write_all(line.as_bytes())
+        .and_then(|()| file.commit())
+        .map_err(crate::error::io_err("write", &path))?;
+    Ok(path)
+}
+
 /// An RFC 1123 host name (at most 63 of `a-z0-9-`) from a recipe name.
 pub fn hostname(name: &str) -> String {
     let cleaned: String = name

@@ -259,7 +259,7 @@ enum Failure {
     Keys {
         recipe: PathBuf,
         #[source]
-        source: fetch::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -510,45 +510,18 @@ fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failu
 /// the base image's digest (from the recipe, else the cache, without touching the network) and
 /// the seed fingerprint.
 fn live_chain(recipe: &recipe::Recipe, root: &Path) -> Result<BTreeSet<LayerKey>, Failure> {
-    let digest = match recipe.base_identity() {
-        recipe::BaseIdentity::Digest(digest) => digest,
-        recipe::BaseIdentity::Unfetched { .. } => {
-            let cache = fetch::BaseCache::open(root.join("base"))?;
-            let source = pipeline::setup::base_source(&recipe.base);
-            let options = fetch::FetchOptions {
-                offline: true,
-                ..fetch::FetchOptions::default()
-            };
-            let runtime = crate::commands::runtime()?;
-            let fetched = runtime.block_on(cache.fetch(
-                &source,
-                &options,
-                &|_| {},
-                tokio_util::sync::CancellationToken::new(),
-            ));
-            let base = fetched.map_err(|source| Failure::Keys {
-                recipe: recipe.path.clone(),
-                source,
-            })?;
-            base.digest
-                .to_hex()
-                .parse()
-                .expect("a fetched digest is 64 hex digits")
-        }
-    };
-    let chain = recipe.checkpoint_keys(
-        &recipe::BaseIdentity::Digest(digest),
-        &pipeline::seed_fingerprint(recipe),
-    );
-    Ok(chain
-        .steps
-        .iter()
-        .map(|(_, key)| {
-            key.to_string()
-                .parse()
-                .expect("a recipe cache key is 64 hex digits")
-        })
-        .collect())
+    let runtime = crate::commands::runtime()?;
+    let plan = runtime
+        .block_on(pipeline::BuildPlan::offline(recipe, root))
+        .map_err(|e| Failure::Keys {
+            recipe: recipe.path.clone(),
+            // The fetch error itself says why the digest is unknown.
+            source: match e {
+                pipeline::Error::Fetch { source } => Box::new(source),
+                other => Box::new(other),
+            },
+        })?;
+    Ok(plan.step_keys().into_iter().collect())
 }
 
 /// Keys gc must keep for `recipes`: their chains as of today, plus every layer of a recipe not

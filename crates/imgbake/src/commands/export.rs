@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use exporter::{ExportEvent, ExportFormat, ExportRequest, Stage};
 
 use crate::output::Output;
-use crate::report::{self, CliError, ExitStatus, exit_status_help, stdout_err};
+use crate::report::{CliError, ExitStatus, exit_status_help, stdout_err};
 
 const LONG_ABOUT: &str = "\
 Export a disk image: `qemu-img check`, then `qemu-img convert` to a sparse RAW (and, with \
@@ -59,7 +59,7 @@ fn stage_name(stage: Stage) -> String {
 }
 
 /// Runs `imgbake export`.
-pub fn run(args: &ExportArgs, out: &Output) -> Result<ExitStatus, CliError> {
+pub fn run(args: &ExportArgs, _out: &Output) -> Result<ExitStatus, CliError> {
     let name = args.name.clone().unwrap_or_else(|| {
         args.source
             .file_stem()
@@ -75,15 +75,10 @@ pub fn run(args: &ExportArgs, out: &Output) -> Result<ExitStatus, CliError> {
             FormatArg::Qcow2 => ExportFormat::Qcow2,
         })
         .collect();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = report::write_error(&mut std::io::stderr().lock(), &e, None, out.stderr());
-            return Ok(ExitStatus::Failure);
-        }
-    };
+    let runtime = super::runtime()?;
     let result = runtime.block_on(async {
-        let cancel = super::cancel_on_ctrl_c();
+        let signals = crate::signals::Signals::listen(crate::signals::announce_nothing);
+        let cancel = signals.token();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let printer = tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
@@ -109,6 +104,7 @@ pub fn run(args: &ExportArgs, out: &Output) -> Result<ExitStatus, CliError> {
         result
     });
     match result {
+        Err(e) => Err(CliError::Export(e)),
         Ok(output) => {
             let mut stdout = std::io::stdout().lock();
             for f in &output.files {
@@ -124,14 +120,6 @@ pub fn run(args: &ExportArgs, out: &Output) -> Result<ExitStatus, CliError> {
             }
             writeln!(stdout, "{}", output.sha256sums.display()).map_err(stdout_err)?;
             Ok(ExitStatus::Success)
-        }
-        Err(e) => {
-            let hint = Some(
-                "check the source with `qemu-img info` and that the output directory is writable"
-                    .to_string(),
-            );
-            let _ = report::write_error(&mut std::io::stderr().lock(), &e, hint, out.stderr());
-            Ok(ExitStatus::Failure)
         }
     }
 }

@@ -76,29 +76,11 @@ pub fn run(args: &FetchArgs, out: &Output) -> Result<ExitStatus, CliError> {
         .iter()
         .map(|path| recipe::Recipe::load(path, &args.vars.vars))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut stderr = std::io::stderr().lock();
-    let opened = match &args.cache_dir {
+    let cache = match &args.cache_dir {
         Some(dir) => BaseCache::open(dir.join("base")),
         None => BaseCache::open_default(),
-    };
-    let cache = match opened {
-        Ok(cache) => cache,
-        Err(err) => {
-            let _ = report::write_error(&mut stderr, &err, hint(&err), out.stderr());
-            return Ok(ExitStatus::Failure);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            let _ = report::write_error(&mut stderr, &err, None, out.stderr());
-            return Ok(ExitStatus::Failure);
-        }
-    };
-    drop(stderr);
+    }?;
+    let runtime = super::runtime()?;
     let opts = FetchOptions {
         offline: args.offline,
         verify_cache_hits: args.verify_cache,
@@ -107,7 +89,8 @@ pub fn run(args: &FetchArgs, out: &Output) -> Result<ExitStatus, CliError> {
     let mut stdout = std::io::stdout().lock();
     let mut failed = 0usize;
     runtime.block_on(async {
-        let cancel = super::cancel_on_ctrl_c();
+        let signals = crate::signals::Signals::listen(crate::signals::announce_nothing);
+        let cancel = signals.token();
         for recipe in &recipes {
             let source = pipeline::setup::base_source(&recipe.base);
             let bar = Bar::new(&recipe.name);
@@ -128,10 +111,9 @@ pub fn run(args: &FetchArgs, out: &Output) -> Result<ExitStatus, CliError> {
                 Err(err) => {
                     bar.bar.finish_and_clear();
                     failed += 1;
-                    let mut stderr = std::io::stderr().lock();
-                    let _ = writeln!(stderr, "{}:", recipe.path.display());
-                    let _ = report::write_error(&mut stderr, &err, hint(&err), out.stderr());
-                    if matches!(err, fetch::Error::Cancelled) {
+                    let cancelled = matches!(err, fetch::Error::Cancelled);
+                    report::report_item(&recipe.path.display().to_string(), &err.into(), out);
+                    if cancelled {
                         break;
                     }
                 }
@@ -158,30 +140,6 @@ fn how(base: &CachedBase) -> String {
         ),
         Outcome::LocalFile => "local file, checked in place".to_owned(),
     }
-}
-
-fn hint(err: &fetch::Error) -> Option<String> {
-    use fetch::Error as E;
-    Some(match err {
-        E::NoCacheDir => "pass --cache-dir DIR or set IMGBAKE_CACHE_DIR".into(),
-        E::OfflineMiss { .. } => "run the same command once without --offline".into(),
-        E::OfflineSums { .. } => {
-            "run once without --offline (that saves the list), or use a sha256: checksum".into()
-        }
-        E::Mismatch { .. } => {
-            "check the recipe's checksum; the image may have been updated upstream".into()
-        }
-        E::SumsMissing { .. } | E::SumsMalformed { .. } | E::SumsConflict { .. } => {
-            "check that the base url's file name is listed in the checksum file".into()
-        }
-        E::CacheDamaged { path, .. } => format!("rm {} and fetch again", path.display()),
-        E::Http { .. } => "check the network and the url; run again to resume".into(),
-        E::Status { status, .. } if status.as_u16() == 404 => {
-            "check the url (for Ubuntu: codename and release)".into()
-        }
-        E::Cancelled => "run again to resume the download".into(),
-        _ => return None,
-    })
 }
 
 /// Renders [`FetchEvent`]s as one progress bar on stderr (hidden when stderr is not a terminal).

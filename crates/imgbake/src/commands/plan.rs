@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use recipe::{BaseIdentity, Recipe, format_duration};
+use recipe::{Recipe, format_duration};
 use serde::Serialize;
 
 use crate::cli::VarArgs;
@@ -142,10 +142,9 @@ struct StepDoc {
 
 impl PlanDoc {
     pub fn new(r: &Recipe) -> PlanDoc {
-        let identity = r.base_identity();
-        // The same seed fingerprint a build uses, so the keys shown are the keys a build makes.
-        let seed = pipeline::seed_fingerprint(r);
-        let chain = r.checkpoint_keys(&identity, &seed);
+        // The same plan a build makes, so the keys shown are the keys a build makes.
+        let plan = pipeline::BuildPlan::new(r, r.base_identity());
+        let chain = &plan.chain;
         PlanDoc {
             format: "imgbake-plan/1",
             recipe: r.path.display().to_string(),
@@ -185,9 +184,9 @@ impl PlanDoc {
                 }),
             },
             checkpoint: CheckpointDoc {
-                provisional: !matches!(identity, BaseIdentity::Digest(_)),
-                base_identity: identity.to_string(),
-                seed_fingerprint: seed.iter().map(|b| format!("{b:02x}")).collect(),
+                provisional: plan.provisional(),
+                base_identity: plan.base.to_string(),
+                seed_fingerprint: plan.seed_fingerprint.to_string(),
                 root: chain.root.to_string(),
             },
             steps: r

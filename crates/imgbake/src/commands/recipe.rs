@@ -24,9 +24,9 @@ const AFTER_HELP: &str = concat!(
     "    <name>.qcow2, <name>.raw (sparse), SHA256SUMS, manifest.json, api-payload.json,\n",
     "    run.json, logs/NN-<step>.log, logs/serial.log\n",
     "\n",
-    "CTRL-C:\n",
-    "    The first Ctrl-C stops the running step and powers the guest off; checkpoints of\n",
-    "    finished steps are kept, so a rerun resumes. A second Ctrl-C kills QEMU at once.\n",
+    "CTRL-C, SIGTERM, SIGHUP:\n",
+    "    The first signal stops the running step and powers the guest off; checkpoints of\n",
+    "    finished steps are kept, so a rerun resumes. A second signal kills QEMU at once.\n",
     "\n",
     exit_status_help!(),
 );
@@ -143,8 +143,8 @@ async fn bake_all(
     mode: RenderMode,
     out: Output,
 ) -> Vec<pipeline::Result<pipeline::BakeSummary>> {
-    let cancel = pipeline::Cancel::default();
-    let signals = tokio::spawn(forward_signals(cancel.clone()));
+    let signals = crate::signals::Signals::listen(crate::signals::announce_build);
+    let cancel = signals.cancel();
     let limit = tokio::sync::Semaphore::new(jobs);
     let several = requests.len() > 1;
     // Polled in this task rather than spawned: the pipeline's future is not `Send` (its boot
@@ -165,36 +165,5 @@ async fn bake_all(
             result
         }
     });
-    let results = futures::future::join_all(builds).await;
-    signals.abort();
-    results
-}
-
-/// First Ctrl-C (or SIGTERM): graceful stop. Second: kill QEMU.
-async fn forward_signals(cancel: pipeline::Cancel) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return;
-    };
-    let mut first = true;
-    loop {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        if first {
-            eprintln!(
-                "\ninterrupted: stopping the step and powering the guest off (Ctrl-C again to kill it)"
-            );
-            cancel.graceful.cancel();
-            first = false;
-        } else {
-            eprintln!("\ninterrupted again: killing QEMU");
-            cancel.hard.cancel();
-            return;
-        }
-    }
+    futures::future::join_all(builds).await
 }

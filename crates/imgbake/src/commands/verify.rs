@@ -8,7 +8,7 @@ use exporter::Expectations;
 
 use crate::cli::VarArgs;
 use crate::output::Output;
-use crate::report::{self, CliError, ExitStatus, exit_status_help, stdout_err};
+use crate::report::{CliError, ExitStatus, exit_status_help, stdout_err};
 
 const LONG_ABOUT: &str = "\
 Verify a disk image offline: read its partition table and ext4 filesystems straight from the \
@@ -66,16 +66,11 @@ fn parse_firmware(s: &str) -> Result<u32, String> {
 }
 
 /// Runs `imgbake verify`.
-pub fn run(args: &VerifyArgs, out: &Output) -> Result<ExitStatus, CliError> {
-    let mut expect = Expectations::default();
-    if let Some(path) = &args.recipe {
-        let recipe = recipe::Recipe::load(path, &args.vars.vars)?;
-        expect.hygiene = recipe.verify.hygiene;
-        if let Some(n) = &recipe.verify.nvidia {
-            expect.enable_gpu_firmware = n.enable_gpu_firmware;
-            expect.driver_branch = n.driver_branch.clone();
-        }
-    }
+pub fn run(args: &VerifyArgs, _out: &Output) -> Result<ExitStatus, CliError> {
+    let mut expect = match &args.recipe {
+        Some(path) => pipeline::expectations(&recipe::Recipe::load(path, &args.vars.vars)?),
+        None => Expectations::default(),
+    };
     if args.expect_gpu_firmware.is_some() {
         expect.enable_gpu_firmware = args.expect_gpu_firmware;
     }
@@ -85,17 +80,7 @@ pub fn run(args: &VerifyArgs, out: &Output) -> Result<ExitStatus, CliError> {
     if args.no_hygiene {
         expect.hygiene = false;
     }
-    let verified = match exporter::verify(&args.image, &expect) {
-        Ok(r) => r,
-        Err(e) => {
-            let hint = Some(
-                "check that IMAGE is a RAW or qcow2 disk image with a GPT/MBR and an ext4 root"
-                    .to_string(),
-            );
-            let _ = report::write_error(&mut std::io::stderr().lock(), &e, hint, out.stderr());
-            return Ok(ExitStatus::Failure);
-        }
-    };
+    let verified = exporter::verify(&args.image, &expect).map_err(CliError::Verify)?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut stdout, &verified).map_err(CliError::Json)?;

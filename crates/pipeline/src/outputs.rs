@@ -2,31 +2,27 @@
 //! run.json — and the offline verification of the RAW.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use provisioner::GuestFacts;
 use recipe::ExportFormat;
 use tokio_util::sync::CancellationToken;
 
-use crate::bake::{BakeRequest, BakeSummary, Emitter, write_run_json};
+use crate::build::{BakeSummary, Build, elapsed_secs};
 use crate::error::io_err;
-use crate::events::secs;
-use crate::run::RunRecord;
+use crate::run::StepStatus;
 use crate::{BakeEvent, Error, Result};
 
-#[allow(clippy::too_many_arguments)]
+/// Exports `final_image` into the output directory and verifies the RAW offline.
 pub(crate) async fn write_outputs(
-    request: &BakeRequest,
+    build: &mut Build<'_>,
     base: &fetch::CachedBase,
     final_image: &Path,
     facts: Option<&GuestFacts>,
-    run: &mut RunRecord,
-    began: Instant,
-    events: &Emitter,
-    cancel: &CancellationToken,
 ) -> Result<BakeSummary> {
-    let recipe = &request.recipe;
-    let dir = &request.output_dir;
+    let recipe = build.recipe;
+    let dir = &build.request.output_dir;
+    let events = &build.events;
+    let cancel = &build.cancel.graceful;
     let name = &recipe.name;
     let compressed_qcow2 = recipe.export.formats.contains(&ExportFormat::Qcow2);
 
@@ -56,7 +52,7 @@ pub(crate) async fn write_outputs(
             while let Some(event) = rx.recv().await {
                 if let exporter::ExportEvent::Progress { stage, percent } = event {
                     events.emit(BakeEvent::Exporting {
-                        what: format!("{stage:?}").to_lowercase(),
+                        what: stage_text(stage),
                         fraction: Some(f64::from(percent) / 100.0),
                     });
                 }
@@ -92,27 +88,15 @@ pub(crate) async fn write_outputs(
         what: format!("verifying {} offline", raw.display()),
         fraction: None,
     });
-    let expectations = exporter::Expectations {
-        enable_gpu_firmware: recipe
-            .verify
-            .nvidia
-            .as_ref()
-            .and_then(|n| n.enable_gpu_firmware),
-        driver_branch: recipe
-            .verify
-            .nvidia
-            .as_ref()
-            .and_then(|n| n.driver_branch.clone()),
-        hygiene: recipe.verify.hygiene,
-        build_user: crate::BUILD_USER.to_owned(),
-    };
+    let expectations = crate::plan::expectations(recipe);
     let raw_for_verify = raw.clone();
     let report =
         tokio::task::spawn_blocking(move || exporter::verify(&raw_for_verify, &expectations))
             .await
             .map_err(|e| io_err("verify", &raw)(std::io::Error::other(e)))??;
 
-    let steps = run
+    let steps = build
+        .run
         .steps
         .iter()
         .map(|s| exporter::StepRecord {
@@ -121,7 +105,7 @@ pub(crate) async fn write_outputs(
             digest: s.script_sha256.clone(),
             duration_ms: (s.duration_secs * 1000.0) as u64,
             exit_code: s.exit_code.map(|c| c as i32),
-            cached: s.status == "reused",
+            cached: s.status == StepStatus::Reused,
         })
         .collect();
     let manifest_input = exporter::ManifestInput {
@@ -151,10 +135,10 @@ pub(crate) async fn write_outputs(
     };
     let payload = exporter::write_payload(dir, &payload_spec, &image_facts)?;
 
-    run.guest_cloud_init_finished_uptime_secs =
-        crate::timing::cloud_init_finished_uptime(&dir.join("logs").join("serial.log"));
-    run.total_secs = secs(began.elapsed());
-    write_run_json(dir, run);
+    build.run.guest_cloud_init_finished_uptime_secs =
+        crate::timing::cloud_init_finished_uptime(&build.logs_dir.join("serial.log"));
+    build.run.total_secs = elapsed_secs(build.began);
+    build.save_run();
 
     let mut files: Vec<PathBuf> = exported.files.iter().map(|f| f.path.clone()).collect();
     files.extend([sha256sums, manifest, payload, dir.join("run.json")]);
@@ -162,7 +146,7 @@ pub(crate) async fn write_outputs(
         output_dir: dir.clone(),
         qcow2,
         files,
-        run: run.clone(),
+        run: build.run.clone(),
         verify: report,
     })
 }
@@ -208,26 +192,27 @@ async fn flatten(source: &Path, target: &Path, cancel: &CancellationToken) -> Re
     std::fs::rename(&tmp, target).map_err(io_err("rename", target))
 }
 
+/// Now, as RFC 3339 in UTC to the second (`2026-12-01T10:00:00Z`).
 fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    // Civil-from-days (Howard Hinnant); avoids a date crate for one timestamp.
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// An export stage as people read it.
+fn stage_text(stage: exporter::Stage) -> String {
+    match stage {
+        exporter::Stage::Check => "checking the disk".to_owned(),
+        exporter::Stage::Convert(format) => format!("converting to {}", format_name(format)),
+        exporter::Stage::Hash(format) => format!("hashing the {}", format_name(format)),
+    }
+}
+
+fn format_name(format: exporter::ExportFormat) -> &'static str {
+    match format {
+        exporter::ExportFormat::Raw => "raw",
+        exporter::ExportFormat::Qcow2 => "qcow2",
+    }
 }

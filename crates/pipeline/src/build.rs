@@ -1,0 +1,332 @@
+//! One build: fetch the base, plan reuse, run the steps in a VM (see [`crate::steps`]), write
+//! the outputs (see [`crate::outputs`]). [`Build`] is the context every stage shares.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use checkpoint::CheckpointStore;
+use provisioner::BuildKeys;
+use recipe::{BaseIdentity, Recipe, Step};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::io_err;
+use crate::events::{Emitter, secs};
+use crate::plan::{BuildPlan, StartPoint, StartRequest, base_digest};
+use crate::run::{RunRecord, StepRecord, StepStatus};
+use crate::steps::VmSetup;
+use crate::{BakeEvent, Error, Result};
+
+/// One build's inputs.
+#[derive(Clone, Debug)]
+pub struct BakeRequest {
+    /// The resolved recipe (CLI overrides such as `--accel` already applied).
+    pub recipe: Recipe,
+    /// Where the results go (`output/<recipe name>/` by default).
+    pub output_dir: PathBuf,
+    /// The cache root: `base/` (fetch) and `checkpoints/` live under it.
+    pub cache_dir: PathBuf,
+    /// Where QEMU's private run directories are made (short, for the QMP socket path).
+    pub runtime_dir: PathBuf,
+    /// Reuse, resume or start fresh.
+    pub start: StartRequest,
+    /// Use only cached base images.
+    pub offline: bool,
+    /// On a failed step, keep the VM running for `ssh` until cancelled.
+    pub keep_on_failure: bool,
+}
+
+impl BakeRequest {
+    /// A request with defaults: reuse checkpoints, online, runtime dir from `XDG_RUNTIME_DIR`
+    /// or the system temp dir.
+    pub fn new(recipe: Recipe, output_dir: PathBuf, cache_dir: PathBuf) -> Self {
+        Self {
+            recipe,
+            output_dir,
+            cache_dir,
+            runtime_dir: default_runtime_dir(),
+            start: StartRequest::Reuse,
+            offline: false,
+            keep_on_failure: false,
+        }
+    }
+}
+
+/// `XDG_RUNTIME_DIR` when it exists, else the system temp dir: short paths, for QMP sockets.
+pub fn default_runtime_dir() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// A stop request as the pipeline sees it: `graceful` stops the step and powers the guest off
+/// (the last good checkpoint stays); `hard` kills QEMU at once. The binary maps signals onto it.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel {
+    /// First signal.
+    pub graceful: CancellationToken,
+    /// Second signal.
+    pub hard: CancellationToken,
+}
+
+/// What a finished build produced.
+#[derive(Clone, Debug)]
+pub struct BakeSummary {
+    /// The output directory.
+    pub output_dir: PathBuf,
+    /// The final qcow2.
+    pub qcow2: PathBuf,
+    /// Other files written (raw, SHA256SUMS, manifest, payload, run.json).
+    pub files: Vec<PathBuf>,
+    /// The run record.
+    pub run: RunRecord,
+    /// The offline verification report of the exported image.
+    pub verify: exporter::VerifyReport,
+}
+
+/// The context of one build in progress, shared by its stages.
+pub(crate) struct Build<'a> {
+    pub request: &'a BakeRequest,
+    pub recipe: &'a Recipe,
+    pub events: Emitter,
+    pub cancel: &'a Cancel,
+    pub plan: BuildPlan,
+    pub run: RunRecord,
+    pub logs_dir: PathBuf,
+    pub began: Instant,
+}
+
+impl Build<'_> {
+    /// The record of step `index` ending with `status`.
+    pub fn step_record(&self, index: usize, status: StepStatus, end: StepEnd) -> StepRecord {
+        let step: &Step = &self.recipe.steps[index];
+        StepRecord {
+            id: step.id.to_string(),
+            name: step.name.clone(),
+            script_sha256: step.digest().to_string(),
+            key: self.plan.chain.steps[index].1.to_string(),
+            status,
+            duration_secs: end.duration_secs,
+            exit_code: end.exit_code,
+            attempts: end.attempts,
+        }
+    }
+
+    /// Writes `run.json`; a failure to write it is a warning, not a failed build.
+    pub fn save_run(&self) {
+        if let Err(e) = self.run.write(&self.request.output_dir) {
+            self.events.emit(BakeEvent::Warning {
+                message: format!(
+                    "cannot write {}: {e}",
+                    self.request.output_dir.join("run.json").display()
+                ),
+            });
+        }
+    }
+}
+
+/// How a step ended, for its record.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StepEnd {
+    pub duration_secs: f64,
+    pub exit_code: Option<u32>,
+    pub attempts: u32,
+}
+
+/// Runs one build. See the crate docs.
+pub async fn bake(
+    request: BakeRequest,
+    events: UnboundedSender<BakeEvent>,
+    cancel: Cancel,
+) -> Result<BakeSummary> {
+    let events = Emitter::new(events);
+    let began = Instant::now();
+    let recipe = &request.recipe;
+
+    let fetch = FetchRequest {
+        recipe,
+        cache_dir: &request.cache_dir,
+        offline: request.offline,
+    };
+    let base = fetch_base(&fetch, &events, &cancel.graceful).await?;
+    let plan = BuildPlan::new(recipe, BaseIdentity::Digest(base_digest(&base)));
+
+    let store = CheckpointStore::open(&request.cache_dir.join("checkpoints"))?;
+    for discarded in store.sweep_incomplete()? {
+        events.emit(BakeEvent::CheckpointDiscarded {
+            reason: discarded.to_string(),
+        });
+    }
+    let mut start = plan.start(recipe, &store, &request.start)?;
+    for discarded in &start.discarded {
+        events.emit(BakeEvent::CheckpointDiscarded {
+            reason: discarded.to_string(),
+        });
+    }
+    let chain_dir = store.chain_dir(&plan.root_key())?;
+    let keys = match chain_keys(&chain_dir, !start.reused.is_empty()) {
+        Ok(keys) => keys,
+        Err(reason) => {
+            events.emit(BakeEvent::Warning { message: reason });
+            start.reused.clear();
+            chain_keys(&chain_dir, false).map_err(|reason| Error::Io {
+                action: "store the build keys in",
+                path: chain_dir.clone(),
+                source: std::io::Error::other(reason),
+            })?
+        }
+    };
+    if !start.reused.is_empty() {
+        events.emit(BakeEvent::StepsReused {
+            ids: start
+                .reused
+                .iter()
+                .map(|l| l.meta.step_id.clone())
+                .collect(),
+            resumed: matches!(request.start, StartRequest::ResumeFrom(_)),
+        });
+    }
+
+    let mut build = Build {
+        request: &request,
+        recipe,
+        events,
+        cancel: &cancel,
+        plan,
+        run: RunRecord {
+            recipe: recipe.name.clone(),
+            imgbake_version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..RunRecord::default()
+        },
+        logs_dir: request.output_dir.join("logs"),
+        began,
+    };
+    for index in 0..start.reused.len() {
+        let record = build.step_record(
+            index,
+            StepStatus::Reused,
+            StepEnd {
+                exit_code: Some(0),
+                ..StepEnd::default()
+            },
+        );
+        build.run.steps.push(record);
+    }
+
+    std::fs::create_dir_all(&build.logs_dir).map_err(io_err("create", &build.logs_dir))?;
+    let run_dir = tempfile::Builder::new()
+        .prefix("imgbake-")
+        .tempdir_in(&request.runtime_dir)
+        .map_err(io_err("create a run directory in", &request.runtime_dir))?;
+    let mut lease = store.lease()?;
+
+    let (final_image, facts) = match reused_result(&start, recipe) {
+        // Every step reused: the newest layer is the result, no VM needed.
+        Some(last) => (last, None),
+        None => {
+            let setup = VmSetup {
+                start: &start,
+                base: &base.path,
+                keys: Arc::new(keys),
+                chain_dir: &chain_dir,
+                run_dir: run_dir.path(),
+                lease: &mut lease,
+            };
+            let built = crate::steps::build_in_vm(&mut build, setup).await;
+            // The serial log is worth keeping whatever happened.
+            let _ = std::fs::copy(
+                run_dir.path().join("serial.log"),
+                build.logs_dir.join("serial.log"),
+            );
+            built?
+        }
+    };
+
+    let summary =
+        crate::outputs::write_outputs(&mut build, &base, &final_image, facts.as_ref()).await?;
+    lease.finish();
+    Ok(summary)
+}
+
+/// The newest reused layer when it covers every step of the recipe.
+fn reused_result(start: &StartPoint, recipe: &Recipe) -> Option<PathBuf> {
+    if start.reused.len() < recipe.steps.len() {
+        return None;
+    }
+    start.reused.last().map(|layer| layer.path.clone())
+}
+
+/// What [`fetch_base`] needs.
+pub(crate) struct FetchRequest<'a> {
+    pub recipe: &'a Recipe,
+    pub cache_dir: &'a Path,
+    pub offline: bool,
+}
+
+/// The recipe's base image, fetched into the cache (or found there), with progress events.
+pub(crate) async fn fetch_base(
+    request: &FetchRequest<'_>,
+    events: &Emitter,
+    cancel: &CancellationToken,
+) -> Result<fetch::CachedBase> {
+    let source = crate::setup::base_source(&request.recipe.base);
+    let cache = fetch::BaseCache::open(request.cache_dir.join("base"))?;
+    let options = fetch::FetchOptions {
+        offline: request.offline,
+        ..fetch::FetchOptions::default()
+    };
+    // One event per percent at most: --json readers get a progress stream, not a flood.
+    let last_percent = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let emit_progress = |done: u64, total: Option<u64>| {
+        let percent = total.map_or(done >> 26, |t| done.saturating_mul(100) / t.max(1));
+        if last_percent.swap(percent, std::sync::atomic::Ordering::Relaxed) != percent {
+            events.emit(BakeEvent::FetchProgress { done, total });
+        }
+    };
+    let progress = |event: fetch::FetchEvent| match event {
+        fetch::FetchEvent::Downloading { done, total } => emit_progress(done, total),
+        fetch::FetchEvent::Hashing { done, total, .. } => emit_progress(done, Some(total)),
+        _ => {}
+    };
+    let base = cache
+        .fetch(&source, &options, &progress, cancel.clone())
+        .await?;
+    events.emit(BakeEvent::BaseReady {
+        path: base.path.clone(),
+        sha256: base.digest.to_string(),
+    });
+    Ok(base)
+}
+
+/// The SSH keys a chain's guests were seeded with. A chain with reused layers must use the keys it
+/// was made with; a fresh chain makes them once (a concurrent build may win, then its keys are
+/// used).
+fn chain_keys(chain_dir: &Path, must_exist: bool) -> std::result::Result<BuildKeys, String> {
+    let dir = chain_dir.join("keys");
+    if dir.is_dir() {
+        return BuildKeys::load(&dir).map_err(|e| {
+            format!("the checkpoint chain's SSH keys are unreadable ({e}); starting from the base")
+        });
+    }
+    if must_exist {
+        return Err("the checkpoint chain has lost its SSH keys; starting from the base".into());
+    }
+    let keys = BuildKeys::generate();
+    // A private temp dir (tempfile makes it 0700 with a unique name), renamed into place whole.
+    let tmp = tempfile::Builder::new()
+        .prefix("keys.tmp-")
+        .tempdir_in(chain_dir)
+        .map_err(|e| e.to_string())?;
+    keys.save(tmp.path()).map_err(|e| e.to_string())?;
+    match std::fs::rename(tmp.path(), &dir) {
+        Ok(()) => Ok(keys),
+        // Another build made the chain's keys first: use theirs (the temp dir is dropped).
+        Err(_) => BuildKeys::load(&dir).map_err(|e| e.to_string()),
+    }
+}
+
+pub(crate) fn elapsed_secs(since: Instant) -> f64 {
+    secs(since.elapsed())
+}

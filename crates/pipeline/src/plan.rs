@@ -1,0 +1,182 @@
+//! The plan of a build, computed in one place for `bake`, `imgbake plan` and `imgbake cache gc`:
+//! the checkpoint key chain (from the base's identity and the seed fingerprint), where the
+//! build starts (reuse, `--resume-from`, fresh), and what the exported image is verified
+//! against.
+
+use std::path::Path;
+
+use checkpoint::{CheckpointStore, Discarded, Layer, LayerKey};
+use provisioner::BuildKeys;
+use recipe::{BaseIdentity, CheckpointChain, Recipe, StepId};
+
+use crate::setup::seed_config;
+use crate::{Error, Result};
+
+/// How the user asked the build to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartRequest {
+    /// Reuse the longest chain of matching checkpoints (the default).
+    Reuse,
+    /// Start from the checkpoint after the step before this one (`--resume-from`).
+    ResumeFrom(StepId),
+    /// Ignore checkpoints (`--no-cache`); the build still publishes its own.
+    Fresh,
+}
+
+/// Where a build starts: layers to boot from (a prefix of the chain) and what was thrown away.
+#[derive(Debug)]
+pub struct StartPoint {
+    /// Reused layers, first step first; the build boots from the last one (or the base if empty).
+    pub reused: Vec<Layer>,
+    /// Broken checkpoints removed on the way.
+    pub discarded: Vec<Discarded>,
+}
+
+impl StartPoint {
+    /// The id of the newest reused step, if any.
+    pub fn last_step(&self) -> Option<String> {
+        self.reused.last().map(|l| l.meta.step_id.clone())
+    }
+}
+
+/// The checkpoint keys of one recipe, as a build makes them.
+#[derive(Clone, Debug)]
+pub struct BuildPlan {
+    /// How the base image entered the keys.
+    pub base: BaseIdentity,
+    /// The seed fingerprint that entered key(0).
+    pub seed_fingerprint: digest::Sha256,
+    /// key(0) and the key after each step.
+    pub chain: CheckpointChain,
+}
+
+impl BuildPlan {
+    /// The plan of `recipe` on a base identified by `base` (its digest once fetched).
+    pub fn new(recipe: &Recipe, base: BaseIdentity) -> BuildPlan {
+        let seed_fingerprint = seed_fingerprint(recipe);
+        let chain = recipe.checkpoint_keys(&base, seed_fingerprint.as_bytes());
+        BuildPlan {
+            base,
+            seed_fingerprint,
+            chain,
+        }
+    }
+
+    /// The plan as a build would make it today, without the network: the recipe's own
+    /// `sha256:`, else the digest of the base already in the cache under `cache_dir`.
+    pub async fn offline(recipe: &Recipe, cache_dir: &Path) -> Result<BuildPlan> {
+        let identity = match recipe.base_identity() {
+            BaseIdentity::Unfetched { .. } => {
+                let cache = fetch::BaseCache::open(cache_dir.join("base"))?;
+                let options = fetch::FetchOptions {
+                    offline: true,
+                    ..fetch::FetchOptions::default()
+                };
+                let source = crate::setup::base_source(&recipe.base);
+                let base = cache
+                    .fetch(
+                        &source,
+                        &options,
+                        &|_| {},
+                        tokio_util::sync::CancellationToken::new(),
+                    )
+                    .await?;
+                BaseIdentity::Digest(base_digest(&base))
+            }
+            known => known,
+        };
+        Ok(BuildPlan::new(recipe, identity))
+    }
+
+    /// True while the base is identified by URL rather than digest (keys are provisional).
+    pub fn provisional(&self) -> bool {
+        !matches!(self.base, BaseIdentity::Digest(_))
+    }
+
+    /// The store key before step one.
+    pub fn root_key(&self) -> LayerKey {
+        layer_key(&self.chain.root)
+    }
+
+    /// The store key after each step, in step order.
+    pub fn step_keys(&self) -> Vec<LayerKey> {
+        self.chain.steps.iter().map(|(_, k)| layer_key(k)).collect()
+    }
+
+    /// The chain's cloud-init instance id: a guest resumed from a checkpoint must not run
+    /// cloud-init's per-instance modules again, so every build of the chain uses the same one.
+    pub fn instance_id(&self) -> String {
+        format!("imgbake-{}", &self.chain.root.to_string()[..16])
+    }
+
+    /// Decides where the build starts.
+    pub fn start(
+        &self,
+        recipe: &Recipe,
+        store: &CheckpointStore,
+        request: &StartRequest,
+    ) -> Result<StartPoint> {
+        let keys = self.step_keys();
+        let (reused, discarded) = match request {
+            StartRequest::Fresh => (Vec::new(), Vec::new()),
+            StartRequest::Reuse => store.reusable_prefix(&keys)?,
+            StartRequest::ResumeFrom(id) => {
+                recipe.step(id).map_err(|source| Error::Recipe { source })?;
+                // The chain has one key per recipe step, so a step of the recipe is in it.
+                let index = self
+                    .chain
+                    .steps
+                    .iter()
+                    .position(|(step, _)| step == id)
+                    .unwrap_or(self.chain.steps.len());
+                if index == 0 {
+                    return Ok(StartPoint {
+                        reused: Vec::new(),
+                        discarded: Vec::new(),
+                    });
+                }
+                let (mut reused, discarded) = store.reusable_prefix(&keys[..index])?;
+                if reused.len() < index {
+                    return Err(Error::NoCheckpoint {
+                        resume_from: *id,
+                        missing: self.chain.steps[reused.len()].0,
+                        before: self.chain.steps[index - 1].0,
+                        discarded: discarded.iter().map(ToString::to_string).collect(),
+                    });
+                }
+                reused.truncate(index);
+                (reused, discarded)
+            }
+        };
+        Ok(StartPoint { reused, discarded })
+    }
+}
+
+/// The digest of everything in the build's cloud-init seed except its per-chain keys and
+/// instance id: the input the recipe's checkpoint keys take as "seed inputs".
+pub fn seed_fingerprint(recipe: &Recipe) -> digest::Sha256 {
+    // Keys and instance id do not enter the fingerprint, so any pair will do here.
+    let config = seed_config(recipe, "fingerprint", &BuildKeys::generate());
+    digest::Sha256::from_bytes(qemu_driver::seed::fingerprint(&config).0)
+}
+
+/// What the exported image of `recipe` is verified against offline.
+pub fn expectations(recipe: &Recipe) -> exporter::Expectations {
+    let nvidia = recipe.verify.nvidia.as_ref();
+    exporter::Expectations {
+        enable_gpu_firmware: nvidia.and_then(|n| n.enable_gpu_firmware),
+        driver_branch: nvidia.and_then(|n| n.driver_branch.clone()),
+        hygiene: recipe.verify.hygiene,
+        build_user: crate::BUILD_USER.to_owned(),
+    }
+}
+
+pub(crate) fn base_digest(base: &fetch::CachedBase) -> recipe::Sha256 {
+    recipe::Sha256::from_bytes(base.digest.0)
+}
+
+pub(crate) fn layer_key(key: &recipe::CacheKey) -> LayerKey {
+    key.to_string()
+        .parse()
+        .expect("a recipe cache key is 64 hex digits")
+}

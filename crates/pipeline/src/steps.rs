@@ -1,0 +1,323 @@
+//! The VM phase of a build: boot on the newest reused layer, run the remaining steps with a
+//! checkpoint after each, take the guest's facts, power off.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use checkpoint::{LayerKey, PublishRequest, RunLease};
+use provisioner::{BuildKeys, GuestFacts, GuestSession, StepOptions, StepOutcome, StepSpec};
+use qemu_driver::Vm;
+use recipe::{Recipe, Step};
+
+use crate::boot::{BootRequest, Guest, POWERDOWN_DEADLINE, stop_vm};
+use crate::build::{Build, StepEnd, elapsed_secs};
+use crate::error::io_err;
+use crate::events::secs;
+use crate::plan::StartPoint;
+use crate::run::StepStatus;
+use crate::setup::{seed_config, vm_config};
+use crate::{BakeEvent, Error, Result, StepFailure};
+
+/// After a step's SSH session broke: how long to wait for QEMU's exit to be seen before
+/// reporting the SSH error itself.
+const VM_GONE_GRACE: Duration = Duration::from_secs(3);
+
+/// What the VM phase starts from.
+pub(crate) struct VmSetup<'x, 'l> {
+    pub start: &'x StartPoint,
+    pub base: &'x Path,
+    pub keys: Arc<BuildKeys>,
+    pub chain_dir: &'x Path,
+    pub run_dir: &'x Path,
+    pub lease: &'x mut RunLease<'l>,
+}
+
+/// Boots, runs the steps not reused, powers off. Returns the final top image and the facts.
+pub(crate) async fn build_in_vm(
+    build: &mut Build<'_>,
+    setup: VmSetup<'_, '_>,
+) -> Result<(PathBuf, Option<GuestFacts>)> {
+    let recipe = build.recipe;
+    let start = setup.start;
+    let first = start.reused.len();
+    let step_keys = build.plan.step_keys();
+
+    let seed_path = setup.run_dir.join("seed.iso");
+    let seed = seed_config(recipe, &build.plan.instance_id(), &setup.keys);
+    qemu_driver::seed::write_iso(&seed, &seed_path)?;
+
+    let backing = match start.reused.last() {
+        Some(layer) => layer.path.clone(),
+        None => std::path::absolute(setup.base).map_err(io_err("resolve", setup.base))?,
+    };
+    let disk = setup.lease.layer_path(&step_keys[first]);
+    qemu_driver::overlay::create(&backing, &disk, Some(recipe.vm.disk_size.as_u64())).await?;
+
+    let booted = crate::boot::boot(
+        BootRequest {
+            config: vm_config(recipe, &disk, setup.run_dir, seed_path),
+            keys: setup.keys.clone(),
+            boot_timeout: recipe.vm.boot_timeout,
+        },
+        &build.events,
+        &build.cancel.graceful,
+    )
+    .await;
+    let Guest {
+        vm,
+        session,
+        started,
+        ssh_ready,
+    } = match booted {
+        Ok(guest) => guest,
+        Err(_) if build.cancel.graceful.is_cancelled() => {
+            return Err(Error::Interrupted {
+                last_checkpoint: start.last_step(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    build.run.accel = vm.accel().accel.to_string();
+    build.run.ssh_ready_secs = Some(secs(ssh_ready));
+
+    let mut runner = StepRunner {
+        progress: Progress {
+            current: disk,
+            backing_of_current: backing,
+            parent: start.reused.last().map(|l| l.meta.key.clone()),
+            last_published: start.last_step(),
+            final_top: setup.run_dir.join("final.qcow2"),
+        },
+        root: build.plan.root_key(),
+        step_keys,
+        build,
+        lease: setup.lease,
+        session,
+        started,
+        facts: None,
+    };
+    if let Err(e) = runner.run_steps(&vm, first).await {
+        let cancel = runner.build.cancel;
+        if let (Error::StepFailed(_), true) = (&e, runner.build.request.keep_on_failure) {
+            let access = DebugAccess {
+                keys: &setup.keys,
+                chain_dir: setup.chain_dir,
+                run_dir: setup.run_dir,
+            };
+            keep_for_debugging(&vm, runner.build, &access).await;
+        }
+        stop_vm(vm, &runner.build.events, cancel).await;
+        return Err(if cancel.graceful.is_cancelled() {
+            Error::Interrupted {
+                last_checkpoint: runner.progress.last_published,
+            }
+        } else {
+            e
+        });
+    }
+
+    runner.session.close().await;
+    runner.build.events.emit(BakeEvent::ShuttingDown);
+    tokio::select! {
+        stopped = vm.shutdown(POWERDOWN_DEADLINE) => { stopped?; }
+        () = runner.build.cancel.hard.cancelled() => {
+            return Err(Error::Interrupted { last_checkpoint: runner.progress.last_published });
+        }
+    }
+    Ok((runner.progress.current, runner.facts))
+}
+
+/// Where the step loop is: the image the guest writes to, what it is backed by, the last
+/// published checkpoint.
+struct Progress {
+    current: PathBuf,
+    backing_of_current: PathBuf,
+    parent: Option<LayerKey>,
+    last_published: Option<String>,
+    /// The top image after the last step (in the private run dir; never published).
+    final_top: PathBuf,
+}
+
+/// Runs steps one by one in a booted guest, with a checkpoint after each.
+struct StepRunner<'s, 'a, 'l> {
+    build: &'s mut Build<'a>,
+    lease: &'s mut RunLease<'l>,
+    session: GuestSession,
+    started: Instant,
+    root: LayerKey,
+    step_keys: Vec<LayerKey>,
+    progress: Progress,
+    /// The guest's facts, taken once, before the last step (usually the cleanup, after which
+    /// SSH may be gone).
+    facts: Option<GuestFacts>,
+}
+
+impl StepRunner<'_, '_, '_> {
+    /// Runs the steps from `first` on. Every wait is raced against QEMU dying; cancellation
+    /// surfaces as an error the caller turns into `Interrupted`.
+    async fn run_steps(&mut self, vm: &Vm, first: usize) -> Result<()> {
+        for index in first..self.build.recipe.steps.len() {
+            let result = tokio::select! {
+                result = self.run_step(vm, index) => result,
+                error = vm.wait_for_exit_or_error() => return Err(error.into()),
+            };
+            if let Err(e) = result {
+                return Err(self.explain(vm, e).await);
+            }
+        }
+        Ok(())
+    }
+
+    /// A dropped SSH connection is often noticed before QEMU's exit: if the VM is gone, its
+    /// error (exit status, stderr and serial tails) says why.
+    async fn explain(&self, vm: &Vm, error: Error) -> Error {
+        if self.build.cancel.graceful.is_cancelled() || matches!(error, Error::StepFailed(_)) {
+            return error;
+        }
+        match tokio::time::timeout(VM_GONE_GRACE, vm.wait_for_exit_or_error()).await {
+            Ok(vm_error) => vm_error.into(),
+            Err(_) => error,
+        }
+    }
+
+    async fn run_step(&mut self, vm: &Vm, index: usize) -> Result<()> {
+        let recipe = self.build.recipe;
+        let step = &recipe.steps[index];
+        let cancel = &self.build.cancel.graceful;
+        if self.build.run.first_step_secs.is_none() {
+            self.build.run.first_step_secs = Some(elapsed_secs(self.started));
+        }
+        if index + 1 == recipe.steps.len() {
+            self.facts = self.session.facts(cancel).await.ok();
+        }
+        let options = StepOptions::new(
+            self.build.logs_dir.join(format!("{}.log", step.name)),
+            recipe.vm.boot_timeout,
+        );
+        let events = &self.build.events;
+        let on_event = |event| events.step_event(event, &step.name);
+        let spec = step_spec(recipe, step);
+        let outcome =
+            provisioner::run_step(&mut self.session, &spec, &options, on_event, cancel).await?;
+        match outcome {
+            StepOutcome::Succeeded(ok) => {
+                let end = StepEnd {
+                    duration_secs: secs(ok.duration),
+                    exit_code: Some(0),
+                    attempts: ok.attempts,
+                };
+                let record = self.build.step_record(index, StepStatus::Ran, end);
+                self.build.run.steps.push(record);
+            }
+            StepOutcome::Failed(failed) => {
+                let end = StepEnd {
+                    duration_secs: secs(failed.duration),
+                    exit_code: exit_code(&failed.exit),
+                    attempts: failed.attempts,
+                };
+                let record = self.build.step_record(index, StepStatus::Failed, end);
+                self.build.run.steps.push(record);
+                self.build.save_run();
+                return Err(Error::StepFailed(Box::new(StepFailure {
+                    id: failed.id.clone(),
+                    name: step.name.clone(),
+                    exit: failed.exit.to_string(),
+                    exit_code: exit_code(&failed.exit),
+                    last_lines: failed.last_lines.clone(),
+                    log: failed.log_path.clone(),
+                    serial_log: self.build.logs_dir.join("serial.log"),
+                })));
+            }
+        }
+        self.checkpoint(vm, index).await
+    }
+
+    /// Flushes the guest, freezes the layer, continues on a new overlay, publishes the layer.
+    async fn checkpoint(&mut self, vm: &Vm, index: usize) -> Result<()> {
+        let step = &self.build.recipe.steps[index];
+        self.session
+            .exec_capture_root(
+                "sync",
+                Duration::from_secs(300),
+                &self.build.cancel.graceful,
+            )
+            .await?;
+        let next = match self.step_keys.get(index + 1) {
+            Some(key) => self.lease.layer_path(key),
+            None => self.progress.final_top.clone(),
+        };
+        vm.snapshot_layer(&next, &self.progress.current).await?;
+        let key = &self.step_keys[index];
+        let step_id = step.id.to_string();
+        let published = self.lease.publish(&PublishRequest {
+            key,
+            parent: self.progress.parent.as_ref(),
+            root: &self.root,
+            backing: &self.progress.backing_of_current,
+            recipe: &self.build.recipe.name,
+            step_id: &step_id,
+            step_name: &step.name,
+        })?;
+        let size = std::fs::metadata(&self.progress.current).map_or(0, |m| m.len());
+        self.build.events.emit(BakeEvent::CheckpointSaved {
+            id: step_id.clone(),
+            key: key.short().to_owned(),
+            size,
+            published: published.is_some(),
+        });
+        if published.is_some() {
+            self.progress.last_published = Some(step_id);
+        }
+        self.progress.parent = Some(key.clone());
+        self.progress.backing_of_current = std::mem::replace(&mut self.progress.current, next);
+        Ok(())
+    }
+}
+
+fn exit_code(exit: &provisioner::StepExit) -> Option<u32> {
+    match exit {
+        provisioner::StepExit::Status(status) => status.code(),
+        provisioner::StepExit::TimedOut { .. } => None,
+    }
+}
+
+fn step_spec(recipe: &Recipe, step: &Step) -> StepSpec {
+    let mut env = recipe.step_env(step);
+    env.insert("IMGBAKE_BUILD_USER".into(), crate::BUILD_USER.into());
+    StepSpec {
+        id: step.id.to_string(),
+        name: step.name.clone(),
+        script: step.contents.clone(),
+        env,
+        timeout: step.timeout,
+        retries: step.retries,
+        reboot: step.reboot,
+    }
+}
+
+/// What a person needs to log in to a kept VM.
+struct DebugAccess<'x> {
+    keys: &'x BuildKeys,
+    chain_dir: &'x Path,
+    run_dir: &'x Path,
+}
+
+/// After a failed step with `--keep-on-failure`: announce the ssh command and wait for a stop
+/// request (or the VM to go away).
+async fn keep_for_debugging(vm: &Vm, build: &Build<'_>, access: &DebugAccess<'_>) {
+    let (events, cancel) = (&build.events, build.cancel);
+    let key = BuildKeys::user_key_path(&access.chain_dir.join("keys"));
+    match crate::setup::write_known_hosts(access.run_dir, vm.ssh_addr(), access.keys) {
+        Ok(known_hosts) => events.emit(BakeEvent::KeptForDebugging {
+            ssh_command: crate::setup::ssh_command(vm.ssh_addr(), &key, &known_hosts),
+        }),
+        Err(e) => events.emit(BakeEvent::Warning {
+            message: format!("cannot keep the VM for debugging: {e}"),
+        }),
+    }
+    tokio::select! {
+        () = cancel.graceful.cancelled() => {}
+        _ = vm.wait_for_exit_or_error() => {}
+    }
+}
