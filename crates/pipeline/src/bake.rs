@@ -285,7 +285,7 @@ fn chain_keys(chain_dir: &Path, must_exist: bool) -> std::result::Result<BuildKe
 pub fn seed_fingerprint(recipe: &Recipe) -> [u8; 32] {
     // Keys and instance id do not enter the fingerprint, so any pair will do here.
     let config = seed_config(recipe, "fingerprint", &BuildKeys::generate());
-    qemu_driver::seed::fingerprint(&config).0
+    *seed::fingerprint(&config).as_bytes()
 }
 
 fn step_record(
@@ -354,7 +354,7 @@ async fn build_in_vm(
     // cloud-init's per-instance modules again.
     let instance_id = format!("imgbake-{}", &root.as_str()[..16]);
     let seed_path = run_dir.join("seed.iso");
-    qemu_driver::seed::write_iso(&seed_config(recipe, &instance_id, &keys), &seed_path)?;
+    seed::write_iso(&seed_config(recipe, &instance_id, &keys), &seed_path)?;
 
     let backing = match start.reused.last() {
         Some(layer) => layer.path.clone(),

@@ -86,7 +86,7 @@ enum BootError {
         source: Box<provisioner::Error>,
     },
     #[error("cannot write the cloud-init seed")]
-    Seed(#[source] qemu_driver::seed::SeedError),
+    Seed(#[source] seed::SeedError),
     #[error("the vm failed")]
     Vm(#[source] qemu_driver::Error),
     #[error("the guest did not become reachable over ssh")]
@@ -232,7 +232,7 @@ async fn boot(
     let seed = dir.join("seed.iso");
     // A fresh instance id per boot, so cloud-init runs in full.
     let instance_id = format!("imgbake-boot-{}", std::process::id());
-    qemu_driver::seed::write_iso(
+    seed::write_iso(
         &pipeline::setup::seed_config(recipe, &instance_id, &keys),
         &seed,
     )
