@@ -174,7 +174,7 @@ pub async fn boot_interactive(
     let seed = dir.join("seed.iso");
     // A fresh instance id per boot, so cloud-init runs in full.
     let instance_id = format!("imgbake-boot-{}", std::process::id());
-    qemu_driver::seed::write_iso(
+    seed::write_iso(
         &crate::setup::seed_config(recipe, &instance_id, &keys),
         &seed,
     )?;

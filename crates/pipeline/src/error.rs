@@ -73,7 +73,7 @@ pub enum Error {
     Seed {
         /// The cause.
         #[source]
-        source: qemu_driver::seed::SeedError,
+        source: seed::SeedError,
     },
     /// SSH to the guest failed.
     #[error("guest session")]
@@ -163,8 +163,8 @@ impl From<exporter::Error> for Error {
         Error::Export { source }
     }
 }
-impl From<qemu_driver::seed::SeedError> for Error {
-    fn from(source: qemu_driver::seed::SeedError) -> Self {
+impl From<seed::SeedError> for Error {
+    fn from(source: seed::SeedError) -> Self {
         Error::Seed { source }
     }
 }

@@ -157,7 +157,7 @@ impl BuildPlan {
 pub fn seed_fingerprint(recipe: &Recipe) -> digest::Sha256 {
     // Keys and instance id do not enter the fingerprint, so any pair will do here.
     let config = seed_config(recipe, "fingerprint", &BuildKeys::generate());
-    digest::Sha256::from_bytes(qemu_driver::seed::fingerprint(&config).0)
+    seed::fingerprint(&config)
 }
 
 /// What the exported image of `recipe` is verified against offline.

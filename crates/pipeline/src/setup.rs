@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use provisioner::BuildKeys;
 use qemu_driver::VmConfig;
-use qemu_driver::seed::{HostKeyPair, NetworkConfig, SeedConfig};
 use recipe::Recipe;
+use seed::{HostKeyPair, NetworkConfig, SeedConfig};
 
 /// The recipe's base image as the fetch crate sees it.
 pub fn base_source(base: &recipe::Base) -> fetch::BaseSource {

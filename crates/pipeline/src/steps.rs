@@ -45,7 +45,7 @@ pub(crate) async fn build_in_vm(
 
     let seed_path = setup.run_dir.join("seed.iso");
     let seed = seed_config(recipe, &build.plan.instance_id(), &setup.keys);
-    qemu_driver::seed::write_iso(&seed, &seed_path)?;
+    seed::write_iso(&seed, &seed_path)?;
 
     let backing = match start.reused.last() {
         Some(layer) => layer.path.clone(),

@@ -60,6 +60,7 @@ mod error;
 mod exec;
 mod facts;
 mod keys;
+mod seal;
 mod session;
 mod shell;
 mod step;
@@ -70,6 +71,7 @@ pub use error::{Error, Result};
 pub use exec::{ExitStatus, MAX_LINE, OutputLine, Stream};
 pub use facts::{GuestFacts, parse_os_release};
 pub use keys::BuildKeys;
+pub use seal::{SealSpec, seal};
 pub use session::{
     Captured, GuestSession, HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_MAX, KILL_GRACE,
     SshTarget,

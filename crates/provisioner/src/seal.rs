@@ -101,7 +101,11 @@ pub async fn seal(
         .exec_capture_root(&cmd, SEAL_TIMEOUT, cancel)
         .await?
         .check("sealing the image")?;
-    if !captured.stdout.lines().any(|l| l.trim() == "imgbake-sealed") {
+    if !captured
+        .stdout
+        .lines()
+        .any(|l| l.trim() == "imgbake-sealed")
+    {
         return Err(Error::Parse {
             what: "the seal".into(),
             detail: format!(

@@ -246,10 +246,6 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// Writing the cloud-init seed image failed.
-    #[error("cannot build the cloud-init seed")]
-    Seed(#[from] crate::seed::SeedError),
-
     /// A state change that the lifecycle does not allow.
     #[error("invalid vm state transition from {from} to {to}")]
     InvalidTransition {

@@ -11,9 +11,13 @@
 //! - [`accel`] decides between KVM and TCG and says why; [`Vm::launch_with_fallback`] restarts
 //!   once under TCG when KVM fails.
 //! - [`qmp::Qmp`] is the QMP client (qapi's typed commands, loosely parsed events).
-//! - [`overlay`] makes qcow2 overlays with `qemu-img`; [`Vm::snapshot_layer`] takes a live
-//!   per-step checkpoint layer.
-//! - [`seed`] writes the cloud-init NoCloud seed image.
+//! - [`overlay`] makes qcow2 overlays with `qemu-img` (through a temp file and a rename);
+//!   [`Vm::snapshot_layer`] takes a live per-step checkpoint layer ([`Layer`], [`TopImage`]).
+//! - [`args`] turns a [`VmConfig`] into QEMU's command line; [`process`] starts QEMU so that it
+//!   cannot outlive imgbake.
+//!
+//! The cloud-init seed image the guest boots with is written by the `seed` crate; this crate
+//! only attaches it read-only ([`VmConfig::seed_iso`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -46,7 +50,6 @@ mod launch;
 pub mod overlay;
 pub mod process;
 pub mod qmp;
-pub mod seed;
 pub mod state;
 mod supervisor;
 mod vm;

@@ -1,9 +1,10 @@
 //! qcow2 overlays made with the real `qemu-img`.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
+use digest::AtomicFile;
 use serde::Deserialize;
 use tokio::process::Command;
 
@@ -50,37 +51,29 @@ async fn run_qemu_img(action: String, args: Vec<OsString>) -> Result<Vec<u8>> {
     }
 }
 
-/// A sibling temp name for `path` (same directory, so the final rename is atomic).
-fn temp_name(path: &Path) -> PathBuf {
-    let mut name = OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
-}
-
+/// Runs `qemu-img create` into a temp file beside `overlay`, then renames it into place, so a
+/// crash or a failed `qemu-img` never leaves a half-made overlay under the final name.
 async fn create_renamed(
     action: String,
     overlay: &Path,
     mut args: Vec<OsString>,
     size: Option<u64>,
 ) -> Result<()> {
-    let tmp = temp_name(overlay);
-    args.push(tmp.clone().into_os_string());
+    let run_dir_err = |source| Error::RunDir {
+        path: overlay.to_path_buf(),
+        source,
+    };
+    let tmp = AtomicFile::create(overlay).map_err(run_dir_err)?;
+    // qemu-img truncates and rewrites the file it is given, keeping its mode; 0644 is what
+    // qemu-img gives a file it creates itself (under the usual umask).
+    tmp.make_readable().map_err(run_dir_err)?;
+    args.push(tmp.temp_path().as_os_str().to_owned());
     if let Some(size) = size {
         args.push(size.to_string().into());
     }
-    let result = run_qemu_img(action, args).await;
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, overlay).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::RunDir {
-            path: overlay.to_path_buf(),
-            source,
-        }
-    })
+    // On error the temp file is dropped, which removes it.
+    run_qemu_img(action, args).await?;
+    tmp.commit().map_err(run_dir_err)
 }
 
 /// Creates `overlay`, a qcow2 image backed by the qcow2 `base`, optionally grown to `size`

@@ -7,21 +7,50 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
-use qemu_driver::{Accel, AccelReason, Error, Firmware, StopMethod, Vm, VmState};
+use qemu_driver::{Accel, AccelReason, Error, Firmware, StopMethod, Vm, VmConfig, VmState};
+use rustix::process::Signal;
+use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::test]
-async fn handshake_status_and_quit_is_a_clean_exit() {
+/// A temp dir holding a blank disk and a small TCG config on it; `None` (after SKIPPED) when
+/// QEMU is not installed. Keep the dir alive for the test's length.
+fn blank_vm() -> Option<(TempDir, VmConfig)> {
     if !have_qemu() {
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let config = tcg_config(dir.path(), &blank_disk(dir.path()));
-    let run_dir = config.run_dir.clone();
-    let vm = tokio::time::timeout(QEMU_START, Vm::launch(config, CancellationToken::new()))
+    Some((dir, config))
+}
+
+/// Launches `config`, which must succeed. The bound only turns a hang into a failure.
+async fn launch(config: VmConfig) -> Vm {
+    tokio::time::timeout(QEMU_START, Vm::launch(config, CancellationToken::new()))
         .await
         .expect("launch in time")
-        .expect("launch");
+        .expect("launch")
+}
+
+/// Launches `config`, which must fail, and returns the error.
+async fn launch_err(config: VmConfig) -> Error {
+    Vm::launch(config, CancellationToken::new())
+        .await
+        .expect_err("launch must fail")
+}
+
+/// Sends `signal` to process `pid` (QEMU, from outside the driver).
+fn send_signal(pid: u32, signal: Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a real pid");
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+#[tokio::test]
+async fn handshake_status_and_quit_is_a_clean_exit() {
+    let Some((_dir, config)) = blank_vm() else {
+        return;
+    };
+    let run_dir = config.run_dir.clone();
+    let vm = launch(config).await;
 
     assert_eq!(vm.accel().accel, Accel::Tcg);
     assert_eq!(vm.accel().reason, AccelReason::Requested);
@@ -71,20 +100,14 @@ async fn handshake_status_and_quit_is_a_clean_exit() {
 
 #[tokio::test]
 async fn a_killed_qemu_is_reported_at_once_with_its_output() {
-    if !have_qemu() {
+    let Some((_dir, config)) = blank_vm() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let config = tcg_config(dir.path(), &blank_disk(dir.path()));
-    let vm = Vm::launch(config, CancellationToken::new()).await.unwrap();
+    };
+    let vm = launch(config).await;
     let pid = vm.pid();
 
     // SIGTERM makes QEMU say why it exits on stderr; the error must quote it.
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    send_signal(pid, Signal::TERM);
     let error = tokio::time::timeout(Duration::from_secs(5), vm.wait_for_exit_or_error())
         .await
         .expect("a dead qemu is noticed within seconds");
@@ -103,17 +126,11 @@ async fn a_killed_qemu_is_reported_at_once_with_its_output() {
 
 #[tokio::test]
 async fn sigkill_mid_run_is_reported_as_an_exit() {
-    if !have_qemu() {
+    let Some((_dir, config)) = blank_vm() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let config = tcg_config(dir.path(), &blank_disk(dir.path()));
-    let vm = Vm::launch(config, CancellationToken::new()).await.unwrap();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(vm.pid() as i32).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
+    };
+    let vm = launch(config).await;
+    send_signal(vm.pid(), Signal::KILL);
     let error = tokio::time::timeout(Duration::from_secs(5), vm.wait_for_exit_or_error())
         .await
         .expect("noticed within seconds");
@@ -125,12 +142,10 @@ async fn sigkill_mid_run_is_reported_as_an_exit() {
 
 #[tokio::test]
 async fn shutdown_of_a_guest_that_ignores_powerdown_falls_back_to_quit() {
-    if !have_qemu() {
+    let Some((_dir, config)) = blank_vm() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let config = tcg_config(dir.path(), &blank_disk(dir.path()));
-    let vm = Vm::launch(config, CancellationToken::new()).await.unwrap();
+    };
+    let vm = launch(config).await;
     let pid = vm.pid();
     // SeaBIOS without an OS does not act on the ACPI power button.
     let stopped =
@@ -145,15 +160,12 @@ async fn shutdown_of_a_guest_that_ignores_powerdown_falls_back_to_quit() {
 
 #[tokio::test]
 async fn kill_and_drop_leave_no_qemu_behind() {
-    if !have_qemu() {
+    let Some((dir, config)) = blank_vm() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let disk = blank_disk(dir.path());
+    };
+    let disk = config.disk.clone();
 
-    let vm = Vm::launch(tcg_config(dir.path(), &disk), CancellationToken::new())
-        .await
-        .unwrap();
+    let vm = launch(config).await;
     let pid = vm.pid();
     let status = vm.kill().await.unwrap();
     assert!(!status.success());
@@ -164,7 +176,7 @@ async fn kill_and_drop_leave_no_qemu_behind() {
 
     let mut config = tcg_config(dir.path(), &disk);
     config.run_dir = dir.path().join("run2");
-    let vm = Vm::launch(config, CancellationToken::new()).await.unwrap();
+    let vm = launch(config).await;
     let pid = vm.pid();
     assert!(alive(pid));
     drop(vm);
@@ -176,11 +188,9 @@ async fn kill_and_drop_leave_no_qemu_behind() {
 
 #[tokio::test]
 async fn cancelled_launch_starts_nothing_that_survives() {
-    if !have_qemu() {
+    let Some((_dir, config)) = blank_vm() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let config = tcg_config(dir.path(), &blank_disk(dir.path()));
+    };
     let cancel = CancellationToken::new();
     cancel.cancel();
     let err = Vm::launch(config, cancel).await.unwrap_err();
@@ -191,24 +201,18 @@ async fn cancelled_launch_starts_nothing_that_survives() {
 async fn bad_configs_fail_before_qemu_starts() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = tcg_config(dir.path(), &dir.path().join("missing.qcow2"));
-    let err = Vm::launch(config.clone(), CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = launch_err(config.clone()).await;
     assert!(err.to_string().contains("missing.qcow2"), "{err}");
 
     std::fs::write(dir.path().join("disk"), b"").unwrap();
     config.disk = dir.path().join("disk");
     config.cpus = 0;
-    let err = Vm::launch(config.clone(), CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = launch_err(config.clone()).await;
     assert!(err.to_string().contains("cpus"), "{err}");
 
     config.cpus = 1;
     config.run_dir = dir.path().join("x".repeat(120));
-    let err = Vm::launch(config, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = launch_err(config).await;
     assert!(
         err.to_string().contains("too long for a unix socket"),
         "{err}"
@@ -221,9 +225,7 @@ async fn missing_qemu_binary_is_a_spawn_error() {
     std::fs::write(dir.path().join("disk"), b"").unwrap();
     let mut config = tcg_config(dir.path(), &dir.path().join("disk"));
     config.qemu_binary = "/nonexistent/qemu-system-x86_64".into();
-    let err = Vm::launch(config, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = launch_err(config).await;
     assert!(matches!(err, Error::Spawn { .. }), "{err}");
     assert!(
         err.to_string().contains("/nonexistent/qemu-system-x86_64"),
@@ -233,15 +235,11 @@ async fn missing_qemu_binary_is_a_spawn_error() {
 
 #[tokio::test]
 async fn qemu_rejecting_its_arguments_is_reported_with_stderr() {
-    if !have_qemu() {
+    let Some((_dir, mut config)) = blank_vm() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = tcg_config(dir.path(), &blank_disk(dir.path()));
+    };
     config.machine = Some("no-such-machine".into());
-    let err = Vm::launch(config, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = launch_err(config).await;
     match &err {
         Error::Exited { status, tails } => {
             assert!(!status.success());
@@ -253,11 +251,9 @@ async fn qemu_rejecting_its_arguments_is_reported_with_stderr() {
 
 #[tokio::test]
 async fn uefi_gets_a_private_vars_copy() {
-    if !have_qemu() {
+    let Some((_dir, mut config)) = blank_vm() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = tcg_config(dir.path(), &blank_disk(dir.path()));
+    };
     if !config.uefi.code.is_file() {
         assert!(
             std::env::var("IMGBAKE_REQUIRE_TOOLS").as_deref() != Ok("1"),
@@ -267,7 +263,7 @@ async fn uefi_gets_a_private_vars_copy() {
         return;
     }
     config.firmware = Firmware::Uefi;
-    let vm = Vm::launch(config, CancellationToken::new()).await.unwrap();
+    let vm = launch(config).await;
     let vars = &vm.paths().uefi_vars;
     let mode = std::fs::metadata(vars).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -310,28 +306,30 @@ async fn overlays_are_made_with_qemu_img() {
     .unwrap_err();
     assert!(matches!(err, Error::QemuImg { .. }), "{err}");
     assert!(err.to_string().contains("no-base.qcow2"), "{err}");
-    // No temp files left behind.
+    // A failed create leaves nothing under the final names either.
+    assert!(!dir.path().join("small.qcow2").exists());
+    assert!(!dir.path().join("o.qcow2").exists());
+    // No temp files left behind (digest::AtomicFile names them `.<name>.<random>.tmp`).
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with('.') || name.contains(".tmp")
+        })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[tokio::test]
 async fn a_taken_fixed_ssh_port_is_reported_with_qemus_message() {
-    if !have_qemu() {
+    let Some((_dir, mut config)) = blank_vm() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    };
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let mut config = tcg_config(dir.path(), &blank_disk(dir.path()));
     config.ssh_port = qemu_driver::SshPort::Fixed(port);
-    let err = Vm::launch(config, CancellationToken::new())
-        .await
-        .unwrap_err();
+    let err = launch_err(config).await;
     match &err {
         Error::PortForward { attempts, tails } => {
             assert_eq!(*attempts, 1);

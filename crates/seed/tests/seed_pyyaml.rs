@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use qemu_driver::seed::{self, HostKeyPair, NetworkConfig, SeedConfig};
+use seed::{HostKeyPair, NetworkConfig, SeedConfig};
 use serde_json::{Value, json};
 
 /// False (after printing SKIPPED) when python3 or its yaml module is missing; a failure instead

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use qemu_driver::seed::{self, HostKeyPair, NetworkConfig, SeedConfig};
+use seed::{HostKeyPair, NetworkConfig, SeedConfig};
 
 /// Generous bound for a TCG boot on a busy 2-core machine (it takes ~30 s when idle).
 const BOOT_DEADLINE: Duration = Duration::from_secs(600);

@@ -1,14 +1,16 @@
-//! The cloud-init NoCloud seed: a small ISO 9660 image labelled `cidata` that holds
+//! seed: the cloud-init NoCloud seed of an imgbake build VM, a small ISO 9660 image labelled `cidata` that holds
 //! `user-data`, `meta-data` and (optionally) `network-config`, rendered from the templates in the
 //! repository's `cloud-init/` directory (embedded at compile time).
 //!
 //! - [`SeedConfig`] says what goes in: instance id, host name, the build user and its per-build
 //!   public key, the ed25519 [`HostKeyPair`] the guest's sshd will serve (so later stages can pin
 //!   it), the [`NetworkConfig`] and optional extra cloud-config keys.
-//! - [`build_iso`] returns the image bytes; [`write_iso`] writes them with mode 0600 through a
-//!   temporary name. The image is deterministic: the same config gives the same bytes.
-//! - [`fingerprint`] digests everything that shapes the guest *except* the per-build random
-//!   parts (keys, instance id), for checkpoint cache keys.
+//! - [`render`] fills the templates into [`SeedFiles`]; [`build_iso`] returns the image bytes;
+//!   [`write_iso`] writes them atomically with mode 0600 ([`digest::write_atomic`]). The image
+//!   is deterministic: the same config gives the same bytes.
+//! - [`fingerprint`] is a [`digest::Sha256`] of everything that shapes the guest *except* the
+//!   per-build random parts (keys, instance id), for checkpoint cache keys.
+//! - [`SeedError`] is every way the above can fail.
 //!
 //! The image has both Joliet and Rock Ridge names, so Linux (which prefers Rock Ridge), `isoinfo
 //! -J` and `isoinfo -R` all see `user-data`, and `blkid` reports `TYPE="iso9660"
@@ -18,7 +20,7 @@
 //! output of [`HostKeyPair`], [`SeedConfig`] and [`SeedFiles`] never shows it.
 //!
 //! ```
-//! use qemu_driver::seed::{self, HostKeyPair, NetworkConfig, SeedConfig};
+//! use seed::{HostKeyPair, NetworkConfig, SeedConfig};
 //!
 //! let config = SeedConfig {
 //!     instance_id: "imgbake-0f3a".into(),
@@ -34,21 +36,26 @@
 //! };
 //! let iso = seed::build_iso(&config)?;
 //! assert_eq!(iso, seed::build_iso(&config)?); // deterministic
-//! let key = seed::fingerprint(&config).to_string(); // 64 hex digits, stable across builds
-//! # assert_eq!(key.len(), 64);
+//! let key = seed::fingerprint(&config); // a digest::Sha256, stable across builds
+//! assert_eq!(key.to_string().len(), 64);
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("seed.iso");
+//! seed::write_iso(&config, &path)?;
+//! assert_eq!(std::fs::read(&path)?, iso);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+#![warn(missing_docs)]
 
 mod iso;
 mod render;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use sha2::{Digest as _, Sha256};
+use digest::{Hasher, Sha256};
 
 /// The volume label cloud-init's NoCloud datasource looks for.
 pub const VOLUME_LABEL: &str = "cidata";
@@ -223,16 +230,6 @@ impl fmt::Debug for SeedFiles {
     }
 }
 
-/// A SHA-256 digest of the seed's guest-shaping inputs; see [`fingerprint`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SeedFingerprint(pub [u8; 32]);
-
-impl fmt::Display for SeedFingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
 /// Renders the three files from the embedded templates after checking every field.
 pub fn render(config: &SeedConfig) -> Result<SeedFiles> {
     validate(config)?;
@@ -295,34 +292,22 @@ pub fn build_iso(config: &SeedConfig) -> Result<Vec<u8>> {
     Ok(iso::build(VOLUME_LABEL, &entries))
 }
 
-/// Writes the seed ISO to `path` with mode 0600: a temporary file in the same directory, then a
-/// rename, so `path` is never half-written.
+/// Writes the seed ISO to `path` with mode 0600, atomically: a temporary file in the same
+/// directory, fsync, rename, so `path` is never half-written.
 pub fn write_iso(config: &SeedConfig, path: &Path) -> Result<()> {
     let bytes = build_iso(config)?;
-    let write_err = |source| SeedError::Write {
+    // The temp file is created 0600 and the rename keeps that mode, as the private host key
+    // inside needs.
+    digest::write_atomic(path, &bytes).map_err(|source| SeedError::Write {
         path: path.to_owned(),
         source,
-    };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    // tempfile creates the file with mode 0600 on Unix; the rename keeps it.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".seed-")
-        .suffix(".iso.tmp")
-        .tempfile_in(dir)
-        .map_err(write_err)?;
-    tmp.write_all(&bytes).map_err(write_err)?;
-    tmp.as_file().sync_all().map_err(write_err)?;
-    tmp.persist(path).map_err(|e| write_err(e.error))?;
-    Ok(())
+    })
 }
 
 /// A digest of everything in the seed that shapes the guest, except the per-build random parts:
 /// the three template files, host name, build user, network config and extra cloud-config.
 /// The keys and the instance id are left out, so two builds of the same recipe agree.
-pub fn fingerprint(config: &SeedConfig) -> SeedFingerprint {
+pub fn fingerprint(config: &SeedConfig) -> Sha256 {
     fingerprint_with(
         [render::USER_DATA, render::META_DATA, render::NETWORK_CONFIG],
         config,
@@ -330,10 +315,10 @@ pub fn fingerprint(config: &SeedConfig) -> SeedFingerprint {
 }
 
 /// [`fingerprint`] over the given template texts (user-data, meta-data, network-config).
-fn fingerprint_with(templates: [&str; 3], config: &SeedConfig) -> SeedFingerprint {
-    let mut hash = Sha256::new();
+fn fingerprint_with(templates: [&str; 3], config: &SeedConfig) -> Sha256 {
+    let mut hash = Hasher::new();
     let mut field = |bytes: &[u8]| {
-        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(&(bytes.len() as u64).to_le_bytes());
         hash.update(bytes);
     };
     field(b"imgbake seed fingerprint v1");
@@ -351,7 +336,7 @@ fn fingerprint_with(templates: [&str; 3], config: &SeedConfig) -> SeedFingerprin
             .to_string()
             .as_bytes(),
     );
-    SeedFingerprint(hash.finalize().into())
+    hash.finish()
 }
 
 /// The `match:` object of the network-config, or `None` when no file is written.

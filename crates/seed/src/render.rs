@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use super::{Result, SeedError};
 
 /// `cloud-init/user-data.yaml`.
-pub(crate) const USER_DATA: &str = include_str!("../../../../cloud-init/user-data.yaml");
+pub(crate) const USER_DATA: &str = include_str!("../../../cloud-init/user-data.yaml");
 /// `cloud-init/meta-data.yaml`.
-pub(crate) const META_DATA: &str = include_str!("../../../../cloud-init/meta-data.yaml");
+pub(crate) const META_DATA: &str = include_str!("../../../cloud-init/meta-data.yaml");
 /// `cloud-init/network-config.yaml`.
-pub(crate) const NETWORK_CONFIG: &str = include_str!("../../../../cloud-init/network-config.yaml");
+pub(crate) const NETWORK_CONFIG: &str = include_str!("../../../cloud-init/network-config.yaml");
 
 /// Values for the placeholders of one template, already JSON-encoded.
 #[derive(Default)]

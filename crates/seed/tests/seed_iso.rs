@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qemu_driver::seed::{self, HostKeyPair, NetworkConfig, SeedConfig};
+use seed::{HostKeyPair, NetworkConfig, SeedConfig};
 
 fn config() -> SeedConfig {
     SeedConfig {
