@@ -132,6 +132,7 @@ impl BakeRenderer {
                 let note = if *published { "" } else { " (an earlier build already saved this checkpoint; kept it)" };
                 paint.dim(&format!("[{id}] checkpoint {key} ({}){note}", bytes(*size)))
             }
+            BakeEvent::Sealing => "sealing: removing what imgbake added (build user, keys, /var/lib/imgbake, host key, build hostname, cloud-init instance)".to_owned(),
             BakeEvent::ShuttingDown => "powering the guest off".to_owned(),
             BakeEvent::OutputWritten { path } => format!("wrote {}", path.display()),
             BakeEvent::Exporting { what, fraction } => match fraction {

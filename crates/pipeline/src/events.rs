@@ -128,6 +128,10 @@ pub enum BakeEvent {
         /// False when another build had already published the same key.
         published: bool,
     },
+    /// After the last step: imgbake removes what it added to the guest (build user, its
+    /// keys and sudo rule, `/var/lib/imgbake`, the injected host key, the build hostname's
+    /// `/etc/hosts` line, cloud-init's instance state) and flushes the disks.
+    Sealing,
     /// The guest is being powered off.
     ShuttingDown,
     /// An output file was written.

@@ -96,6 +96,7 @@ pub(crate) async fn build_in_vm(
         session,
         started,
         facts: None,
+        user_public_key: setup.keys.user_public_openssh(),
     };
     if let Err(e) = runner.run_steps(&vm, first).await {
         let cancel = runner.build.cancel;
@@ -148,6 +149,8 @@ struct StepRunner<'s, 'a, 'l> {
     root: LayerKey,
     step_keys: Vec<LayerKey>,
     progress: Progress,
+    /// The build user's public key (its stub in root's `authorized_keys` is sealed away).
+    user_public_key: String,
     /// The guest's facts, taken once, before the last step (usually the cleanup, after which
     /// SSH may be gone).
     facts: Option<GuestFacts>,
@@ -230,19 +233,31 @@ impl StepRunner<'_, '_, '_> {
                 })));
             }
         }
-        self.checkpoint(vm, index).await
+        let sealed = index + 1 == recipe.steps.len();
+        if sealed {
+            // imgbake removes what it added itself; the recipe's cleanup need not know it.
+            let spec = provisioner::SealSpec {
+                build_user: crate::BUILD_USER.to_owned(),
+                build_hostname: crate::setup::hostname(&recipe.name),
+                user_public_key: self.user_public_key.clone(),
+            };
+            self.build.events.emit(BakeEvent::Sealing);
+            provisioner::seal(&self.session, &spec, cancel).await?;
+        }
+        self.checkpoint(vm, index, sealed).await
     }
 
-    /// Flushes the guest, freezes the layer, continues on a new overlay, publishes the layer.
-    async fn checkpoint(&mut self, vm: &Vm, index: usize) -> Result<()> {
+    /// Flushes the guest (unless the seal just did: the build user, and with it sudo, is
+    /// gone), freezes the layer, continues on a new overlay, publishes the layer.
+    async fn checkpoint(&mut self, vm: &Vm, index: usize, sealed: bool) -> Result<()> {
         let step = &self.build.recipe.steps[index];
-        self.session
-            .exec_capture_root(
-                "sync",
-                Duration::from_secs(300),
-                &self.build.cancel.graceful,
-            )
-            .await?;
+        if !sealed {
+            let cancel = &self.build.cancel.graceful;
+            self.session
+                .exec_capture_root("sync", Duration::from_secs(300), cancel)
+                .await?
+                .check("sync before the checkpoint")?;
+        }
         let next = match self.step_keys.get(index + 1) {
             Some(key) => self.lease.layer_path(key),
             None => self.progress.final_top.clone(),
