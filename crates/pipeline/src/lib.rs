@@ -44,5 +44,5 @@ pub use events::{BakeEvent, OutputStream};
 pub use plan::{BuildPlan, StartPoint, StartRequest, expectations, seed_fingerprint};
 pub use run::{RunRecord, StepRecord, StepStatus};
 
-/// The user the seed creates and imgbake logs in as; `99-cleanup` removes it.
+/// The user the seed creates and imgbake logs in as; the seal after the last step removes it.
 pub const BUILD_USER: &str = "imgbake";
