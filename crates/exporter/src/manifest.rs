@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checksum::Sha256;
+use digest::Sha256;
+use inspect::GuestFacts;
+
 use crate::export::ExportedFile;
-use crate::facts::GuestFacts;
 use crate::{Error, Result};
 
 /// The base image a build started from.

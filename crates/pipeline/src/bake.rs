@@ -85,7 +85,7 @@ pub struct BakeSummary {
     /// The run record.
     pub run: RunRecord,
     /// The offline verification report of the exported image.
-    pub verify: exporter::VerifyReport,
+    pub verify: inspect::VerifyReport,
 }
 
 /// Sends events; a closed receiver is not an error (the build goes on).
