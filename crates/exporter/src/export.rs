@@ -4,11 +4,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use digest::Sha256;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-use digest::Sha256;
 
 use crate::checksum::{sha256_file, write_sha256sums};
 use crate::process;

@@ -3,10 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use digest::Sha256;
 use inspect::GuestFacts;
+use serde::{Deserialize, Serialize};
 
 use crate::export::ExportedFile;
 use crate::{Error, Result};

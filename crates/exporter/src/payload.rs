@@ -2,10 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use inspect::GuestFacts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-
-use inspect::GuestFacts;
 
 use crate::{Error, Result};
 
