@@ -83,7 +83,7 @@ pub struct BakeSummary {
     /// The run record.
     pub run: RunRecord,
     /// The offline verification report of the exported image.
-    pub verify: exporter::VerifyReport,
+    pub verify: inspect::VerifyReport,
 }
 
 /// The context of one build in progress, shared by its stages.

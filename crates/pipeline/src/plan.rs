@@ -161,9 +161,9 @@ pub fn seed_fingerprint(recipe: &Recipe) -> digest::Sha256 {
 }
 
 /// What the exported image of `recipe` is verified against offline.
-pub fn expectations(recipe: &Recipe) -> exporter::Expectations {
+pub fn expectations(recipe: &Recipe) -> inspect::Expectations {
     let nvidia = recipe.verify.nvidia.as_ref();
-    exporter::Expectations {
+    inspect::Expectations {
         enable_gpu_firmware: nvidia.and_then(|n| n.enable_gpu_firmware),
         driver_branch: nvidia.and_then(|n| n.driver_branch.clone()),
         hygiene: recipe.verify.hygiene,
