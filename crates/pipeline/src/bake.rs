@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use checkpoint::{CheckpointStore, LayerKey, PublishRequest, RunLease};
+use checkpoint::{CacheKey, ChainSecrets, CheckpointStore, PublishRequest, RunLease};
 use provisioner::{BuildKeys, GuestFacts, StepEvent, StepOptions, StepOutcome, StepSpec};
 use recipe::{CheckpointChain, Recipe, Step};
 use tokio::sync::mpsc::UnboundedSender;
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::io_err;
 use crate::events::secs;
 use crate::guest::{self, Guest};
-use crate::resume::{self, StartPoint, StartRequest, layer_key};
+use crate::resume::{self, StartPoint, StartRequest};
 use crate::run::{RunRecord, StepRecord};
 use crate::setup::{seed_config, vm_config};
 use crate::{BakeEvent, Error, Result, StepFailure, output};
@@ -110,12 +110,7 @@ pub async fn bake(
 
     let base = fetch_base(&request, &events, &cancel.graceful).await?;
     let fingerprint = seed_fingerprint(recipe);
-    let base_digest: recipe::Sha256 = base.digest.to_hex().parse().map_err(|_| Error::Io {
-        action: "read the digest of",
-        path: base.path.clone(),
-        source: std::io::Error::other("fetch returned a malformed sha256"),
-    })?;
-    let chain = recipe.checkpoint_keys(&recipe::BaseIdentity::Digest(base_digest), &fingerprint);
+    let chain = recipe.checkpoint_keys(&recipe::BaseIdentity::Digest(base.digest), &fingerprint);
 
     let store = CheckpointStore::open(&request.cache_dir.join("checkpoints"))?;
     for discarded in store.sweep_incomplete()? {
@@ -129,15 +124,15 @@ pub async fn bake(
             reason: discarded.to_string(),
         });
     }
-    let chain_dir = store.chain_dir(&layer_key(&chain.root))?;
-    let keys = match chain_keys(&chain_dir, !start.reused.is_empty()) {
+    let secrets = store.chain_secrets(&chain.root)?;
+    let keys = match chain_keys(&secrets, !start.reused.is_empty()) {
         Ok(keys) => keys,
         Err(reason) => {
             events.emit(BakeEvent::Warning { message: reason });
             start.reused.clear();
-            chain_keys(&chain_dir, false).map_err(|reason| Error::Io {
+            chain_keys(&secrets, false).map_err(|reason| Error::Io {
                 action: "store the build keys in",
-                path: chain_dir.clone(),
+                path: secrets.dir().to_path_buf(),
                 source: std::io::Error::other(reason),
             })?
         }
@@ -188,7 +183,7 @@ pub async fn bake(
             &start,
             &base.path,
             Arc::new(keys),
-            &chain_dir,
+            &secrets,
             run_dir.path(),
             &mut lease,
             &mut run,
@@ -215,7 +210,7 @@ pub async fn bake(
         &cancel.graceful,
     )
     .await?;
-    lease.finish();
+    lease.finish()?;
     Ok(outcome)
 }
 
@@ -256,28 +251,28 @@ async fn fetch_base(
 /// The keys a chain's guests were seeded with. A chain with reused layers must use the keys it
 /// was made with; a fresh chain makes them once (a concurrent build may win, then its keys are
 /// used).
-fn chain_keys(chain_dir: &Path, must_exist: bool) -> std::result::Result<BuildKeys, String> {
-    let dir = chain_dir.join("keys");
-    if dir.is_dir() {
-        return BuildKeys::load(&dir).map_err(|e| {
-            format!("the checkpoint chain's SSH keys are unreadable ({e}); starting from the base")
-        });
+fn chain_keys(secrets: &ChainSecrets, must_exist: bool) -> std::result::Result<BuildKeys, String> {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        format!("the checkpoint chain's SSH keys are unreadable ({e}); starting from the base")
+    };
+    match secrets.load() {
+        Ok(Some(files)) => {
+            return BuildKeys::from_files(&files, secrets.dir()).map_err(|e| unreadable(&e));
+        }
+        Err(e) => return Err(unreadable(&e)),
+        Ok(None) if must_exist => {
+            return Err(
+                "the checkpoint chain has lost its SSH keys; starting from the base".into(),
+            );
+        }
+        Ok(None) => {}
     }
-    if must_exist {
-        return Err("the checkpoint chain has lost its SSH keys; starting from the base".into());
-    }
-    let keys = BuildKeys::generate();
-    // A private temp dir (tempfile makes it 0700 with a unique name), renamed into place whole.
-    let tmp = tempfile::Builder::new()
-        .prefix("keys.tmp-")
-        .tempdir_in(chain_dir)
+    // Stored whole by the checkpoint store; if a concurrent build stored its keys first, those
+    // come back instead.
+    let files = secrets
+        .create_or_load(|| BuildKeys::generate().to_files())
         .map_err(|e| e.to_string())?;
-    keys.save(tmp.path()).map_err(|e| e.to_string())?;
-    match std::fs::rename(tmp.path(), &dir) {
-        Ok(()) => Ok(keys),
-        // Another build made the chain's keys first: use theirs (the temp dir is dropped).
-        Err(_) => BuildKeys::load(&dir).map_err(|e| e.to_string()),
-    }
+    BuildKeys::from_files(&files, secrets.dir()).map_err(|e| e.to_string())
 }
 
 /// The digest of everything in the build's cloud-init seed except its per-chain keys and
@@ -290,7 +285,7 @@ pub fn seed_fingerprint(recipe: &Recipe) -> [u8; 32] {
 
 fn step_record(
     step: &Step,
-    key: &LayerKey,
+    key: &CacheKey,
     status: &'static str,
     duration: f64,
     exit: Option<u32>,
@@ -338,7 +333,7 @@ async fn build_in_vm(
     start: &StartPoint,
     base: &Path,
     keys: Arc<BuildKeys>,
-    chain_dir: &Path,
+    secrets: &ChainSecrets,
     run_dir: &Path,
     lease: &mut RunLease<'_>,
     run: &mut RunRecord,
@@ -347,12 +342,12 @@ async fn build_in_vm(
 ) -> Result<(PathBuf, Option<GuestFacts>)> {
     let recipe = &request.recipe;
     let first = start.reused.len();
-    let keys_of: Vec<LayerKey> = chain.steps.iter().map(|(_, key)| layer_key(key)).collect();
-    let root = layer_key(&chain.root);
+    let keys_of: Vec<CacheKey> = chain.steps.iter().map(|(_, key)| *key).collect();
+    let root = chain.root;
 
     // The instance id is the chain's: a guest resumed from a checkpoint must not run
     // cloud-init's per-instance modules again.
-    let instance_id = format!("imgbake-{}", &root.as_str()[..16]);
+    let instance_id = format!("imgbake-{}", &root.to_string()[..16]);
     let seed_path = run_dir.join("seed.iso");
     qemu_driver::seed::write_iso(&seed_config(recipe, &instance_id, &keys), &seed_path)?;
 
@@ -391,7 +386,7 @@ async fn build_in_vm(
     let mut progress = StepsProgress {
         current: disk,
         backing_of_current: backing,
-        parent: start.reused.last().map(|l| l.meta.key.clone()),
+        parent: start.reused.last().map(|l| l.meta.key),
         last_published: start.reused.last().map(|l| l.meta.step_id.clone()),
         facts_before_last: None,
         final_top: run_dir.join("final.qcow2"),
@@ -413,7 +408,7 @@ async fn build_in_vm(
     .await;
     if let Err(e) = ran {
         if let (Error::StepFailed(_), true) = (&e, request.keep_on_failure) {
-            keep_for_debugging(&vm, &keys, chain_dir, run_dir, events, cancel).await;
+            keep_for_debugging(&vm, &keys, secrets, run_dir, events, cancel).await;
         }
         stop_vm(vm, events, cancel).await;
         return Err(if cancel.graceful.is_cancelled() {
@@ -446,7 +441,7 @@ async fn build_in_vm(
 struct StepsProgress {
     current: PathBuf,
     backing_of_current: PathBuf,
-    parent: Option<LayerKey>,
+    parent: Option<CacheKey>,
     last_published: Option<String>,
     facts_before_last: Option<GuestFacts>,
     /// The top image after the last step (in the private run dir; never published).
@@ -458,8 +453,8 @@ struct StepsProgress {
 #[allow(clippy::too_many_arguments)]
 async fn run_steps(
     request: &BakeRequest,
-    keys_of: &[LayerKey],
-    root: &LayerKey,
+    keys_of: &[CacheKey],
+    root: &CacheKey,
     first: usize,
     vm: &qemu_driver::Vm,
     session: &mut provisioner::GuestSession,
@@ -545,14 +540,14 @@ async fn run_steps(
             let size = std::fs::metadata(&progress.current).map_or(0, |m| m.len());
             events.emit(BakeEvent::CheckpointSaved {
                 id: step_id.clone(),
-                key: key.short().to_owned(),
+                key: key.short(),
                 size,
                 published: published.is_some(),
             });
             if published.is_some() {
                 progress.last_published = Some(step_id.clone());
             }
-            progress.parent = Some(key.clone());
+            progress.parent = Some(*key);
             progress.backing_of_current = std::mem::replace(&mut progress.current, next);
             Ok(())
         };
@@ -582,12 +577,12 @@ async fn run_steps(
 async fn keep_for_debugging(
     vm: &qemu_driver::Vm,
     keys: &BuildKeys,
-    chain_dir: &Path,
+    secrets: &ChainSecrets,
     run_dir: &Path,
     events: &Emitter,
     cancel: &Cancel,
 ) {
-    let key = keys_dir_user_key(chain_dir);
+    let key = keys_dir_user_key(secrets);
     let known_hosts = write_known_hosts(run_dir, vm.ssh_addr(), keys);
     events.emit(BakeEvent::KeptForDebugging {
         ssh_command: crate::setup::ssh_command(vm.ssh_addr(), &key, &known_hosts),
@@ -598,8 +593,8 @@ async fn keep_for_debugging(
     }
 }
 
-fn keys_dir_user_key(chain_dir: &Path) -> PathBuf {
-    BuildKeys::user_key_path(&chain_dir.join("keys"))
+fn keys_dir_user_key(secrets: &ChainSecrets) -> PathBuf {
+    secrets.path(BuildKeys::USER_KEY_FILE)
 }
 
 fn write_known_hosts(run_dir: &Path, addr: std::net::SocketAddr, keys: &BuildKeys) -> PathBuf {

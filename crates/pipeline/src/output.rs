@@ -129,7 +129,7 @@ pub(crate) async fn write_outputs(
         vars: recipe.vars.clone(),
         base: exporter::BaseImage {
             url: base.source.redacted(),
-            sha256: exporter::Sha256(base.digest.0),
+            sha256: exporter::Sha256(*base.digest.as_bytes()),
         },
         steps,
         imgbake_version: env!("CARGO_PKG_VERSION").to_owned(),

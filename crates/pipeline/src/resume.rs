@@ -1,6 +1,6 @@
 //! Where a build starts: which checkpoints it reuses and which steps it runs.
 
-use checkpoint::{CheckpointStore, Discarded, Layer, LayerKey};
+use checkpoint::{CacheKey, CheckpointStore, Discarded, Layer};
 use recipe::{CheckpointChain, Recipe, StepId};
 
 use crate::{Error, Result};
@@ -25,12 +25,6 @@ pub struct StartPoint {
     pub discarded: Vec<Discarded>,
 }
 
-pub(crate) fn layer_key(key: &recipe::CacheKey) -> LayerKey {
-    key.to_string()
-        .parse()
-        .expect("a recipe cache key is 64 hex digits")
-}
-
 /// Decides where the build starts.
 pub fn decide(
     recipe: &Recipe,
@@ -38,7 +32,7 @@ pub fn decide(
     store: &CheckpointStore,
     request: &StartRequest,
 ) -> Result<StartPoint> {
-    let keys: Vec<LayerKey> = chain.steps.iter().map(|(_, key)| layer_key(key)).collect();
+    let keys: Vec<CacheKey> = chain.steps.iter().map(|(_, key)| *key).collect();
     match request {
         StartRequest::Fresh => Ok(StartPoint {
             reused: Vec::new(),
