@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 
 use assert_cmd::Command;
-use checkpoint::{CheckpointStore, LayerKey, PublishRequest};
+use checkpoint::{CacheKey, CheckpointStore, PublishRequest};
 use serde_json::Value;
 
 fn imgbake(cache: &Path) -> Command {
@@ -31,7 +31,7 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-fn key(n: u32) -> LayerKey {
+fn key(n: u32) -> CacheKey {
     format!("{n:064x}").parse().unwrap()
 }
 
@@ -57,7 +57,7 @@ impl Cache {
         let made_s = made.to_str().unwrap();
         run("qemu-img", &["create", "-q", "-f", "qcow2", made_s, "1G"]);
         run("qemu-io", &["-c", "write -P 0x11 0 2M", made_s]);
-        let digest = fetch::Sha256Digest::of(&std::fs::read(&made).unwrap());
+        let digest = fetch::Sha256::of(&std::fs::read(&made).unwrap());
         let base = base_dir.join(digest.to_hex());
         std::fs::rename(&made, &base).unwrap();
         Cache {
@@ -78,7 +78,7 @@ impl Cache {
         let mut lease = store.lease().unwrap();
         let root_key = key(root);
         let mut backing = self.base.clone();
-        let mut parent: Option<LayerKey> = None;
+        let mut parent: Option<CacheKey> = None;
         let mut files = Vec::new();
         for (n, step, mib) in steps {
             let k = key(*n);
@@ -115,7 +115,7 @@ impl Cache {
             parent = Some(k);
             backing = path;
         }
-        lease.finish();
+        lease.finish().unwrap();
         files
     }
 
@@ -452,7 +452,7 @@ fn recipe_on(cache: &Cache, dir: &Path) -> PathBuf {
 }
 
 /// The checkpoint keys `imgbake plan` shows for a recipe.
-fn planned_keys(cache: &Cache, recipe: &Path) -> Vec<LayerKey> {
+fn planned_keys(cache: &Cache, recipe: &Path) -> Vec<CacheKey> {
     let out = imgbake(&cache.root)
         .args(["plan", "--json"])
         .arg(recipe)
@@ -474,10 +474,10 @@ fn planned_keys(cache: &Cache, recipe: &Path) -> Vec<LayerKey> {
 }
 
 /// Publishes a chain under the given keys (the first backed by the base).
-fn chain_with_keys(cache: &Cache, recipe: &str, keys: &[LayerKey]) -> Vec<PathBuf> {
+fn chain_with_keys(cache: &Cache, recipe: &str, keys: &[CacheKey]) -> Vec<PathBuf> {
     let store = CheckpointStore::open(&cache.store_dir()).unwrap();
     let mut lease = store.lease().unwrap();
-    let (mut backing, mut parent, mut files) = (cache.base.clone(), None::<LayerKey>, Vec::new());
+    let (mut backing, mut parent, mut files) = (cache.base.clone(), None::<CacheKey>, Vec::new());
     for (i, k) in keys.iter().enumerate() {
         let path = lease.layer_path(k);
         let p = path.to_str().unwrap();
@@ -509,10 +509,10 @@ fn chain_with_keys(cache: &Cache, recipe: &str, keys: &[LayerKey]) -> Vec<PathBu
             .unwrap()
             .unwrap();
         files.push(path.clone());
-        parent = Some(k.clone());
+        parent = Some(*k);
         backing = path;
     }
-    lease.finish();
+    lease.finish().unwrap();
     files
 }
 
@@ -568,7 +568,7 @@ fn gc_with_recipes_removes_what_they_no_longer_produce_and_leaves_other_recipes_
         .iter()
         .map(|l| l["key"].as_str().unwrap())
         .collect();
-    assert_eq!(doomed, [today[1].as_str()]);
+    assert_eq!(doomed, [today[1].to_string().as_str()]);
 }
 
 #[test]
