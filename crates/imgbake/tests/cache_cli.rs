@@ -74,49 +74,16 @@ impl Cache {
     /// Publishes a chain of layers for `recipe` (one per `(key, step id, MiB written)`), the
     /// first backed by the base image. Returns the layer files.
     fn chain(&self, recipe: &str, root: u32, steps: &[(u32, &str, u32)]) -> Vec<PathBuf> {
-        let store = CheckpointStore::open(&self.store_dir()).unwrap();
-        let mut lease = store.lease().unwrap();
-        let root_key = key(root);
-        let mut backing = self.base.clone();
-        let mut parent: Option<CacheKey> = None;
-        let mut files = Vec::new();
-        for (n, step, mib) in steps {
-            let k = key(*n);
-            let path = lease.layer_path(&k);
-            let p = path.to_str().unwrap();
-            run(
-                "qemu-img",
-                &[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-F",
-                    "qcow2",
-                    "-b",
-                    backing.to_str().unwrap(),
-                    p,
-                ],
-            );
-            run("qemu-io", &["-c", &format!("write -P 0x22 4M {mib}M"), p]);
-            let published = lease
-                .publish(&PublishRequest {
-                    key: &k,
-                    parent: parent.as_ref(),
-                    root: &root_key,
-                    backing: &backing,
-                    recipe,
-                    step_id: step,
-                    step_name: &format!("{step}-step"),
-                })
-                .unwrap();
-            assert!(published.is_some());
-            files.push(path.clone());
-            parent = Some(k);
-            backing = path;
-        }
-        lease.finish().unwrap();
-        files
+        let layers: Vec<LayerSpec> = steps
+            .iter()
+            .map(|(n, step, mib)| LayerSpec {
+                key: key(*n),
+                step_id: (*step).to_owned(),
+                step_name: format!("{step}-step"),
+                write_mib: Some(*mib),
+            })
+            .collect();
+        publish_chain(self, recipe, &key(root), &layers)
     }
 
     /// Makes the layer `n` look `days` old (its record's timestamp).
@@ -475,11 +442,41 @@ fn planned_keys(cache: &Cache, recipe: &Path) -> Vec<CacheKey> {
 
 /// Publishes a chain under the given keys (the first backed by the base).
 fn chain_with_keys(cache: &Cache, recipe: &str, keys: &[CacheKey]) -> Vec<PathBuf> {
+    let layers: Vec<LayerSpec> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| LayerSpec {
+            key: *k,
+            step_id: format!("{:02}", i + 1),
+            step_name: format!("{:02}", i + 1),
+            write_mib: None,
+        })
+        .collect();
+    publish_chain(cache, recipe, &key(999), &layers)
+}
+
+/// One layer for [`publish_chain`].
+struct LayerSpec {
+    key: CacheKey,
+    step_id: String,
+    step_name: String,
+    /// MiB of data written into the layer at 4 MiB (none: an empty overlay).
+    write_mib: Option<u32>,
+}
+
+/// Publishes `layers` as one chain of real qcow2 files, the first backed by the base image,
+/// each by the one before. Returns the layer files.
+fn publish_chain(
+    cache: &Cache,
+    recipe: &str,
+    root: &CacheKey,
+    layers: &[LayerSpec],
+) -> Vec<PathBuf> {
     let store = CheckpointStore::open(&cache.store_dir()).unwrap();
     let mut lease = store.lease().unwrap();
     let (mut backing, mut parent, mut files) = (cache.base.clone(), None::<CacheKey>, Vec::new());
-    for (i, k) in keys.iter().enumerate() {
-        let path = lease.layer_path(k);
+    for layer in layers {
+        let path = lease.layer_path(&layer.key);
         let p = path.to_str().unwrap();
         run(
             "qemu-img",
@@ -495,21 +492,23 @@ fn chain_with_keys(cache: &Cache, recipe: &str, keys: &[CacheKey]) -> Vec<PathBu
                 p,
             ],
         );
-        let step = format!("{:02}", i + 1);
-        lease
+        if let Some(mib) = layer.write_mib {
+            run("qemu-io", &["-c", &format!("write -P 0x22 4M {mib}M"), p]);
+        }
+        let published = lease
             .publish(&PublishRequest {
-                key: k,
+                key: &layer.key,
                 parent: parent.as_ref(),
-                root: &key(999),
+                root,
                 backing: &backing,
                 recipe,
-                step_id: &step,
-                step_name: &step,
+                step_id: &layer.step_id,
+                step_name: &layer.step_name,
             })
-            .unwrap()
             .unwrap();
+        assert!(published.is_some());
         files.push(path.clone());
-        parent = Some(*k);
+        parent = Some(layer.key);
         backing = path;
     }
     lease.finish().unwrap();
