@@ -123,7 +123,7 @@ pub(crate) async fn write_outputs(
         vars: recipe.vars.clone(),
         base: exporter::BaseImage {
             url: base.source.redacted(),
-            sha256: digest::Sha256::from_bytes(base.digest.0),
+            sha256: base.digest,
         },
         steps,
         imgbake_version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use checkpoint::{CheckpointStore, Discarded, Layer, LayerKey};
+use checkpoint::{CacheKey, CheckpointStore, Discarded, Layer};
 use provisioner::BuildKeys;
 use recipe::{BaseIdentity, CheckpointChain, Recipe, StepId};
 
@@ -94,13 +94,13 @@ impl BuildPlan {
     }
 
     /// The store key before step one.
-    pub fn root_key(&self) -> LayerKey {
-        layer_key(&self.chain.root)
+    pub fn root_key(&self) -> CacheKey {
+        self.chain.root
     }
 
     /// The store key after each step, in step order.
-    pub fn step_keys(&self) -> Vec<LayerKey> {
-        self.chain.steps.iter().map(|(_, k)| layer_key(k)).collect()
+    pub fn step_keys(&self) -> Vec<CacheKey> {
+        self.chain.steps.iter().map(|(_, k)| *k).collect()
     }
 
     /// The chain's cloud-init instance id: a guest resumed from a checkpoint must not run
@@ -171,12 +171,6 @@ pub fn expectations(recipe: &Recipe) -> inspect::Expectations {
     }
 }
 
-pub(crate) fn base_digest(base: &fetch::CachedBase) -> recipe::Sha256 {
-    recipe::Sha256::from_bytes(base.digest.0)
-}
-
-pub(crate) fn layer_key(key: &recipe::CacheKey) -> LayerKey {
-    key.to_string()
-        .parse()
-        .expect("a recipe cache key is 64 hex digits")
+pub(crate) fn base_digest(base: &fetch::CachedBase) -> digest::Sha256 {
+    base.digest
 }

@@ -7,18 +7,19 @@
 //! the files counts shared backing once.
 //!
 //! `gc` and `rm` take the store's lock exclusively and refuse while a build holds it. Their
-//! `--dry-run` asks the checkpoint crate itself what it would remove, on a scratch copy of the
-//! store's records, so the preview can never disagree with the real run.
+//! `--dry-run` prints the checkpoint crate's own plan ([`checkpoint::GcPlan`]), the same plan
+//! the real run applies, so the preview can never disagree with it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use checkpoint::{CheckpointStore, GcPolicy, LayerInfo, LayerKey};
+use checkpoint::{CheckpointStore, GcPlan, GcPolicy, LayerInfo};
 use clap::{ArgGroup, Args, Subcommand};
 use indicatif::HumanBytes;
+use recipe::CacheKey;
 use serde::Serialize;
 
 use crate::cli::VarArgs;
@@ -489,7 +490,7 @@ fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failu
     } else if args.dry_run {
         let store = CheckpointStore::open(&store_dir)?;
         policy.live_keys = live_keys(&store, &recipes)?;
-        would_remove(&store, |scratch| scratch.gc(&policy))?
+        planned(store.gc_plan(&policy)?)
     } else {
         let store = CheckpointStore::open_exclusive(&store_dir)?;
         policy.live_keys = live_keys(&store, &recipes)?;
@@ -509,7 +510,7 @@ fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failu
 /// The checkpoint keys a build of `recipe` makes today, computed as `pipeline::bake` does:
 /// the base image's digest (from the recipe, else the cache, without touching the network) and
 /// the seed fingerprint.
-fn live_chain(recipe: &recipe::Recipe, root: &Path) -> Result<BTreeSet<LayerKey>, Failure> {
+fn live_chain(recipe: &recipe::Recipe, root: &Path) -> Result<BTreeSet<CacheKey>, Failure> {
     let runtime = crate::commands::runtime()?;
     let plan = runtime
         .block_on(pipeline::BuildPlan::offline(recipe, root))
@@ -528,13 +529,13 @@ fn live_chain(recipe: &recipe::Recipe, root: &Path) -> Result<BTreeSet<LayerKey>
 /// named (those are not this gc's business). `None` without recipes.
 fn live_keys(
     store: &CheckpointStore,
-    recipes: &[(String, BTreeSet<LayerKey>)],
-) -> Result<Option<BTreeSet<LayerKey>>, Failure> {
+    recipes: &[(String, BTreeSet<CacheKey>)],
+) -> Result<Option<BTreeSet<CacheKey>>, Failure> {
     if recipes.is_empty() {
         return Ok(None);
     }
     let named: BTreeSet<&str> = recipes.iter().map(|(name, _)| name.as_str()).collect();
-    let mut live: BTreeSet<LayerKey> = recipes.iter().flat_map(|(_, keys)| keys.clone()).collect();
+    let mut live: BTreeSet<CacheKey> = recipes.iter().flat_map(|(_, keys)| keys.clone()).collect();
     live.extend(
         store
             .list()?
@@ -565,13 +566,10 @@ fn remove(root: &Path, args: &RmArgs, out: &Output) -> Result<ExitStatus, Failur
         .collect();
     let removal = match &store {
         None => removal(args.dry_run, &[], Vec::new()),
-        Some(store) if args.dry_run => would_remove(store, |scratch| {
-            let mut all = Vec::new();
-            for recipe in &args.recipes {
-                all.extend(scratch.remove_recipe(recipe)?);
-            }
-            Ok(all)
-        })?,
+        Some(store) if args.dry_run => {
+            let names: Vec<&str> = args.recipes.iter().map(String::as_str).collect();
+            planned(store.recipe_plan(&names)?)
+        }
         Some(store) => {
             let mut removed = Vec::new();
             for recipe in &args.recipes {
@@ -614,41 +612,11 @@ fn removal(dry_run: bool, removed: &[LayerInfo], discarded: Vec<String>) -> Remo
     }
 }
 
-/// What `op` would remove from `store`, found by running it on a scratch store holding copies
-/// of the records only (no layer files), so the checkpoint crate's own rules decide.
-fn would_remove(
-    store: &CheckpointStore,
-    op: impl FnOnce(&CheckpointStore) -> checkpoint::Result<Vec<LayerInfo>>,
-) -> Result<Removal, Failure> {
-    let real: BTreeMap<LayerKey, LayerInfo> = store
-        .list()?
-        .into_iter()
-        .map(|l| (l.meta.key.clone(), l))
-        .collect();
-    let scratch_dir = tempfile::Builder::new()
-        .prefix("imgbake-cache-dry-run-")
-        .tempdir()
-        .map_err(|e| scratch_err(std::env::temp_dir(), e))?;
-    let scratch = CheckpointStore::open_exclusive(scratch_dir.path())?;
-    let layers = scratch_dir.path().join("layers");
-    for key in real.keys() {
-        let name = format!("{key}.json");
-        std::fs::copy(store.root().join("layers").join(&name), layers.join(&name))
-            .map_err(|e| scratch_err(layers.join(&name), e))?;
-    }
-    let doomed: Vec<LayerInfo> = op(&scratch)?
-        .iter()
-        .filter_map(|l| real.get(&l.meta.key).cloned())
-        .collect();
-    Ok(removal(true, &doomed, Vec::new()))
-}
-
-fn scratch_err(path: PathBuf, source: io::Error) -> Failure {
-    Failure::Store(checkpoint::Error::Io {
-        action: "prepare the dry run in",
-        path,
-        source,
-    })
+/// What a dry run prints: the plan the real run would apply.
+fn planned(plan: GcPlan) -> Removal {
+    let mut removal = removal(true, &plan.layers, Vec::new());
+    removal.freed = plan.freed;
+    removal
 }
 
 fn print_removal(removal: &Removal, json: bool, out: &Output) -> Result<(), Failure> {
