@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 
 use assert_cmd::Command;
-use checkpoint::{CacheKey, CheckpointStore, PublishRequest};
 use serde_json::Value;
+use test_support::checkpoints::{CacheKey, ChainSpec, CheckpointStore, LayerSpec};
 
 fn imgbake(cache: &Path) -> Command {
     let mut cmd = Command::cargo_bin("imgbake").unwrap();
@@ -455,64 +455,21 @@ fn chain_with_keys(cache: &Cache, recipe: &str, keys: &[CacheKey]) -> Vec<PathBu
     publish_chain(cache, recipe, &key(999), &layers)
 }
 
-/// One layer for [`publish_chain`].
-struct LayerSpec {
-    key: CacheKey,
-    step_id: String,
-    step_name: String,
-    /// MiB of data written into the layer at 4 MiB (none: an empty overlay).
-    write_mib: Option<u32>,
-}
-
-/// Publishes `layers` as one chain of real qcow2 files, the first backed by the base image,
-/// each by the one before. Returns the layer files.
+/// Publishes `layers` as one chain in the cache's store, the first backed by its base image.
 fn publish_chain(
     cache: &Cache,
     recipe: &str,
     root: &CacheKey,
     layers: &[LayerSpec],
 ) -> Vec<PathBuf> {
-    let store = CheckpointStore::open(&cache.store_dir()).unwrap();
-    let mut lease = store.lease().unwrap();
-    let (mut backing, mut parent, mut files) = (cache.base.clone(), None::<CacheKey>, Vec::new());
-    for layer in layers {
-        let path = lease.layer_path(&layer.key);
-        let p = path.to_str().unwrap();
-        run(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                "qcow2",
-                "-b",
-                backing.to_str().unwrap(),
-                p,
-            ],
-        );
-        if let Some(mib) = layer.write_mib {
-            run("qemu-io", &["-c", &format!("write -P 0x22 4M {mib}M"), p]);
-        }
-        let published = lease
-            .publish(&PublishRequest {
-                key: &layer.key,
-                parent: parent.as_ref(),
-                root,
-                backing: &backing,
-                recipe,
-                step_id: &layer.step_id,
-                step_name: &layer.step_name,
-            })
-            .unwrap();
-        assert!(published.is_some());
-        files.push(path.clone());
-        parent = Some(layer.key);
-        backing = path;
-    }
-    lease.finish().unwrap();
-    files
+    let store_dir = cache.store_dir();
+    let chain = ChainSpec {
+        store_dir: &store_dir,
+        base: &cache.base,
+        recipe,
+        root,
+    };
+    test_support::checkpoints::publish_chain(&chain, layers)
 }
 
 #[test]

@@ -28,6 +28,7 @@
 
 mod boot;
 mod build;
+pub mod cache;
 mod error;
 mod events;
 mod outputs;

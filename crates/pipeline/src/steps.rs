@@ -85,7 +85,7 @@ pub(crate) async fn build_in_vm(
         progress: Progress {
             current: disk,
             backing_of_current: backing,
-            parent: start.reused.last().map(|l| l.meta.key.clone()),
+            parent: start.reused.last().map(|l| l.meta.key),
             last_published: start.last_step(),
             final_top: setup.run_dir.join("final.qcow2"),
         },
@@ -284,7 +284,7 @@ impl StepRunner<'_, '_, '_> {
         if published.is_some() {
             self.progress.last_published = Some(step_id);
         }
-        self.progress.parent = Some(key.clone());
+        self.progress.parent = Some(*key);
         self.progress.backing_of_current = std::mem::replace(&mut self.progress.current, next);
         Ok(())
     }

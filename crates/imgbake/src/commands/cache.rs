@@ -2,12 +2,12 @@
 //!
 //! The cache root (`--cache-dir`, `IMGBAKE_CACHE_DIR`, default `$XDG_CACHE_HOME/imgbake`) holds
 //! `base/` (verified base images, [`fetch::BaseCache`]) and `checkpoints/` (per-step qcow2
-//! layers, [`checkpoint::CheckpointStore`]). Space is reported as allocated blocks: images are
+//! layers, [`pipeline::cache`]). Space is reported as allocated blocks: images are
 //! sparse, and a layer holds only its step's writes while naming its backing by path, so summing
 //! the files counts shared backing once.
 //!
 //! `gc` and `rm` take the store's lock exclusively and refuse while a build holds it. Their
-//! `--dry-run` prints the checkpoint crate's own plan ([`checkpoint::GcPlan`]), the same plan
+//! `--dry-run` prints the checkpoint store's own plan (through [`pipeline::cache`]), the same plan
 //! the real run applies, so the preview can never disagree with it.
 
 use std::collections::BTreeSet;
@@ -16,9 +16,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use checkpoint::{CheckpointStore, GcPlan, GcPolicy, LayerInfo};
 use clap::{ArgGroup, Args, Subcommand};
 use indicatif::HumanBytes;
+use pipeline::cache::{LayerInfo, Removal as StoreRemoval};
 use recipe::CacheKey;
 use serde::Serialize;
 
@@ -218,13 +218,7 @@ pub fn run(args: &CacheArgs, out: &Output) -> Result<ExitStatus, CliError> {
         Ok(status) => Ok(status),
         Err(Failure::Cli(e)) => Err(e),
         Err(Failure::Store(e)) => {
-            let hint = match &e {
-                checkpoint::Error::Busy { .. } => Some(
-                    "wait until the running build finishes (or stop it), then run this again"
-                        .into(),
-                ),
-                _ => None,
-            };
+            let hint = pipeline::cache::store_hint(&e);
             let _ = report::write_error(&mut io::stderr().lock(), &e, hint, out.stderr());
             Ok(ExitStatus::Failure)
         }
@@ -252,7 +246,7 @@ enum Failure {
     #[error(transparent)]
     Cli(CliError),
     #[error(transparent)]
-    Store(checkpoint::Error),
+    Store(pipeline::cache::StoreError),
     #[error(transparent)]
     Base(fetch::Error),
     /// The base digest of a recipe given to `gc` is unknown, so its keys are too.
@@ -274,8 +268,8 @@ impl From<recipe::Error> for Failure {
         Failure::Cli(CliError::Recipe(e))
     }
 }
-impl From<checkpoint::Error> for Failure {
-    fn from(e: checkpoint::Error) -> Self {
+impl From<pipeline::cache::StoreError> for Failure {
+    fn from(e: pipeline::cache::StoreError) -> Self {
         Failure::Store(e)
     }
 }
@@ -297,14 +291,10 @@ fn list(root: &Path) -> Result<Listing, Failure> {
         base_images: Vec::new(),
         total: Total::default(),
     };
-    let store_dir = root.join("checkpoints");
-    if store_dir.join("layers").is_dir() {
-        let store = CheckpointStore::open(&store_dir)?;
-        listing.checkpoints = store.list()?.iter().map(CheckpointRow::from).collect();
-        let usage = store.usage()?;
-        listing.total.checkpoints_allocated = usage.allocated;
-        listing.total.apparent += usage.apparent;
-    }
+    let (layers, usage) = pipeline::cache::list(root)?;
+    listing.checkpoints = layers.iter().map(CheckpointRow::from).collect();
+    listing.total.checkpoints_allocated = usage.allocated;
+    listing.total.apparent += usage.apparent;
     let base_dir = root.join("base");
     if base_dir.is_dir() {
         for entry in fetch::BaseCache::open(&base_dir)?.list()? {
@@ -474,35 +464,13 @@ fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failu
         let chain = live_chain(&recipe, root)?;
         recipes.push((recipe.name, chain));
     }
-    let mut policy = GcPolicy {
+    let request = pipeline::cache::GcRequest {
         keep_per_step: args.keep,
         older_than: args.older_than,
-        live_keys: None,
+        live_recipes: recipes,
+        dry_run: args.dry_run,
     };
-    let store_dir = root.join("checkpoints");
-    let removal = if !store_dir.join("layers").is_dir() {
-        Removal {
-            dry_run: args.dry_run,
-            removed: Vec::new(),
-            freed: 0,
-            discarded: Vec::new(),
-        }
-    } else if args.dry_run {
-        let store = CheckpointStore::open(&store_dir)?;
-        policy.live_keys = live_keys(&store, &recipes)?;
-        planned(store.gc_plan(&policy)?)
-    } else {
-        let store = CheckpointStore::open_exclusive(&store_dir)?;
-        policy.live_keys = live_keys(&store, &recipes)?;
-        // No build runs while we hold the lock, so every unpublished layer file is a leftover.
-        let discarded = store.sweep_incomplete()?;
-        let removed = store.gc(&policy)?;
-        removal(
-            false,
-            &removed,
-            discarded.iter().map(ToString::to_string).collect(),
-        )
-    };
+    let removal = removal(pipeline::cache::gc(root, &request)?);
     print_removal(&removal, args.json, out)?;
     Ok(ExitStatus::Success)
 }
@@ -525,59 +493,16 @@ fn live_chain(recipe: &recipe::Recipe, root: &Path) -> Result<BTreeSet<CacheKey>
     Ok(plan.step_keys().into_iter().collect())
 }
 
-/// Keys gc must keep for `recipes`: their chains as of today, plus every layer of a recipe not
-/// named (those are not this gc's business). `None` without recipes.
-fn live_keys(
-    store: &CheckpointStore,
-    recipes: &[(String, BTreeSet<CacheKey>)],
-) -> Result<Option<BTreeSet<CacheKey>>, Failure> {
-    if recipes.is_empty() {
-        return Ok(None);
-    }
-    let named: BTreeSet<&str> = recipes.iter().map(|(name, _)| name.as_str()).collect();
-    let mut live: BTreeSet<CacheKey> = recipes.iter().flat_map(|(_, keys)| keys.clone()).collect();
-    live.extend(
-        store
-            .list()?
-            .into_iter()
-            .filter(|l| !named.contains(l.meta.recipe.as_str()))
-            .map(|l| l.meta.key),
-    );
-    Ok(Some(live))
-}
-
 fn remove(root: &Path, args: &RmArgs, out: &Output) -> Result<ExitStatus, Failure> {
     let store_dir = root.join("checkpoints");
-    let store = if !store_dir.join("layers").is_dir() {
-        None
-    } else if args.dry_run {
-        Some(CheckpointStore::open(&store_dir)?)
-    } else {
-        Some(CheckpointStore::open_exclusive(&store_dir)?)
-    };
-    let known: BTreeSet<String> = match &store {
-        Some(store) => store.list()?.into_iter().map(|l| l.meta.recipe).collect(),
-        None => BTreeSet::new(),
-    };
+    let found = pipeline::cache::remove_recipes(root, &args.recipes, args.dry_run)?;
+    let known = found.known;
     let unknown: Vec<&String> = args
         .recipes
         .iter()
         .filter(|r| !known.contains(*r))
         .collect();
-    let removal = match &store {
-        None => removal(args.dry_run, &[], Vec::new()),
-        Some(store) if args.dry_run => {
-            let names: Vec<&str> = args.recipes.iter().map(String::as_str).collect();
-            planned(store.recipe_plan(&names)?)
-        }
-        Some(store) => {
-            let mut removed = Vec::new();
-            for recipe in &args.recipes {
-                removed.extend(store.remove_recipe(recipe)?);
-            }
-            removal(false, &removed, Vec::new())
-        }
-    };
+    let removal = removal(found.removal);
     print_removal(&removal, args.json, out)?;
     if unknown.is_empty() {
         return Ok(ExitStatus::Success);
@@ -603,20 +528,13 @@ fn remove(root: &Path, args: &RmArgs, out: &Output) -> Result<ExitStatus, Failur
     Ok(ExitStatus::Failure)
 }
 
-fn removal(dry_run: bool, removed: &[LayerInfo], discarded: Vec<String>) -> Removal {
+fn removal(store: StoreRemoval) -> Removal {
     Removal {
-        dry_run,
-        freed: removed.iter().map(|l| l.allocated).sum(),
-        removed: removed.iter().map(CheckpointRow::from).collect(),
-        discarded,
+        dry_run: store.dry_run,
+        freed: store.freed,
+        removed: store.removed.iter().map(CheckpointRow::from).collect(),
+        discarded: store.discarded,
     }
-}
-
-/// What a dry run prints: the plan the real run would apply.
-fn planned(plan: GcPlan) -> Removal {
-    let mut removal = removal(true, &plan.layers, Vec::new());
-    removal.freed = plan.freed;
-    removal
 }
 
 fn print_removal(removal: &Removal, json: bool, out: &Output) -> Result<(), Failure> {
