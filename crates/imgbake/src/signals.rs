@@ -86,7 +86,7 @@ pub fn announce_build(stage: Stage) {
         "{}",
         match stage {
             Stage::Graceful =>
-                "\ninterrupted: stopping the step and powering the guest off (Ctrl-C again to kill it)",
+                "\ninterrupted: stopping the step and powering the guest off (a second Ctrl-C or signal kills it)",
             Stage::Kill => "\ninterrupted again: killing QEMU",
         }
     );
