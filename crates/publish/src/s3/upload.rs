@@ -18,7 +18,8 @@ use super::location::{Addressing, Endpoint, S3Location, parse_http_url};
 use super::{parts, xml};
 use crate::error::DanglingUpload;
 use crate::retry::RetryPolicy;
-use crate::{Error, Result, Sha256Digest};
+use crate::{Error, Result};
+use digest::Sha256;
 
 /// The metadata header that records the object's sha256.
 const SHA256_META: &str = "x-amz-meta-sha256";
@@ -87,7 +88,7 @@ pub struct UploadOutcome {
     /// A public URL, when `public_url_base` was given or the endpoint is AWS.
     pub public_url: Option<Url>,
     /// The image's sha256 (also stored as `x-amz-meta-sha256`).
-    pub sha256: Sha256Digest,
+    pub sha256: Sha256,
     /// Its size in bytes.
     pub size: u64,
     /// Uploaded or already there.
@@ -184,7 +185,7 @@ impl Uploader {
         &self,
         image: &Path,
         to: &S3Location,
-        sha256: Option<Sha256Digest>,
+        sha256: Option<Sha256>,
         events: impl Fn(UploadEvent) + Send + Sync + 'static,
         cancel: &CancellationToken,
     ) -> Result<UploadOutcome> {
