@@ -47,7 +47,7 @@ pub use register::{
 };
 pub use retry::RetryPolicy;
 pub use s3::{
-    Addressing, AwsConfig, Credentials, ObjectHead, PendingUpload, S3Location, S3Settings,
-    UploadEvent, UploadOptions, UploadOutcome, UploadStatus, Uploader,
+    Acl, AclOutcome, Addressing, AwsConfig, Credentials, ObjectHead, PendingUpload, S3Location,
+    S3Settings, UploadEvent, UploadOptions, UploadOutcome, UploadStatus, Uploader,
 };
 pub use schema::{IMAGE_CREATE_SCHEMA, Violation, violations};
