@@ -89,8 +89,10 @@ pub enum Command {
     /// Export a disk to sparse RAW (and compressed qcow2) with SHA256SUMS
     Export(ExportArgs),
     /// Upload an image to S3-compatible storage (multipart, parallel, skips identical objects)
+    #[command(long_about = crate::commands::upload::LONG_ABOUT, after_long_help = crate::commands::upload::AFTER_HELP)]
     Upload(crate::commands::upload::UploadArgs),
     /// Register an uploaded image with the Nscale region API
+    #[command(long_about = crate::commands::register::LONG_ABOUT, after_long_help = crate::commands::register::AFTER_HELP)]
     Register(crate::commands::register::RegisterArgs),
     /// Show and clean the cache: checkpoints and base images (ls, gc, rm)
     #[command(long_about = crate::commands::cache::LONG_ABOUT, after_long_help = crate::commands::cache::AFTER_HELP)]

@@ -3,6 +3,8 @@
 
 use assert_cmd::Command;
 
+mod cli_register;
+
 fn imgbake() -> Command {
     let mut cmd = Command::cargo_bin("imgbake").unwrap();
     cmd.current_dir(test_support::workspace_root())

@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+use crate::probe::UriProblem;
+use crate::register::ImageState;
+use crate::schema::Violation;
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -208,9 +212,77 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
-    /// The region API refused the registration.
-    #[error("POST {url}: {status} {meaning}: {body}")]
+    /// The payload would be refused by the region API: it breaks the `imageCreate` schema.
+    #[error(
+        "payload {path} would be refused by the region API:{}",
+        list_violations(violations)
+    )]
+    PayloadInvalid {
+        /// The payload file.
+        path: PathBuf,
+        /// Every violation, with its JSON Pointer.
+        violations: Vec<Violation>,
+    },
+    /// The image URI fails the check the region API makes before it accepts an image.
+    #[error("image uri {uri} {problem}")]
+    ImageUri {
+        /// The URI.
+        uri: String,
+        /// What is wrong.
+        problem: UriProblem,
+    },
+    /// The image URI could not be read at the transport level (after retries).
+    #[error("reading the first 512 bytes of {uri} failed after {attempts} attempt(s)")]
+    ImageUriTransport {
+        /// The URI.
+        uri: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Checking the image URI was cancelled.
+    #[error("checking image uri {uri} was cancelled")]
+    ImageUriCancelled {
+        /// The URI.
+        uri: String,
+    },
+    /// An image of this name is registered already; a second one is not created.
+    #[error(
+        "an image named {name} already exists ({id}, state {state}); registering again would \
+         make a second one: use it, or delete it (DELETE {images_url}/{id}) and register again"
+    )]
+    ImageExists {
+        /// Its name.
+        name: String,
+        /// Its id.
+        id: String,
+        /// Its state.
+        state: ImageState,
+        /// The images URL.
+        images_url: String,
+    },
+    /// The POST failed in a way that may have created the image, and the image list that would
+    /// tell could not be read. Nothing is retried: a blind retry could make a second image.
+    #[error(
+        "registering {name}: {post_failure}; whether the image was created is unknown because \
+         listing the images failed; look for {name} in the region before registering again"
+    )]
+    RegistrationUnknown {
+        /// The payload's name.
+        name: String,
+        /// How the POST failed.
+        post_failure: String,
+        /// Why the list failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The region API refused a request.
+    #[error("{method} {url}: {status} {meaning}: {body}")]
     ApiRejected {
+        /// `POST` (create) or `GET` (list).
+        method: &'static str,
         /// The request URL.
         url: String,
         /// HTTP status.
@@ -220,9 +292,21 @@ pub enum Error {
         /// The server's answer (truncated; any copy of the token redacted).
         body: String,
     },
+    /// The region API answered with something its spec does not describe.
+    #[error("{method} {url}: unexpected answer: {detail}")]
+    ApiResponse {
+        /// The method.
+        method: &'static str,
+        /// The request URL.
+        url: String,
+        /// What was unexpected.
+        detail: String,
+    },
     /// The region API could not be reached (after retries).
-    #[error("POST {url} failed after {attempts} attempt(s)")]
+    #[error("{method} {url} failed after {attempts} attempt(s)")]
     ApiTransport {
+        /// The method.
+        method: &'static str,
         /// The request URL.
         url: String,
         /// How many attempts were made.
@@ -230,6 +314,45 @@ pub enum Error {
         /// The cause.
         #[source]
         source: reqwest::Error,
+    },
+    /// The region could not import the image.
+    #[error(
+        "image {name} ({id}) failed to import; try: check that its uri is a RAW disk readable \
+         without credentials, delete the failed image (DELETE {images_url}/{id}) and register again"
+    )]
+    ImageFailed {
+        /// Its name.
+        name: String,
+        /// Its id.
+        id: String,
+        /// The images URL.
+        images_url: String,
+    },
+    /// The image was not `ready` before the deadline.
+    #[error(
+        "image {name} ({id}) is still {state} after {}; it may yet become ready: check later \
+         (it is registered: do not register it again) or wait longer with --wait-timeout",
+        humanize(*waited)
+    )]
+    WaitTimedOut {
+        /// Its name.
+        name: String,
+        /// Its id.
+        id: String,
+        /// The last state seen.
+        state: ImageState,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+    /// The image disappeared from the list while waiting for it.
+    #[error(
+        "image {name} ({id}) is no longer listed in the region: it was deleted while importing"
+    )]
+    ImageVanished {
+        /// Its name.
+        name: String,
+        /// Its id.
+        id: String,
     },
     /// Registration was cancelled.
     #[error("registration at {url} was cancelled")]
@@ -270,5 +393,18 @@ impl std::fmt::Display for DanglingUpload {
              `aws s3api abort-multipart-upload --bucket {} --key {} --upload-id {}`",
             self.s3_uri, self.upload_id, self.abort_error, self.bucket, self.key, self.upload_id
         )
+    }
+}
+
+fn list_violations(violations: &[Violation]) -> String {
+    violations.iter().map(|v| format!("\n  {v}")).collect()
+}
+
+fn humanize(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
     }
 }

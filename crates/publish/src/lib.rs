@@ -32,19 +32,22 @@
 //! ```
 #![warn(missing_docs)]
 
-mod digest;
 mod error;
+mod probe;
 mod register;
 mod retry;
 mod s3;
+mod schema;
 
-pub use digest::{ParseDigestError, Sha256Digest};
 pub use error::{DanglingUpload, Error, Result};
+pub use probe::{ReadableImage, UriCheck, UriProblem};
 pub use register::{
-    ApiTarget, ApiToken, DEFAULT_TOKEN_ENV, DryRun, Payload, Registered, Registrar,
+    ApiTarget, ApiToken, Creation, DEFAULT_TOKEN_ENV, DryRun, Image, ImageState, Payload,
+    RegisterEvent, Registered, Registrar, WaitOptions,
 };
 pub use retry::RetryPolicy;
 pub use s3::{
-    Addressing, AwsConfig, Credentials, ObjectHead, PendingUpload, S3Location, S3Settings,
-    UploadEvent, UploadOptions, UploadOutcome, UploadStatus, Uploader,
+    Acl, AclOutcome, Addressing, AwsConfig, Credentials, ObjectHead, PendingUpload, S3Location,
+    S3Settings, UploadEvent, UploadOptions, UploadOutcome, UploadStatus, Uploader,
 };
+pub use schema::{IMAGE_CREATE_SCHEMA, Violation, violations};

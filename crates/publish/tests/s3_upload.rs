@@ -2,14 +2,16 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use digest::Sha256;
 use publish::{
-    Addressing, AwsConfig, Credentials, Error, RetryPolicy, S3Location, S3Settings, UploadEvent,
-    UploadOptions, UploadStatus, Uploader,
+    Acl, AclOutcome, Addressing, AwsConfig, Credentials, Error, RetryPolicy, S3Location,
+    S3Settings, UploadEvent, UploadOptions, UploadOutcome, UploadStatus, Uploader, UriCheck,
+    UriProblem,
 };
-use sha2::{Digest, Sha256};
 use support::s3_server::{ACCESS_KEY, BUCKET, Inject, S3Server, SECRET_KEY};
 use tokio_util::sync::CancellationToken;
 
@@ -25,44 +27,95 @@ fn aws(secret: &str) -> AwsConfig {
     }
 }
 
-fn uploader(server: &S3Server, secret: &str, concurrency: usize) -> Uploader {
-    let settings = S3Settings {
-        endpoint: Some(server.endpoint.clone()),
-        region: None,
-        addressing: Some(Addressing::Path),
-        public_url_base: Some("https://images.example.net/pub/".into()),
-    };
-    let options = UploadOptions {
-        part_size: 5 * MIB as u64,
-        concurrency,
-        retry: RetryPolicy {
-            attempts: 3,
-            initial_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(20),
-        },
-    };
-    Uploader::new(settings, aws(secret), options).unwrap()
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 3,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+    }
 }
 
-/// A file of `len` pseudo-random bytes (so misplaced parts cannot go unnoticed).
-fn image(
-    dir: &tempfile::TempDir,
-    name: &str,
-    len: usize,
-    seed: u64,
-) -> (std::path::PathBuf, Vec<u8>) {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    let path = dir.path().join(name);
-    std::fs::write(&path, &data).unwrap();
-    (path, data)
+/// An S3 server and a directory of images: the set-up every test starts with.
+struct Bench {
+    server: S3Server,
+    dir: tempfile::TempDir,
+}
+
+impl Bench {
+    async fn start() -> Bench {
+        Bench {
+            server: S3Server::start().await,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// An uploader with the right secret and no ACL.
+    fn uploader(&self, concurrency: usize) -> Uploader {
+        self.uploader_with(SECRET_KEY, concurrency, Acl::BucketDefault)
+    }
+
+    fn uploader_with(&self, secret: &str, concurrency: usize, acl: Acl) -> Uploader {
+        let settings = S3Settings {
+            endpoint: Some(self.server.endpoint.clone()),
+            region: None,
+            addressing: Some(Addressing::Path),
+            public_url_base: Some("https://images.example.net/pub/".into()),
+        };
+        let options = UploadOptions {
+            part_size: 5 * MIB as u64,
+            concurrency,
+            retry: fast_retry(),
+            acl,
+        };
+        Uploader::new(settings, aws(secret), options).unwrap()
+    }
+
+    /// A file of `len` pseudo-random bytes (so misplaced parts cannot go unnoticed).
+    fn image(&self, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        self.write(name, data)
+    }
+
+    /// Like [`Bench::image`], with an MBR signature at 510, like a RAW disk.
+    fn raw_disk(&self, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+        let (_, mut data) = self.image(name, len, seed);
+        data[510..512].copy_from_slice(&[0x55, 0xAA]);
+        self.write(name, data)
+    }
+
+    fn write(&self, name: &str, data: Vec<u8>) -> (PathBuf, Vec<u8>) {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, &data).unwrap();
+        (path, data)
+    }
+}
+
+/// Uploads with no events and a fresh token.
+async fn upload(up: &Uploader, path: &Path, to: &str) -> publish::Result<UploadOutcome> {
+    up.upload(
+        path,
+        &to.parse().unwrap(),
+        None,
+        |_| {},
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+/// The anonymous ranged read the region API makes.
+async fn anonymous_check(url: &url::Url) -> publish::Result<publish::ReadableImage> {
+    UriCheck::new(fast_retry())
+        .unwrap()
+        .check(url.as_str(), &CancellationToken::new())
+        .await
 }
 
 type Events = Arc<Mutex<Vec<UploadEvent>>>;
@@ -75,10 +128,10 @@ fn recorder() -> (Events, impl Fn(UploadEvent) + Send + Sync + 'static) {
 
 #[tokio::test]
 async fn multipart_upload_round_trips_and_second_upload_sends_nothing() {
-    let server = S3Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, data) = image(&dir, "gpu image.raw", 12 * MIB + 12345, 1);
-    let up = uploader(&server, SECRET_KEY, 3);
+    let bench = Bench::start().await;
+    let server = &bench.server;
+    let (path, data) = bench.image("gpu image.raw", 12 * MIB + 12345, 1);
+    let up = bench.uploader(3);
     let to: S3Location = "s3://images/builds/".parse().unwrap();
     let (events, sink) = recorder();
 
@@ -98,7 +151,7 @@ async fn multipart_upload_round_trips_and_second_upload_sends_nothing() {
         outcome.public_url.as_ref().map(|u| u.as_str()),
         Some("https://images.example.net/pub/builds/gpu%20image.raw")
     );
-    assert_eq!(outcome.sha256.as_bytes()[..], Sha256::digest(&data)[..]);
+    assert_eq!(outcome.sha256, Sha256::of(&data));
     assert_eq!(
         server.object("builds/gpu image.raw").as_deref(),
         Some(&data[..])
@@ -170,12 +223,12 @@ async fn multipart_upload_round_trips_and_second_upload_sends_nothing() {
 
 #[tokio::test]
 async fn different_content_under_the_same_key_is_replaced() {
-    let server = S3Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let up = uploader(&server, SECRET_KEY, 2);
+    let bench = Bench::start().await;
+    let server = &bench.server;
+    let up = bench.uploader(2);
     let to: S3Location = "s3://images/exact.raw".parse().unwrap();
-    let (first, _) = image(&dir, "a.raw", 3 * MIB, 2);
-    let (second, data) = image(&dir, "b.raw", 6 * MIB, 3);
+    let (first, _) = bench.image("a.raw", 3 * MIB, 2);
+    let (second, data) = bench.image("b.raw", 6 * MIB, 3);
     up.upload(&first, &to, None, |_| {}, &CancellationToken::new())
         .await
         .unwrap();
@@ -197,10 +250,10 @@ async fn different_content_under_the_same_key_is_replaced() {
 
 #[tokio::test]
 async fn cancel_after_first_part_aborts_the_upload() {
-    let server = S3Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = image(&dir, "big.raw", 16 * MIB, 4);
-    let up = uploader(&server, SECRET_KEY, 1);
+    let bench = Bench::start().await;
+    let server = &bench.server;
+    let (path, _) = bench.image("big.raw", 16 * MIB, 4);
+    let up = bench.uploader(1);
     let to: S3Location = "s3://images/cancel/".parse().unwrap();
     let cancel = CancellationToken::new();
     let events: Events = Arc::default();
@@ -251,22 +304,13 @@ async fn cancel_after_first_part_aborts_the_upload() {
 
 #[tokio::test]
 async fn a_failing_part_aborts_the_upload() {
-    let server = S3Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = image(&dir, "img.raw", 11 * MIB, 5);
-    let up = uploader(&server, SECRET_KEY, 1);
+    let bench = Bench::start().await;
+    let server = &bench.server;
+    let (path, _) = bench.image("img.raw", 11 * MIB, 5);
+    let up = bench.uploader(1);
     server.inject(2, Inject::Reject);
 
-    let err = up
-        .upload(
-            &path,
-            &"s3://images/".parse().unwrap(),
-            None,
-            |_| {},
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let err = upload(&up, &path, "s3://images/").await.unwrap_err();
 
     match &err {
         Error::S3Status {
@@ -305,23 +349,14 @@ async fn a_failing_part_aborts_the_upload() {
 async fn a_failed_abort_is_reported_and_the_upload_stays_listed() {
     // Also proves the abort tests' empty listings are not vacuous: an upload that could not be
     // aborted shows up in ListMultipartUploads until it is aborted by hand.
-    let server = S3Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = image(&dir, "open.raw", 11 * MIB, 6);
-    let up = uploader(&server, SECRET_KEY, 1);
+    let bench = Bench::start().await;
+    let server = &bench.server;
+    let (path, _) = bench.image("open.raw", 11 * MIB, 6);
+    let up = bench.uploader(1);
     server.inject(2, Inject::Reject);
     server.log.lock().unwrap().refuse_abort = true;
 
-    let err = up
-        .upload(
-            &path,
-            &"s3://images/left/".parse().unwrap(),
-            None,
-            |_| {},
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let err = upload(&up, &path, "s3://images/left/").await.unwrap_err();
 
     let Error::AbortFailed { upload, source } = &err else {
         panic!("unexpected error: {err}");
@@ -366,10 +401,10 @@ async fn a_failed_abort_is_reported_and_the_upload_stays_listed() {
 
 #[tokio::test]
 async fn slow_down_answers_are_retried() {
-    let server = S3Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, data) = image(&dir, "retry.raw", 11 * MIB, 7);
-    let up = uploader(&server, SECRET_KEY, 2);
+    let bench = Bench::start().await;
+    let server = &bench.server;
+    let (path, data) = bench.image("retry.raw", 11 * MIB, 7);
+    let up = bench.uploader(2);
     server.inject(2, Inject::SlowDown(2));
 
     let (events, sink) = recorder();
@@ -402,21 +437,12 @@ async fn slow_down_answers_are_retried() {
 
 #[tokio::test]
 async fn a_wrong_secret_is_refused_by_the_server() {
-    let server = S3Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = image(&dir, "img.raw", MIB, 8);
-    let up = uploader(&server, "not-the-secret", 2);
+    let bench = Bench::start().await;
+    let server = &bench.server;
+    let (path, _) = bench.image("img.raw", MIB, 8);
+    let up = bench.uploader_with("not-the-secret", 2, Acl::BucketDefault);
 
-    let err = up
-        .upload(
-            &path,
-            &"s3://images/".parse().unwrap(),
-            None,
-            |_| {},
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let err = upload(&up, &path, "s3://images/").await.unwrap_err();
 
     // The first request is the HEAD, whose 403 has no body to name the cause.
     assert!(
@@ -443,31 +469,152 @@ async fn a_wrong_secret_is_refused_by_the_server() {
 
 #[tokio::test]
 async fn an_empty_or_missing_image_is_a_clear_error() {
-    let server = S3Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let up = uploader(&server, SECRET_KEY, 2);
-    let empty = dir.path().join("empty.raw");
+    let bench = Bench::start().await;
+    let up = bench.uploader(2);
+    let empty = bench.dir.path().join("empty.raw");
     std::fs::write(&empty, b"").unwrap();
-    let err = up
-        .upload(
-            &empty,
-            &"s3://images/".parse().unwrap(),
-            None,
-            |_| {},
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let err = upload(&up, &empty, "s3://images/").await.unwrap_err();
     assert!(matches!(err, Error::EmptyImage { .. }), "{err}");
-    let err = up
-        .upload(
-            &dir.path().join("absent.raw"),
-            &"s3://images/".parse().unwrap(),
-            None,
-            |_| {},
-            &CancellationToken::new(),
-        )
+    let err = upload(&up, &bench.dir.path().join("absent.raw"), "s3://images/")
         .await
         .unwrap_err();
     assert!(matches!(err, Error::ReadImage { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn public_upload_sets_the_acl_and_passes_the_anonymous_check() {
+    let bench = Bench::start().await;
+    let (path, data) = bench.raw_disk("disk.raw", 6 * MIB, 9);
+    let up = bench.uploader_with(SECRET_KEY, 2, Acl::PublicRead);
+    let outcome = upload(&up, &path, "s3://images/pub/").await.unwrap();
+    assert_eq!(outcome.acl, AclOutcome::PublicRead);
+    assert_eq!(bench.server.acls(), [Some("public-read".to_owned())]);
+    assert_eq!(
+        bench.server.object("pub/disk.raw").as_deref(),
+        Some(&data[..])
+    );
+    let readable = anonymous_check(&outcome.object_url).await.unwrap();
+    assert_eq!(readable.size, Some(data.len() as u64));
+    assert!(
+        bench
+            .server
+            .calls()
+            .contains(&"GetObject anonymous".to_owned()),
+        "{:?}",
+        bench.server.calls()
+    );
+}
+
+#[tokio::test]
+async fn a_private_upload_fails_the_anonymous_check() {
+    // Also proves the check above is not vacuous: without the ACL the same read is refused.
+    let bench = Bench::start().await;
+    let (path, _) = bench.raw_disk("disk.raw", MIB, 10);
+    let up = bench.uploader(2);
+    let outcome = upload(&up, &path, "s3://images/").await.unwrap();
+    assert_eq!(outcome.acl, AclOutcome::NotRequested);
+    assert_eq!(bench.server.acls(), [None]);
+    let err = anonymous_check(&outcome.object_url).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::ImageUri {
+                problem: UriProblem::NotPublic { status: 403 },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("bucket policy"), "{err}");
+}
+
+#[tokio::test]
+async fn an_endpoint_that_refuses_acls_gets_the_object_without_one() {
+    let bench = Bench::start().await;
+    bench.server.log.lock().unwrap().refuse_acl = true;
+    let (path, data) = bench.raw_disk("disk.raw", MIB, 11);
+    let up = bench.uploader_with(SECRET_KEY, 2, Acl::PublicRead);
+    let (events, sink) = recorder();
+    let outcome = up
+        .upload(
+            &path,
+            &"s3://images/".parse().unwrap(),
+            None,
+            sink,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome.acl, AclOutcome::Refused { code, .. } if code == "AccessControlListNotSupported"),
+        "{:?}",
+        outcome.acl
+    );
+    // Asked with the ACL, refused, asked again without.
+    assert_eq!(bench.server.acls(), [Some("public-read".to_owned()), None]);
+    assert_eq!(bench.server.object("disk.raw").as_deref(), Some(&data[..]));
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, UploadEvent::AclRefused { .. }))
+    );
+    let err = anonymous_check(&outcome.object_url).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::ImageUri {
+                problem: UriProblem::NotPublic { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_object_already_there_is_made_public_by_acl() {
+    let bench = Bench::start().await;
+    let (path, _) = bench.raw_disk("disk.raw", MIB, 12);
+    let first = upload(&bench.uploader(2), &path, "s3://images/")
+        .await
+        .unwrap();
+    assert!(anonymous_check(&first.object_url).await.is_err());
+    bench.server.clear_calls();
+    let again = upload(
+        &bench.uploader_with(SECRET_KEY, 2, Acl::PublicRead),
+        &path,
+        "s3://images/",
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status, UploadStatus::AlreadyPresent);
+    assert_eq!(again.acl, AclOutcome::PublicRead);
+    assert_eq!(bench.server.calls(), ["HeadObject", "PutObjectAcl"]);
+    anonymous_check(&again.object_url).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_public_qcow2_fails_the_check_as_not_raw() {
+    let bench = Bench::start().await;
+    let (_, mut data) = bench.image("disk.qcow2", MIB, 13);
+    data[..4].copy_from_slice(b"QFI\xfb");
+    let (path, _) = bench.write("disk.qcow2", data);
+    let up = bench.uploader_with(SECRET_KEY, 2, Acl::PublicRead);
+    let outcome = upload(&up, &path, "s3://images/").await.unwrap();
+    let err = anonymous_check(&outcome.object_url).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::ImageUri {
+                problem: UriProblem::NotRaw {
+                    format: Some("qcow2"),
+                    ..
+                },
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use publish::{ApiTarget, ApiToken, Payload, Registrar, RetryPolicy};
 use serde_json::json;
-use support::api_stub::{ApiStub, refused_url};
+use support::region_api::{ORG, PostFault, REGION, RegionApi, refused_url};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "nsc-LEAKCHECK-b1d2e3f4a5";
@@ -46,21 +46,33 @@ async fn token_appears_in_no_output_at_trace_level() {
         initial_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(5),
     };
-    let payload = Payload::from_json(json!({"spec": {"uri": "u"}}), Path::new("p.json")).unwrap();
     let token = ApiToken::new(TOKEN, "$NSCALE_API_TOKEN");
     let mut outputs: Vec<String> = vec![token.to_string(), format!("{token:?}")];
 
     // Success; a 401 whose body echoes the token; a 5xx retried; a refused connection.
     let echo = format!(r#"{{"error":"bad token","got":"Bearer {TOKEN}"}}"#);
     let stubs = [
-        ApiStub::start(&[(201, "{}")]).await,
-        ApiStub::start(&[(401, echo.as_str())]).await,
-        ApiStub::start(&[(503, "busy"), (500, echo.as_str())]).await,
+        RegionApi::start(TOKEN).await,
+        RegionApi::start(TOKEN).await,
+        RegionApi::start(TOKEN).await,
     ];
+    stubs[1].fail_list(401, &echo);
+    stubs[2].fail_post(PostFault::Answer(503, "busy".into()));
+    stubs[2].fail_post(PostFault::Answer(500, echo.clone()));
+    let uri = stubs[0].put_raw_disk("image.raw");
+    let payload = Payload::from_json(
+        json!({
+            "metadata": {"name": "leak-check"},
+            "spec": {"uri": uri, "architecture": "x86_64", "virtualization": "virtualized",
+                     "os": {"kernel": "linux", "family": "debian", "distro": "ubuntu", "version": "22.04"}}
+        }),
+        Path::new("p.json"),
+    )
+    .unwrap();
     let mut urls: Vec<String> = stubs.iter().map(|s| s.url.clone()).collect();
     urls.push(refused_url().await);
     for url in &urls {
-        let target = ApiTarget::new(url, "org", "region").unwrap();
+        let target = ApiTarget::new(url, ORG, REGION).unwrap();
         let registrar = Registrar::new(target.clone(), token.clone(), retry).unwrap();
         outputs.push(format!("{registrar:?}"));
         match registrar
@@ -73,15 +85,18 @@ async fn token_appears_in_no_output_at_trace_level() {
                 outputs.push(format!("{err:?}"));
             }
         }
-        let dry = Registrar::dry_run(&target, &payload, token.origin());
+        let dry = Registrar::dry_run(&target, &payload, token.origin()).unwrap();
         outputs.push(dry.to_string());
         outputs.push(format!("{dry:?}"));
     }
     // The stubs really got the token, so its absence below is not vacuous.
-    assert_eq!(
-        stubs[0].requests()[0].header("authorization"),
-        Some(format!("Bearer {TOKEN}").as_str())
-    );
+    for stub in &stubs {
+        assert_eq!(
+            stub.api_requests()[0].header("authorization"),
+            Some(format!("Bearer {TOKEN}").as_str())
+        );
+    }
+    assert_eq!(stubs[0].images().len(), 1, "the successful case registered");
 
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     // The capture works: our own events and the HTTP stack's records are in it.

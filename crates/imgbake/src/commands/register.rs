@@ -2,36 +2,48 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
-use publish::{ApiTarget, ApiToken, Payload, Registrar, RetryPolicy};
+use publish::{
+    ApiTarget, ApiToken, Creation, Payload, RegisterEvent, Registrar, RetryPolicy, WaitOptions,
+};
 
 use crate::output::Output;
 use crate::report::{self, CliError, ExitStatus, exit_status_help, stdout_err};
 
-const LONG_ABOUT: &str = "\
+pub const LONG_ABOUT: &str = "\
 Register an uploaded image with the Nscale region API: set spec.uri in PAYLOAD (the \
 api-payload.json the export writes) to --uri and POST it to \
 {api}/api/v1/organizations/{org}/regions/{region}/images.
 
+Before sending, the payload is checked against the API's image schema (every problem is \
+printed with its JSON path; --dry-run checks too), and the image URL is read the way the API \
+will read it: the first 512 bytes, without credentials, must be a RAW disk (55 AA at byte 510). \
+A qcow2 or private URL is refused before anything is registered.
+
+An image is registered at most once: an image of the same name already in the region is \
+reported, not duplicated; after a server error (5xx) or a lost answer the image list is read \
+before any retry, because the create may have happened anyway. 401, 403, 404 and 422 fail at \
+once with what is wrong. --wait then polls the image until it is ready (or failed).
+
 The bearer token is read from the environment variable named by --token-env (default \
 NSCALE_API_TOKEN). It is never printed or logged, not even with -vvv; --dry-run shows the \
-request with the token redacted. Server errors (5xx) and connection failures are retried with \
-backoff; 400, 401, 403 and 409 fail at once with the server's message.";
+request with the token redacted.";
 
-const AFTER_HELP: &str = concat!(
+pub const AFTER_HELP: &str = concat!(
     "EXAMPLES:\n",
     "    export NSCALE_API_TOKEN=…\n",
     "    imgbake register out/api-payload.json --uri https://images.example.net/gpu/nvidia-fw1.raw \\\n",
     "        --api https://region.example.net --org my-org --region eu-west-1\n",
     "    imgbake register out/api-payload.json --uri https://… --dry-run\n",
+    "    imgbake register out/api-payload.json --uri https://… --wait --wait-timeout 30m\n",
     "\n",
     exit_status_help!(),
 );
 
 /// `imgbake register`.
 #[derive(Debug, Args)]
-#[command(long_about = LONG_ABOUT, after_long_help = AFTER_HELP)]
 pub struct RegisterArgs {
     /// The API payload (api-payload.json)
     #[arg(value_name = "PAYLOAD")]
@@ -57,6 +69,12 @@ pub struct RegisterArgs {
     /// Print the API's answer as JSON
     #[arg(long)]
     pub json: bool,
+    /// After registering, poll the image until it is ready (an import that fails is an error)
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (with --wait)
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration, requires = "wait")]
+    pub wait_timeout: Duration,
 }
 
 /// Runs `imgbake register`.
@@ -75,9 +93,13 @@ pub fn run(args: &RegisterArgs, out: &Output) -> Result<ExitStatus, CliError> {
     };
     let mut stdout = std::io::stdout().lock();
     if args.dry_run {
-        let dry = Registrar::dry_run(&target, &payload, &format!("${}", args.token_env));
-        write!(stdout, "{dry}").map_err(stdout_err)?;
-        return Ok(ExitStatus::Success);
+        return match Registrar::dry_run(&target, &payload, &format!("${}", args.token_env)) {
+            Ok(dry) => {
+                write!(stdout, "{dry}").map_err(stdout_err)?;
+                Ok(ExitStatus::Success)
+            }
+            Err(e) => fail(&e),
+        };
     }
     let registrar = match ApiToken::from_env(&args.token_env)
         .and_then(|token| Registrar::new(target, token, RetryPolicy::default()))
@@ -89,11 +111,54 @@ pub fn run(args: &RegisterArgs, out: &Output) -> Result<ExitStatus, CliError> {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
+    let paint = out.stderr();
+    let progress = |event: RegisterEvent| {
+        let line = match event {
+            RegisterEvent::CheckingUri { uri } => {
+                format!("checking {uri} (first 512 bytes, without credentials)")
+            }
+            RegisterEvent::UriReadable { size, .. } => match size {
+                Some(size) => format!("image uri: a readable RAW disk of {size} bytes"),
+                None => "image uri: a readable RAW disk".to_owned(),
+            },
+            RegisterEvent::LookingForName { name } => format!("looking for {name} in the region"),
+            RegisterEvent::Posting { attempt: 1 } => "registering".to_owned(),
+            RegisterEvent::Posting { attempt } => format!("registering (attempt {attempt})"),
+            RegisterEvent::PostFailed { reason, wait, .. } => format!(
+                "{} {reason}; checking whether the image was created in {:.1}s",
+                paint.error("failed:"),
+                wait.as_secs_f64()
+            ),
+            RegisterEvent::NotCreated { name } => format!("{name} was not created; retrying"),
+            RegisterEvent::Registered { id, state } => format!("image {id}: {state}"),
+            RegisterEvent::State { state, elapsed, .. } => {
+                format!("{state} after {}s", elapsed.as_secs())
+            }
+            _ => return,
+        };
+        eprintln!("{}", paint.dim(&line));
+    };
     let result = runtime.block_on(async {
         let cancel = super::cancel_on_ctrl_c();
-        registrar.register(&payload, &cancel).await
+        let done = registrar
+            .register_with_events(&payload, &progress, &cancel)
+            .await?;
+        let ready = if args.wait {
+            let options = WaitOptions {
+                timeout: args.wait_timeout,
+                ..WaitOptions::default()
+            };
+            Some(
+                registrar
+                    .wait_until_ready(&done.image, options, &progress, &cancel)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        Ok::<_, publish::Error>((done, ready))
     });
-    let done = match result {
+    let (done, ready) = match result {
         Ok(done) => done,
         Err(e) => return fail(&e),
     };
@@ -101,17 +166,23 @@ pub fn run(args: &RegisterArgs, out: &Output) -> Result<ExitStatus, CliError> {
         writeln!(stdout, "{:#}", done.response).map_err(stdout_err)?;
     } else {
         let paint = out.stdout();
+        let how = match &done.creation {
+            Creation::Created if done.attempts > 1 => {
+                format!("after {} attempts", done.attempts)
+            }
+            Creation::Created => "created".to_owned(),
+            Creation::FoundAfterFailure { .. } => {
+                "created by a request whose answer failed; found in the image list".to_owned()
+            }
+        };
+        let state = ready.as_ref().unwrap_or(&done.image).state.clone();
         writeln!(
             stdout,
-            "{} registered at {} ({}{})",
+            "{} registered {} as {} at {} ({how}); state: {state}",
             paint.ok("ok:"),
+            done.image.name,
+            done.image.id,
             done.url,
-            done.status,
-            if done.attempts > 1 {
-                format!(", after {} attempts", done.attempts)
-            } else {
-                String::new()
-            }
         )
         .map_err(stdout_err)?;
         writeln!(stdout, "{:#}", done.response).map_err(stdout_err)?;

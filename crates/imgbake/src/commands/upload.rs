@@ -5,16 +5,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use digest::Sha256;
 use indicatif::{ProgressBar, ProgressStyle};
 use publish::{
-    Addressing, AwsConfig, S3Location, S3Settings, Sha256Digest, UploadEvent, UploadOptions,
-    UploadStatus, Uploader,
+    Acl, AclOutcome, Addressing, AwsConfig, Error, RetryPolicy, S3Location, S3Settings,
+    UploadEvent, UploadOptions, UploadStatus, Uploader, UriCheck,
 };
 
 use crate::output::Output;
 use crate::report::{self, CliError, ExitStatus, exit_status_help, stdout_err};
 
-const LONG_ABOUT: &str = "\
+pub const LONG_ABOUT: &str = "\
 Upload IMAGE to S3 or any S3-compatible storage, as a multipart upload with several parts in \
 flight at once, and print the object's URL (and a public URL when one is known).
 
@@ -22,15 +23,22 @@ The object records the image's sha256 as metadata (x-amz-meta-sha256). If the ob
 already there with the same sha256 and size, nothing is uploaded. An upload that fails or is \
 interrupted (Ctrl-C) is aborted on the server, so no parts are left behind.
 
+The Nscale region API reads the image without credentials. --public stores the object with a \
+public-read ACL (x-amz-acl); endpoints that refuse ACLs (buckets with ACLs disabled, Block \
+Public Access) get the object without one, and then only a bucket policy that allows \
+anonymous reads makes it readable. After the upload, the public URL (else the object URL) is \
+read like the API reads it: the first 512 bytes, without credentials, must be a RAW disk. \
+With --public a failed check is an error; without, a note.
+
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN), or \
 from the profile named by AWS_PROFILE (default: default) in ~/.aws/credentials and \
 ~/.aws/config. The region comes from --region, AWS_REGION, AWS_DEFAULT_REGION or the \
 profile; the endpoint from --endpoint, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the \
 profile's endpoint_url.";
 
-const AFTER_HELP: &str = concat!(
+pub const AFTER_HELP: &str = concat!(
     "EXAMPLES:\n",
-    "    imgbake upload out/nvidia-fw1.raw --to s3://images/gpu/\n",
+    "    imgbake upload out/nvidia-fw1.raw --to s3://images/gpu/ --public\n",
     "    imgbake upload out/nvidia-fw1.raw --to s3://images/gpu/ --endpoint https://objects.example.net \\\n",
     "        --region eu-west-1 --path-style --public-url-base https://images.example.net/\n",
     "\n",
@@ -39,7 +47,6 @@ const AFTER_HELP: &str = concat!(
 
 /// `imgbake upload`.
 #[derive(Debug, Args)]
-#[command(long_about = LONG_ABOUT, after_long_help = AFTER_HELP)]
 pub struct UploadArgs {
     /// The image file to upload
     #[arg(value_name = "IMAGE")]
@@ -60,14 +67,17 @@ pub struct UploadArgs {
     #[arg(long, value_name = "URL")]
     pub public_url_base: Option<String>,
     /// The image's sha256 when known (from SHA256SUMS); otherwise it is hashed first
-    #[arg(long, value_name = "HEX")]
-    pub sha256: Option<Sha256Digest>,
+    #[arg(long, value_name = "HEX", value_parser = Sha256::parse_prefixed)]
+    pub sha256: Option<Sha256>,
     /// Part size in MiB (5 to 5120; raised when the image would need over 10000 parts)
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub part_size: u64,
     /// Parts in flight at once (1 to 64)
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub parallel: usize,
+    /// Make the object readable without credentials (public-read ACL), as the region API needs
+    #[arg(long)]
+    pub public: bool,
     /// Print the result as one JSON document
     #[arg(long)]
     pub json: bool,
@@ -97,6 +107,11 @@ pub fn run(args: &UploadArgs, out: &Output) -> Result<ExitStatus, CliError> {
     let options = UploadOptions {
         part_size: args.part_size.saturating_mul(1 << 20),
         concurrency: args.parallel,
+        acl: if args.public {
+            Acl::PublicRead
+        } else {
+            Acl::BucketDefault
+        },
         ..UploadOptions::default()
     };
     let uploader = match AwsConfig::from_env().and_then(|aws| Uploader::new(settings, aws, options))
@@ -121,15 +136,42 @@ pub fn run(args: &UploadArgs, out: &Output) -> Result<ExitStatus, CliError> {
         let cancel = super::cancel_on_ctrl_c();
         let pb = bar.clone();
         let events = move |event: UploadEvent| render(&pb, event);
-        uploader
+        let outcome = uploader
             .upload(&args.image, &to, args.sha256, events, &cancel)
-            .await
+            .await?;
+        // The same anonymous read the region API makes before it accepts the image.
+        let url = outcome.public_url.as_ref().unwrap_or(&outcome.object_url);
+        let check = UriCheck::new(RetryPolicy::default())?
+            .check(url.as_str(), &cancel)
+            .await;
+        Ok::<_, Error>((outcome, check))
     });
     bar.finish_and_clear();
-    let outcome = match result {
-        Ok(outcome) => outcome,
+    let (outcome, check) = match result {
+        Ok(done) => done,
         Err(e) => return fail(&e, None),
     };
+    let refused_acl = match &outcome.acl {
+        AclOutcome::Refused { code, message } => Some(format!(
+            "the endpoint refused the public-read ACL ({code}: {message}); the object is stored \
+             without it, so the bucket policy must allow anonymous reads (s3:GetObject for \
+             everyone on {}/*)",
+            outcome.bucket
+        )),
+        _ => None,
+    };
+    if let Err(e) = &check {
+        if args.public {
+            return fail(e, refused_acl.as_deref());
+        }
+        let paint = out.stderr();
+        eprintln!(
+            "{} {e}\n  the region API cannot import it like this; upload with --public",
+            paint.hint("note:")
+        );
+    } else if let Some(refused) = &refused_acl {
+        eprintln!("{} {refused}", out.stderr().hint("note:"));
+    }
     let mut stdout = std::io::stdout().lock();
     if args.json {
         let doc = serde_json::json!({
@@ -140,6 +182,12 @@ pub fn run(args: &UploadArgs, out: &Output) -> Result<ExitStatus, CliError> {
             "sha256": outcome.sha256.to_hex(),
             "size": outcome.size,
             "already_present": outcome.status == UploadStatus::AlreadyPresent,
+            "acl": match &outcome.acl {
+                AclOutcome::NotRequested => None,
+                AclOutcome::PublicRead => Some("public-read"),
+                AclOutcome::Refused { .. } => Some("refused"),
+            },
+            "anonymously_readable_raw": check.is_ok(),
         });
         writeln!(stdout, "{doc:#}").map_err(stdout_err)?;
         return Ok(ExitStatus::Success);
@@ -157,6 +205,13 @@ pub fn run(args: &UploadArgs, out: &Output) -> Result<ExitStatus, CliError> {
         writeln!(stdout, "public url: {public}").map_err(stdout_err)?;
     }
     writeln!(stdout, "sha256:     {}", outcome.sha256).map_err(stdout_err)?;
+    if check.is_ok() {
+        writeln!(
+            stdout,
+            "readable:   without credentials, a RAW disk (as the region API needs)"
+        )
+        .map_err(stdout_err)?;
+    }
     Ok(ExitStatus::Success)
 }
 
@@ -180,6 +235,9 @@ fn render(bar: &ProgressBar, event: UploadEvent) {
             "replacing the existing object (sha256 {})",
             previous_sha256.as_deref().unwrap_or("unknown")
         )),
+        UploadEvent::AclRefused { code } => {
+            bar.println(format!("the endpoint refused the public-read ACL ({code})"));
+        }
         UploadEvent::Aborted { upload_id } => {
             bar.println(format!(
                 "aborted multipart upload {upload_id}; nothing left on the server"

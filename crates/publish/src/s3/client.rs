@@ -13,7 +13,6 @@ use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -91,7 +90,7 @@ impl S3Client {
         let body_sha256 = req
             .body_sha256
             .clone()
-            .unwrap_or_else(|| hex::encode(Sha256::digest(&req.body)));
+            .unwrap_or_else(|| digest::Sha256::of(&req.body).to_hex());
         let mut attempt = 1;
         loop {
             let sent = Arc::new(AtomicU64::new(0));

@@ -27,6 +27,11 @@ pub enum UploadEvent {
         /// The sha256 it records, if any.
         previous_sha256: Option<String>,
     },
+    /// The endpoint refused the requested ACL; the object is stored without it.
+    AclRefused {
+        /// The S3 error code.
+        code: String,
+    },
     /// The multipart upload was created.
     Started {
         /// The server's upload id.

@@ -13,5 +13,6 @@ pub use events::UploadEvent;
 pub(crate) use location::parse_http_url;
 pub use location::{Addressing, S3Location};
 pub use upload::{
-    ObjectHead, PendingUpload, S3Settings, UploadOptions, UploadOutcome, UploadStatus, Uploader,
+    Acl, AclOutcome, ObjectHead, PendingUpload, S3Settings, UploadOptions, UploadOutcome,
+    UploadStatus, Uploader,
 };

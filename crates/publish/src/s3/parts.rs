@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, Result, Sha256Digest};
+use crate::{Error, Result};
+use digest::{Hasher, Sha256};
 
 /// S3's smallest part (all but the last).
 pub(crate) const MIN_PART: u64 = 5 << 20;
@@ -57,7 +57,7 @@ pub(crate) async fn read(
     let joined = tokio::task::spawn_blocking(move || -> std::io::Result<(Bytes, String)> {
         let mut buf = vec![0u8; usize::try_from(len).map_err(std::io::Error::other)?];
         file.read_exact_at(&mut buf, offset)?;
-        let digest = hex::encode(Sha256::digest(&buf));
+        let digest = Sha256::of(&buf).to_hex();
         Ok((Bytes::from(buf), digest))
     })
     .await
@@ -71,14 +71,14 @@ pub(crate) async fn hash_file(
     size: u64,
     report: &(dyn Fn(u64, u64) + Send + Sync),
     cancel: &CancellationToken,
-) -> Result<Option<Sha256Digest>> {
+) -> Result<Option<Sha256>> {
     const BLOCK: usize = 16 << 20;
     let read_error = |source| Error::ReadImage {
         path: path.to_owned(),
         source,
     };
     let mut file = std::fs::File::open(path).map_err(read_error)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = Hasher::new();
     let mut done = 0u64;
     let mut buf = vec![0u8; BLOCK];
     loop {
@@ -103,7 +103,7 @@ pub(crate) async fn hash_file(
         done += n as u64;
         report(done, size.max(done));
     }
-    Ok(Some(Sha256Digest::from_bytes(hasher.finalize().into())))
+    Ok(Some(hasher.finish()))
 }
 
 fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -151,7 +151,7 @@ mod tests {
         let size = data.len() as u64;
         let (last, digest) = read(&file, &path, 3, 5 << 20, size).await.unwrap();
         assert_eq!(&last[..], &data[10 << 20..]);
-        assert_eq!(digest, hex::encode(Sha256::digest(&data[10 << 20..])));
+        assert_eq!(digest, Sha256::of(&data[10 << 20..]).to_hex());
         let seen = std::sync::Mutex::new(Vec::new());
         let whole = hash_file(
             &path,
@@ -162,7 +162,7 @@ mod tests {
         .await
         .unwrap()
         .unwrap();
-        assert_eq!(whole.as_bytes()[..], Sha256::digest(&data)[..]);
+        assert_eq!(whole, Sha256::of(&data));
         assert_eq!(seen.lock().unwrap().last(), Some(&(size, size)));
         let cancel = CancellationToken::new();
         cancel.cancel();

@@ -18,10 +18,13 @@ use super::location::{Addressing, Endpoint, S3Location, parse_http_url};
 use super::{parts, xml};
 use crate::error::DanglingUpload;
 use crate::retry::RetryPolicy;
-use crate::{Error, Result, Sha256Digest};
+use crate::{Error, Result};
+use digest::Sha256;
 
 /// The metadata header that records the object's sha256.
 const SHA256_META: &str = "x-amz-meta-sha256";
+/// The canned-ACL header.
+const ACL_HEADER: &str = "x-amz-acl";
 /// How long an abort may take after the upload failed or was cancelled.
 const ABORT_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -38,6 +41,42 @@ pub struct S3Settings {
     pub public_url_base: Option<String>,
 }
 
+/// The canned ACL an upload asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acl {
+    /// Send none: the bucket's default (usually private).
+    #[default]
+    BucketDefault,
+    /// `x-amz-acl: public-read`, so the region API can read the object without credentials.
+    PublicRead,
+}
+
+/// What became of a requested ACL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclOutcome {
+    /// None was asked for.
+    NotRequested,
+    /// The object was stored with `public-read`.
+    PublicRead,
+    /// The endpoint refused the ACL (buckets with ACLs disabled, Block Public Access, or no
+    /// ACL support); the object was stored without it. Only a bucket policy allowing anonymous
+    /// reads can make it public then.
+    Refused {
+        /// The S3 error code (`AccessControlListNotSupported`, `AccessDenied`, …).
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+}
+
+/// Error codes with which endpoints refuse an ACL header.
+const ACL_REFUSALS: &[&str] = &[
+    "AccessControlListNotSupported",
+    "NotImplemented",
+    "AccessDenied",
+    "InvalidRequest",
+];
+
 /// Tuning of the multipart upload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UploadOptions {
@@ -49,6 +88,8 @@ pub struct UploadOptions {
     pub concurrency: usize,
     /// Retries of each request.
     pub retry: RetryPolicy,
+    /// The ACL to store the object with.
+    pub acl: Acl,
 }
 
 impl Default for UploadOptions {
@@ -57,6 +98,7 @@ impl Default for UploadOptions {
             part_size: 64 << 20,
             concurrency: 4,
             retry: RetryPolicy::default(),
+            acl: Acl::BucketDefault,
         }
     }
 }
@@ -87,11 +129,13 @@ pub struct UploadOutcome {
     /// A public URL, when `public_url_base` was given or the endpoint is AWS.
     pub public_url: Option<Url>,
     /// The image's sha256 (also stored as `x-amz-meta-sha256`).
-    pub sha256: Sha256Digest,
+    pub sha256: Sha256,
     /// Its size in bytes.
     pub size: u64,
     /// Uploaded or already there.
     pub status: UploadStatus,
+    /// What became of the requested ACL (also set on an object that was already there).
+    pub acl: AclOutcome,
 }
 
 /// What a HEAD request tells about an object.
@@ -184,7 +228,7 @@ impl Uploader {
         &self,
         image: &Path,
         to: &S3Location,
-        sha256: Option<Sha256Digest>,
+        sha256: Option<Sha256>,
         events: impl Fn(UploadEvent) + Send + Sync + 'static,
         cancel: &CancellationToken,
     ) -> Result<UploadOutcome> {
@@ -235,6 +279,7 @@ impl Uploader {
             sha256,
             size,
             status: UploadStatus::AlreadyPresent,
+            acl: AclOutcome::NotRequested,
         };
 
         events(UploadEvent::Checking {
@@ -246,7 +291,15 @@ impl Uploader {
             .map_err(|e| rename_cancel(e, &s3_uri))?;
         match head {
             Some(h) if h.size == size && h.sha256.as_deref() == Some(&sha256.to_hex()) => {
-                events(UploadEvent::AlreadyPresent { s3_uri });
+                events(UploadEvent::AlreadyPresent {
+                    s3_uri: s3_uri.clone(),
+                });
+                if self.options.acl == Acl::PublicRead {
+                    outcome.acl = self
+                        .put_public_read_acl(&outcome, &events, cancel)
+                        .await
+                        .map_err(|e| rename_cancel(e, &s3_uri))?;
+                }
                 return Ok(outcome);
             }
             Some(h) => events(UploadEvent::Replacing {
@@ -255,10 +308,11 @@ impl Uploader {
             None => {}
         }
 
-        let upload_id = self
-            .create(&outcome, cancel)
+        let (upload_id, acl) = self
+            .create(&outcome, &events, cancel)
             .await
             .map_err(|e| rename_cancel(e, &s3_uri))?;
+        outcome.acl = acl;
         events(UploadEvent::Started {
             upload_id: upload_id.clone(),
             total: size,
@@ -421,7 +475,14 @@ impl Uploader {
         }
     }
 
-    async fn create(&self, outcome: &UploadOutcome, cancel: &CancellationToken) -> Result<String> {
+    /// Creates the multipart upload, with the ACL when one is asked for; an endpoint that
+    /// refuses the ACL gets the request again without it.
+    async fn create(
+        &self,
+        outcome: &UploadOutcome,
+        events: &Sink,
+        cancel: &CancellationToken,
+    ) -> Result<(String, AclOutcome)> {
         let mut url = self.endpoint.object_url(&outcome.bucket, &outcome.key);
         url.query_pairs_mut().append_pair("uploads", "");
         let mut req = request("CreateMultipartUpload", Method::POST, url);
@@ -429,9 +490,51 @@ impl Uploader {
             ("content-type", "application/octet-stream".to_owned()),
             (SHA256_META, outcome.sha256.to_hex()),
         ];
+        let mut acl = AclOutcome::NotRequested;
+        if self.options.acl == Acl::PublicRead {
+            let mut with_acl = request(&req.operation, req.method.clone(), req.url.clone());
+            with_acl.headers = req.headers.clone();
+            with_acl
+                .headers
+                .push((ACL_HEADER, "public-read".to_owned()));
+            match self.client.send(&with_acl, false, cancel).await {
+                Ok(answer) => {
+                    let doc: xml::InitiateDoc = parse_xml(&with_acl, &answer)?;
+                    return Ok((doc.upload_id, AclOutcome::PublicRead));
+                }
+                Err(Error::S3Status { code, message, .. })
+                    if ACL_REFUSALS.contains(&code.as_str()) =>
+                {
+                    events(UploadEvent::AclRefused { code: code.clone() });
+                    acl = AclOutcome::Refused { code, message };
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let answer = self.client.send(&req, false, cancel).await?;
         let doc: xml::InitiateDoc = parse_xml(&req, &answer)?;
-        Ok(doc.upload_id)
+        Ok((doc.upload_id, acl))
+    }
+
+    /// `PUT ?acl` with `public-read`, for an object that was already there.
+    async fn put_public_read_acl(
+        &self,
+        outcome: &UploadOutcome,
+        events: &Sink,
+        cancel: &CancellationToken,
+    ) -> Result<AclOutcome> {
+        let mut url = self.endpoint.object_url(&outcome.bucket, &outcome.key);
+        url.query_pairs_mut().append_pair("acl", "");
+        let mut req = request("PutObjectAcl", Method::PUT, url);
+        req.headers = vec![(ACL_HEADER, "public-read".to_owned())];
+        match self.client.send(&req, false, cancel).await {
+            Ok(_) => Ok(AclOutcome::PublicRead),
+            Err(Error::S3Status { code, message, .. }) if ACL_REFUSALS.contains(&code.as_str()) => {
+                events(UploadEvent::AclRefused { code: code.clone() });
+                Ok(AclOutcome::Refused { code, message })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends every part, at most `concurrency` at once; returns the ETags in part order.

@@ -2,8 +2,13 @@
 //! served over HTTP on 127.0.0.1 with hyper. A thin wrapper records which operations arrive,
 //! can inject failures into UploadPart, and answers ListMultipartUploads (which s3s-fs lacks)
 //! from the upload records s3s-fs keeps on disk.
+//!
+//! Canned ACLs as S3 has them: anonymous requests are let through s3s's access check and
+//! decided here: only GetObject/HeadObject of an object stored `public-read` (at
+//! CreateMultipartUpload or by PutObjectAcl) is allowed without credentials. `refuse_acl`
+//! makes the server answer an ACL header like a bucket with ACLs disabled.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -32,7 +37,15 @@ pub struct Log {
     pub inject: HashMap<i32, Inject>,
     /// Answer AbortMultipartUpload with 403 AccessDenied.
     pub refuse_abort: bool,
+    /// Answer any ACL header with 400 AccessControlListNotSupported.
+    pub refuse_acl: bool,
+    /// The ACL header each CreateMultipartUpload / PutObjectAcl carried, in order.
+    pub acls: Vec<Option<String>>,
+    /// Keys readable without credentials.
+    pub public: HashSet<String>,
     uploads: HashMap<String, String>,
+    /// Upload id → it asked for public-read.
+    public_uploads: HashSet<String>,
 }
 
 pub struct S3Server {
@@ -60,6 +73,7 @@ impl S3Server {
         };
         let mut builder = s3s::service::S3ServiceBuilder::new(recorder);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        builder.set_access(LetRecorderDecide);
         let service = builder.build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -93,6 +107,10 @@ impl S3Server {
         self.log.lock().unwrap().calls.clear();
     }
 
+    pub fn acls(&self) -> Vec<Option<String>> {
+        self.log.lock().unwrap().acls.clone()
+    }
+
     pub fn inject(&self, part: i32, what: Inject) {
         self.log.lock().unwrap().inject.insert(part, what);
     }
@@ -112,6 +130,23 @@ impl S3Server {
     }
 }
 
+/// Lets anonymous requests reach [`Recorder`], which decides like S3 does with ACLs.
+struct LetRecorderDecide;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for LetRecorderDecide {
+    async fn check(&self, _cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
+        Ok(())
+    }
+}
+
+fn signed<T>(req: &S3Request<T>) -> S3Result<()> {
+    match req.credentials {
+        Some(_) => Ok(()),
+        None => Err(s3_error!(AccessDenied, "Signature is required")),
+    }
+}
+
 struct Recorder {
     fs: s3s_fs::FileSystem,
     root: PathBuf,
@@ -122,6 +157,28 @@ impl Recorder {
     fn record(&self, call: impl Into<String>) {
         self.log.lock().unwrap().calls.push(call.into());
     }
+
+    /// Signed requests read anything; anonymous ones only public objects.
+    fn readable<T>(&self, req: &S3Request<T>, key: &str) -> S3Result<()> {
+        if req.credentials.is_some() || self.log.lock().unwrap().public.contains(key) {
+            Ok(())
+        } else {
+            Err(s3_error!(AccessDenied, "Access Denied"))
+        }
+    }
+
+    /// Records an ACL header; true for public-read. Refused when the bucket has ACLs off.
+    fn acl(&self, acl: Option<&str>) -> S3Result<bool> {
+        let mut log = self.log.lock().unwrap();
+        log.acls.push(acl.map(str::to_owned));
+        if acl.is_some() && log.refuse_acl {
+            return Err(s3_error!(
+                AccessControlListNotSupported,
+                "The bucket does not allow ACLs"
+            ));
+        }
+        Ok(acl == Some("public-read"))
+    }
 }
 
 #[async_trait::async_trait]
@@ -131,6 +188,7 @@ impl S3 for Recorder {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         self.record("HeadObject");
+        self.readable(&req, &req.input.key)?;
         self.fs.head_object(req).await
     }
 
@@ -138,7 +196,13 @@ impl S3 for Recorder {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        self.record("GetObject");
+        let anonymous = req.credentials.is_none();
+        self.record(if anonymous {
+            "GetObject anonymous"
+        } else {
+            "GetObject"
+        });
+        self.readable(&req, &req.input.key)?;
         self.fs.get_object(req).await
     }
 
@@ -147,6 +211,7 @@ impl S3 for Recorder {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.record("PutObject");
+        signed(&req)?;
         self.fs.put_object(req).await
     }
 
@@ -155,10 +220,16 @@ impl S3 for Recorder {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         self.record("CreateMultipartUpload");
+        signed(&req)?;
         let key = req.input.key.clone();
+        let acl = self.acl(req.input.acl.as_ref().map(|a| a.as_str()))?;
         let out = self.fs.create_multipart_upload(req).await?;
         if let Some(id) = &out.output.upload_id {
-            self.log.lock().unwrap().uploads.insert(id.clone(), key);
+            let mut log = self.log.lock().unwrap();
+            log.uploads.insert(id.clone(), key);
+            if acl {
+                log.public_uploads.insert(id.clone());
+            }
         }
         Ok(out)
     }
@@ -169,6 +240,7 @@ impl S3 for Recorder {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let number = req.input.part_number;
         self.record(format!("UploadPart {number}"));
+        signed(&req)?;
         let inject = {
             let mut log = self.log.lock().unwrap();
             let inject = log.inject.get(&number).copied();
@@ -202,7 +274,33 @@ impl S3 for Recorder {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         self.record("CompleteMultipartUpload");
-        self.fs.complete_multipart_upload(req).await
+        signed(&req)?;
+        let (id, key) = (req.input.upload_id.clone(), req.input.key.clone());
+        let out = self.fs.complete_multipart_upload(req).await?;
+        let mut log = self.log.lock().unwrap();
+        if log.public_uploads.remove(&id) {
+            log.public.insert(key);
+        } else {
+            // A new object starts private, as on S3.
+            log.public.remove(&key);
+        }
+        Ok(out)
+    }
+
+    async fn put_object_acl(
+        &self,
+        req: S3Request<PutObjectAclInput>,
+    ) -> S3Result<S3Response<PutObjectAclOutput>> {
+        self.record("PutObjectAcl");
+        signed(&req)?;
+        if self.acl(req.input.acl.as_ref().map(|a| a.as_str()))? {
+            self.log
+                .lock()
+                .unwrap()
+                .public
+                .insert(req.input.key.clone());
+        }
+        Ok(S3Response::new(PutObjectAclOutput::default()))
     }
 
     async fn abort_multipart_upload(
@@ -210,6 +308,7 @@ impl S3 for Recorder {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         self.record("AbortMultipartUpload");
+        signed(&req)?;
         if self.log.lock().unwrap().refuse_abort {
             return Err(s3_error!(AccessDenied, "injected abort refusal"));
         }
@@ -221,6 +320,7 @@ impl S3 for Recorder {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         self.record("ListMultipartUploads");
+        signed(&req)?;
         let prefix = req.input.prefix.clone().unwrap_or_default();
         let known = self.log.lock().unwrap().uploads.clone();
         // An upload is open while s3s-fs still has its record file.
