@@ -270,7 +270,7 @@ fn gc_keep_keeps_the_newest_per_step() {
     let newer = cache.chain("alpha", 101, &[(11, "01", 1)]);
     cache.age(1, 2);
     cache.age(2, 2);
-    let out = expect_code(imgbake(&cache.root).args(["cache", "gc", "--keep", "1"]), 0);
+    expect_code(imgbake(&cache.root).args(["cache", "gc", "--keep", "1"]), 0);
     // Step 01 had two layers: the older goes, and layer 02 (built on it) with it.
     assert!(older.iter().all(|f| !f.exists()));
     assert!(newer[0].exists());
@@ -309,7 +309,7 @@ fn rm_removes_one_recipe_and_names_the_known_ones_for_a_typo() {
     assert!(text.contains("would remove 2 checkpoints"), "{text}");
     assert!(alpha.iter().all(|f| f.exists()));
 
-    let out = expect_code(imgbake(&cache.root).args(["cache", "rm", "alpha"]), 0);
+    expect_code(imgbake(&cache.root).args(["cache", "rm", "alpha"]), 0);
     assert!(alpha.iter().all(|f| !f.exists()));
     assert!(beta[0].exists());
     assert_eq!(cache.steps(), ["beta/01"]);
@@ -434,7 +434,7 @@ fn gc_with_recipes_removes_what_they_no_longer_produce_and_leaves_other_recipes_
     let stale = cache.chain("gc-demo", 100, &[(1, "01", 1), (2, "02", 1)]);
     let other = cache.chain("other", 200, &[(3, "01", 1)]);
 
-    let out = expect_code(imgbake(&cache.root).args(["cache", "gc"]).arg(&recipe), 0);
+    expect_code(imgbake(&cache.root).args(["cache", "gc"]).arg(&recipe), 0);
     assert!(
         stale.iter().all(|f| !f.exists()),
         "the stale chain survived"
