@@ -2,11 +2,11 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use checkpoint::{
-    CacheKey, CheckpointStore, Discarded, Error, GcPlan, GcPolicy, Lookup, PublishRequest,
+    CacheKey, CheckpointStore, Discarded, Error, GcPlan, GcPolicy, Lookup, PublishRequest, RunLease,
 };
 
 fn key(n: u8) -> CacheKey {
@@ -37,6 +37,28 @@ fn request<'a>(
         recipe: "smoke",
         step_id: "01",
         step_name: "01-marker",
+    }
+}
+
+/// A stand-in base image (the store never reads it) in `dir`.
+fn fake_base(dir: &tempfile::TempDir) -> PathBuf {
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
+    base
+}
+
+/// Publishes `keys` as one chain under `root` through `lease`, layer `i` holding `layer {i}`
+/// and backed by the one before it (the first by `base`).
+fn publish_chained(lease: &mut RunLease<'_>, root: &CacheKey, keys: &[CacheKey], base: &Path) {
+    let mut backing = base.to_path_buf();
+    for (i, k) in keys.iter().enumerate() {
+        fs::write(lease.layer_path(k), format!("layer {i}")).unwrap();
+        let parent = i.checked_sub(1).map(|p| &keys[p]);
+        lease
+            .publish(&request(k, parent, root, &backing))
+            .unwrap()
+            .unwrap();
+        backing = lease.layer_path(k);
     }
 }
 
@@ -112,22 +134,12 @@ fn cut_off_layers_are_swept_and_reported_but_live_runs_are_left_alone() {
 #[test]
 fn reusable_prefix_stops_at_the_first_gap() {
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.img");
-    fs::write(&base, b"base").unwrap();
+    let base = fake_base(&dir);
     let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
     let root = key(0);
     let keys = [key(1), key(2), key(3)];
     let mut lease = store.lease().unwrap();
-    let mut backing = base.clone();
-    for (i, k) in keys.iter().enumerate().take(2) {
-        fs::write(lease.layer_path(k), format!("layer {i}")).unwrap();
-        let parent = i.checked_sub(1).map(|p| &keys[p]);
-        lease
-            .publish(&request(k, parent, &root, &backing))
-            .unwrap()
-            .unwrap();
-        backing = lease.layer_path(k);
-    }
+    publish_chained(&mut lease, &root, &keys[..2], &base);
     let (layers, discarded) = store.reusable_prefix(&keys).unwrap();
     assert_eq!(
         layers.iter().map(|l| l.meta.key).collect::<Vec<_>>(),
@@ -143,8 +155,7 @@ fn reusable_prefix_stops_at_the_first_gap() {
 #[test]
 fn a_lost_publish_race_keeps_the_winner_and_stops_publishing_this_run() {
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.img");
-    fs::write(&base, b"base").unwrap();
+    let base = fake_base(&dir);
     let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
     let (root, k1, k2) = (key(0), key(1), key(2));
     let mut first = store.lease().unwrap();
@@ -177,8 +188,7 @@ fn a_lost_publish_race_keeps_the_winner_and_stops_publishing_this_run() {
 #[test]
 fn gc_removes_dead_keys_with_their_descendants_and_waits_for_builds() {
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.img");
-    fs::write(&base, b"base").unwrap();
+    let base = fake_base(&dir);
     let store_dir = dir.path().join("store");
     {
         let store = CheckpointStore::open(&store_dir).unwrap();
@@ -220,22 +230,12 @@ fn gc_removes_dead_keys_with_their_descendants_and_waits_for_builds() {
 #[test]
 fn a_corrupt_layer_takes_its_descendants_along_so_a_rebuild_can_publish_them() {
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.img");
-    fs::write(&base, b"base").unwrap();
+    let base = fake_base(&dir);
     let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
     let root = key(0);
     let keys = [key(1), key(2), key(3)];
     let mut lease = store.lease().unwrap();
-    let mut backing = base.clone();
-    for (i, k) in keys.iter().enumerate() {
-        fs::write(lease.layer_path(k), format!("layer {i}")).unwrap();
-        let parent = i.checked_sub(1).map(|p| &keys[p]);
-        lease
-            .publish(&request(k, parent, &root, &backing))
-            .unwrap()
-            .unwrap();
-        backing = lease.layer_path(k);
-    }
+    publish_chained(&mut lease, &root, &keys, &base);
     let layer_2 = lease.layer_path(&keys[1]);
     drop(lease);
     fs::write(&layer_2, b"layer 1, bit-rotted").unwrap();
@@ -264,8 +264,7 @@ fn a_corrupt_layer_takes_its_descendants_along_so_a_rebuild_can_publish_them() {
 #[test]
 fn finish_removes_unpublished_layers_and_the_run_lock_and_reports_success() {
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.img");
-    fs::write(&base, b"base").unwrap();
+    let base = fake_base(&dir);
     let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
     let (root, k1, k2) = (key(0), key(1), key(2));
     let mut lease = store.lease().unwrap();
@@ -294,8 +293,7 @@ fn finish_removes_unpublished_layers_and_the_run_lock_and_reports_success() {
 #[test]
 fn a_gc_plan_removes_nothing_until_applied_and_apply_needs_the_store_to_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("base.img");
-    fs::write(&base, b"base").unwrap();
+    let base = fake_base(&dir);
     let store_dir = dir.path().join("store");
     let (old_root, new_root) = (key(0), key(10));
     let chain = |store: &CheckpointStore, root: &CacheKey, keys: &[CacheKey]| {

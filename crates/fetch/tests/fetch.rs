@@ -40,6 +40,45 @@ fn inline(url: &str, digest: Sha256) -> BaseSource {
     }
 }
 
+/// A test server with `data(len, seed)` at one path, an empty cache in a temp dir, and the
+/// inline-digest source for that path: the set-up most tests start from.
+struct Served {
+    server: TestServer,
+    body: Vec<u8>,
+    len: u64,
+    digest: Sha256,
+    tmp: tempfile::TempDir,
+    cache: BaseCache,
+    source: BaseSource,
+}
+
+fn served(path: &str, len: usize, seed: u64) -> Served {
+    let server = TestServer::start().unwrap();
+    let body = data(len, seed);
+    let digest = Sha256::of(&body);
+    server.put(path, Resource::bytes(body.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path()).unwrap();
+    let source = inline(&server.url(path), digest);
+    Served {
+        len: body.len() as u64,
+        server,
+        body,
+        digest,
+        tmp,
+        cache,
+        source,
+    }
+}
+
+/// Options for a first run meant to fail (and leave a partial) at the first cut.
+fn no_retry() -> FetchOptions {
+    FetchOptions {
+        retries: 0,
+        ..opts()
+    }
+}
+
 /// Collects events for assertions.
 #[derive(Default, Clone)]
 struct Events(Arc<Mutex<Vec<FetchEvent>>>);
@@ -94,22 +133,18 @@ fn part_path(dir: &Path, digest: &Sha256) -> PathBuf {
 
 #[tokio::test]
 async fn full_download_lands_in_the_cache_verified() {
-    let server = TestServer::start().unwrap();
-    let body = data(3 << 20, 1);
-    let digest = Sha256::of(&body);
-    server.put("/img/base.img", Resource::bytes(body.clone()));
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = BaseCache::open(tmp.path()).unwrap();
+    let Served {
+        server,
+        body,
+        digest,
+        tmp,
+        cache,
+        source,
+        ..
+    } = served("/img/base.img", 3 << 20, 1);
     let events = Events::default();
 
-    let got = run(
-        &cache,
-        &inline(&server.url("/img/base.img"), digest),
-        &opts(),
-        &events,
-    )
-    .await
-    .unwrap();
+    let got = run(&cache, &source, &opts(), &events).await.unwrap();
 
     assert_eq!(got.path, tmp.path().join(digest.to_hex()));
     assert_eq!(got.digest, digest);
@@ -146,22 +181,19 @@ async fn full_download_lands_in_the_cache_verified() {
 
 #[tokio::test]
 async fn a_cut_download_resumes_in_a_later_run_fetching_only_the_rest() {
-    let server = TestServer::start().unwrap();
-    let body = data(4 << 20, 2);
-    let len = body.len() as u64;
-    let digest = Sha256::of(&body);
-    server.put("/base.img", Resource::bytes(body.clone()));
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = BaseCache::open(tmp.path()).unwrap();
-    let source = inline(&server.url("/base.img"), digest);
+    let Served {
+        server,
+        body,
+        len,
+        digest,
+        tmp,
+        cache,
+        source,
+    } = served("/base.img", 4 << 20, 2);
     let half = len / 2;
 
     server.cut_next(1, half);
-    let no_retry = FetchOptions {
-        retries: 0,
-        ..opts()
-    };
-    let err = run(&cache, &source, &no_retry, &Events::default())
+    let err = run(&cache, &source, &no_retry(), &Events::default())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Http { .. }), "{err:?}");
@@ -204,25 +236,20 @@ async fn a_cut_download_resumes_in_a_later_run_fetching_only_the_rest() {
 
 #[tokio::test]
 async fn cuts_within_one_fetch_are_retried_with_range() {
-    let server = TestServer::start().unwrap();
-    let body = data(3 << 20, 3);
-    let len = body.len() as u64;
-    let digest = Sha256::of(&body);
-    server.put("/base.img", Resource::bytes(body.clone()));
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = BaseCache::open(tmp.path()).unwrap();
+    let Served {
+        server,
+        body,
+        len,
+        cache,
+        source,
+        tmp: _tmp,
+        ..
+    } = served("/base.img", 3 << 20, 3);
     let third = len / 3;
     server.cut_next(2, third);
     let events = Events::default();
 
-    let got = run(
-        &cache,
-        &inline(&server.url("/base.img"), digest),
-        &opts(),
-        &events,
-    )
-    .await
-    .unwrap();
+    let got = run(&cache, &source, &opts(), &events).await.unwrap();
 
     assert_eq!(std::fs::read(&got.path).unwrap(), body);
     let ranges: Vec<_> = server
@@ -250,25 +277,20 @@ async fn cuts_within_one_fetch_are_retried_with_range() {
 
 #[tokio::test]
 async fn a_server_without_range_support_restarts_from_zero() {
-    let server = TestServer::start().unwrap();
+    let Served {
+        server,
+        body,
+        len,
+        cache,
+        source,
+        tmp: _tmp,
+        ..
+    } = served("/base.img", 2 << 20, 4);
     server.set_ranges(false);
-    let body = data(2 << 20, 4);
-    let len = body.len() as u64;
-    let digest = Sha256::of(&body);
-    server.put("/base.img", Resource::bytes(body.clone()));
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = BaseCache::open(tmp.path()).unwrap();
     server.cut_next(1, len / 2);
     let events = Events::default();
 
-    let got = run(
-        &cache,
-        &inline(&server.url("/base.img"), digest),
-        &opts(),
-        &events,
-    )
-    .await
-    .unwrap();
+    let got = run(&cache, &source, &opts(), &events).await.unwrap();
 
     assert_eq!(std::fs::read(&got.path).unwrap(), body);
     let reqs = server.body_requests("/base.img");
@@ -283,20 +305,17 @@ async fn a_server_without_range_support_restarts_from_zero() {
 
 #[tokio::test]
 async fn a_changed_etag_makes_if_range_fetch_everything() {
-    let server = TestServer::start().unwrap();
-    let body = data(2 << 20, 5);
-    let len = body.len() as u64;
-    let digest = Sha256::of(&body);
-    server.put("/base.img", Resource::bytes(body.clone()));
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = BaseCache::open(tmp.path()).unwrap();
-    let source = inline(&server.url("/base.img"), digest);
+    let Served {
+        server,
+        body,
+        len,
+        tmp: _tmp,
+        cache,
+        source,
+        ..
+    } = served("/base.img", 2 << 20, 5);
     server.cut_next(1, len / 2);
-    let no_retry = FetchOptions {
-        retries: 0,
-        ..opts()
-    };
-    run(&cache, &source, &no_retry, &Events::default())
+    run(&cache, &source, &no_retry(), &Events::default())
         .await
         .unwrap_err();
 
@@ -318,22 +337,20 @@ async fn a_changed_etag_makes_if_range_fetch_everything() {
 
 #[tokio::test]
 async fn a_bad_partial_without_validators_is_redone_once_from_scratch() {
-    let server = TestServer::start().unwrap();
-    let body = data(2 << 20, 6);
-    let len = body.len() as u64;
-    let digest = Sha256::of(&body);
+    let Served {
+        server,
+        body,
+        len,
+        digest,
+        tmp,
+        cache,
+        source,
+    } = served("/base.img", 2 << 20, 6);
     let mut plain = Resource::bytes(body.clone());
     plain.etag = None;
     server.put("/base.img", plain);
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = BaseCache::open(tmp.path()).unwrap();
-    let source = inline(&server.url("/base.img"), digest);
     server.cut_next(1, len / 2);
-    let no_retry = FetchOptions {
-        retries: 0,
-        ..opts()
-    };
-    run(&cache, &source, &no_retry, &Events::default())
+    run(&cache, &source, &no_retry(), &Events::default())
         .await
         .unwrap_err();
     // Damage the kept half, as a file changed upstream without validators would.
@@ -355,13 +372,14 @@ async fn a_bad_partial_without_validators_is_redone_once_from_scratch() {
 
 #[tokio::test]
 async fn a_checksum_mismatch_names_both_digests_and_caches_nothing() {
-    let server = TestServer::start().unwrap();
-    let body = data(1 << 20, 7);
-    let actual = Sha256::of(&body);
+    let Served {
+        server,
+        digest: actual,
+        tmp,
+        cache,
+        ..
+    } = served("/base.img", 1 << 20, 7);
     let expected = Sha256::of(b"something else");
-    server.put("/base.img", Resource::bytes(body));
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = BaseCache::open(tmp.path()).unwrap();
 
     let err = run(
         &cache,
@@ -502,13 +520,13 @@ async fn a_sums_list_without_the_file_is_a_clear_error_and_downloads_nothing() {
 
 #[tokio::test]
 async fn a_cache_hit_with_an_inline_digest_makes_no_request() {
-    let server = TestServer::start().unwrap();
-    let body = data(1 << 20, 10);
-    let digest = Sha256::of(&body);
-    server.put("/base.img", Resource::bytes(body));
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = BaseCache::open(tmp.path()).unwrap();
-    let source = inline(&server.url("/base.img"), digest);
+    let Served {
+        server,
+        cache,
+        source,
+        tmp: _tmp,
+        ..
+    } = served("/base.img", 1 << 20, 10);
     run(&cache, &source, &opts(), &Events::default())
         .await
         .unwrap();
@@ -588,17 +606,16 @@ async fn offline_uses_only_the_cache() {
 
 #[tokio::test]
 async fn two_concurrent_fetches_download_once() {
-    let server = TestServer::start().unwrap();
-    let body = data(2 << 20, 12);
-    let digest = Sha256::of(&body);
-    server.put("/base.img", Resource::bytes(body.clone()));
+    let Served {
+        server,
+        body,
+        tmp,
+        cache: a,
+        source,
+        ..
+    } = served("/base.img", 2 << 20, 12);
     server.throttle(Some(Duration::from_millis(2)));
-    let tmp = tempfile::tempdir().unwrap();
-    let source = inline(&server.url("/base.img"), digest);
-    let (a, b) = (
-        BaseCache::open(tmp.path()).unwrap(),
-        BaseCache::open(tmp.path()).unwrap(),
-    );
+    let b = BaseCache::open(tmp.path()).unwrap();
     let (ea, eb) = (Events::default(), Events::default());
 
     let o = opts();
@@ -625,22 +642,17 @@ async fn two_concurrent_fetches_download_once() {
 
 #[tokio::test]
 async fn five_xx_is_retried_and_4xx_is_not() {
-    let server = TestServer::start().unwrap();
-    let body = data(100_000, 13);
-    let digest = Sha256::of(&body);
-    server.put("/base.img", Resource::bytes(body));
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = BaseCache::open(tmp.path()).unwrap();
+    let Served {
+        server,
+        digest,
+        cache,
+        source,
+        tmp: _tmp,
+        ..
+    } = served("/base.img", 100_000, 13);
     server.fail_next(2, 503);
     let events = Events::default();
-    run(
-        &cache,
-        &inline(&server.url("/base.img"), digest),
-        &opts(),
-        &events,
-    )
-    .await
-    .unwrap();
+    run(&cache, &source, &opts(), &events).await.unwrap();
     assert_eq!(events.retries(), 2);
 
     server.fail_next(10, 500);
@@ -781,14 +793,16 @@ async fn local_bases_are_hashed_in_place_not_copied() {
 
 #[tokio::test]
 async fn cancelling_keeps_the_partial_for_a_later_resume() {
-    let server = TestServer::start().unwrap();
-    let body = data(4 << 20, 15);
-    let digest = Sha256::of(&body);
-    server.put("/base.img", Resource::bytes(body.clone()));
+    let Served {
+        server,
+        body,
+        digest,
+        tmp,
+        cache,
+        source,
+        ..
+    } = served("/base.img", 4 << 20, 15);
     server.throttle(Some(Duration::from_millis(5)));
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = BaseCache::open(tmp.path()).unwrap();
-    let source = inline(&server.url("/base.img"), digest);
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
     let progress = move |e: FetchEvent| {
@@ -817,20 +831,17 @@ async fn cancelling_keeps_the_partial_for_a_later_resume() {
 
 #[tokio::test]
 async fn a_complete_partial_from_a_crashed_run_is_verified_without_a_request() {
-    let server = TestServer::start().unwrap();
-    let body = data(1 << 20, 16);
-    let len = body.len() as u64;
-    let digest = Sha256::of(&body);
-    server.put("/base.img", Resource::bytes(body.clone()));
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = BaseCache::open(tmp.path()).unwrap();
-    let source = inline(&server.url("/base.img"), digest);
+    let Served {
+        server,
+        body,
+        len,
+        digest,
+        tmp,
+        cache,
+        source,
+    } = served("/base.img", 1 << 20, 16);
     server.cut_next(1, len / 2);
-    let no_retry = FetchOptions {
-        retries: 0,
-        ..opts()
-    };
-    run(&cache, &source, &no_retry, &Events::default())
+    run(&cache, &source, &no_retry(), &Events::default())
         .await
         .unwrap_err();
     // As if the run had received everything and stopped before publishing.

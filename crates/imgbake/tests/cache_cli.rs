@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command as StdCommand;
+use std::process::{Command as StdCommand, Output};
 
 use assert_cmd::Command;
 use serde_json::Value;
@@ -16,6 +16,18 @@ fn imgbake(cache: &Path) -> Command {
         .env("NO_COLOR", "1")
         .env_remove("IMGBAKE_LOG");
     cmd
+}
+
+/// Runs `cmd` and asserts its exit code, showing the command and its stderr when it differs.
+fn expect_code(cmd: &mut Command, code: i32) -> Output {
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 fn tools() -> bool {
@@ -99,16 +111,7 @@ impl Cache {
     }
 
     fn ls(&self) -> Value {
-        let out = imgbake(&self.root)
-            .args(["cache", "ls", "--json"])
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = expect_code(imgbake(&self.root).args(["cache", "ls", "--json"]), 0);
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -174,9 +177,8 @@ fn ls_shows_each_checkpoint_and_base_and_counts_allocated_blocks_once() {
         "sparse data counted by blocks: {expected}"
     );
 
-    let out = imgbake(&cache.root).args(["cache", "ls"]).output().unwrap();
+    let out = expect_code(imgbake(&cache.root).args(["cache", "ls"]), 0);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(0));
     for needle in [
         "alpha",
         "beta",
@@ -193,11 +195,7 @@ fn ls_shows_each_checkpoint_and_base_and_counts_allocated_blocks_once() {
 fn ls_of_a_cache_that_does_not_exist_is_empty_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("nothing-here");
-    let out = imgbake(&root)
-        .args(["cache", "ls", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    let out = expect_code(imgbake(&root).args(["cache", "ls", "--json"]), 0);
     let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listing["checkpoints"].as_array().unwrap().len(), 0);
     assert_eq!(listing["total"]["allocated"], 0);
@@ -221,15 +219,9 @@ fn gc_older_than_previews_with_dry_run_then_removes_the_old_chain_and_its_descen
     // Only the first layer of the old chain is old; its child must go with it.
     cache.age(1, 10);
 
-    let out = imgbake(&cache.root)
-        .args(["cache", "gc", "--older-than", "7d", "--dry-run", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = expect_code(
+        imgbake(&cache.root).args(["cache", "gc", "--older-than", "7d", "--dry-run", "--json"]),
+        0,
     );
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["dry_run"], true);
@@ -248,15 +240,9 @@ fn gc_older_than_previews_with_dry_run_then_removes_the_old_chain_and_its_descen
     assert!(old.iter().all(|f| f.exists()), "a dry run removed files");
     assert_eq!(cache.steps().len(), 4);
 
-    let out = imgbake(&cache.root)
-        .args(["cache", "gc", "--older-than", "7d"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = expect_code(
+        imgbake(&cache.root).args(["cache", "gc", "--older-than", "7d"]),
+        0,
     );
     assert!(
         String::from_utf8(out.stdout)
@@ -284,16 +270,7 @@ fn gc_keep_keeps_the_newest_per_step() {
     let newer = cache.chain("alpha", 101, &[(11, "01", 1)]);
     cache.age(1, 2);
     cache.age(2, 2);
-    let out = imgbake(&cache.root)
-        .args(["cache", "gc", "--keep", "1"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_code(imgbake(&cache.root).args(["cache", "gc", "--keep", "1"]), 0);
     // Step 01 had two layers: the older goes, and layer 02 (built on it) with it.
     assert!(older.iter().all(|f| !f.exists()));
     assert!(newer[0].exists());
@@ -303,18 +280,16 @@ fn gc_keep_keeps_the_newest_per_step() {
 #[test]
 fn gc_needs_a_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let out = imgbake(dir.path()).args(["cache", "gc"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let out = expect_code(imgbake(dir.path()).args(["cache", "gc"]), 2);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
         err.contains("--keep") && err.contains("--older-than"),
         "{err}"
     );
-    let out = imgbake(dir.path())
-        .args(["cache", "gc", "--older-than", "soon"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    expect_code(
+        imgbake(dir.path()).args(["cache", "gc", "--older-than", "soon"]),
+        2,
+    );
 }
 
 #[test]
@@ -326,34 +301,20 @@ fn rm_removes_one_recipe_and_names_the_known_ones_for_a_typo() {
     let alpha = cache.chain("alpha", 100, &[(1, "01", 1), (2, "02", 1)]);
     let beta = cache.chain("beta", 200, &[(4, "01", 1)]);
 
-    let out = imgbake(&cache.root)
-        .args(["cache", "rm", "alpha", "--dry-run"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    let out = expect_code(
+        imgbake(&cache.root).args(["cache", "rm", "alpha", "--dry-run"]),
+        0,
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("would remove 2 checkpoints"), "{text}");
     assert!(alpha.iter().all(|f| f.exists()));
 
-    let out = imgbake(&cache.root)
-        .args(["cache", "rm", "alpha"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_code(imgbake(&cache.root).args(["cache", "rm", "alpha"]), 0);
     assert!(alpha.iter().all(|f| !f.exists()));
     assert!(beta[0].exists());
     assert_eq!(cache.steps(), ["beta/01"]);
 
-    let out = imgbake(&cache.root)
-        .args(["cache", "rm", "betta"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let out = expect_code(imgbake(&cache.root).args(["cache", "rm", "betta"]), 1);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("no checkpoints of recipe `betta`"), "{err}");
     assert!(err.contains("recipes with checkpoints: beta"), "{err}");
@@ -374,8 +335,7 @@ fn gc_and_rm_refuse_while_a_build_holds_the_store() {
         &["cache", "gc", "--older-than", "1d"][..],
         &["cache", "rm", "alpha"],
     ] {
-        let out = imgbake(&cache.root).args(args).output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let out = expect_code(imgbake(&cache.root).args(args), 1);
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.contains("in use by a running build"), "{err}");
         assert!(err.contains("try:"), "{err}");
@@ -383,17 +343,15 @@ fn gc_and_rm_refuse_while_a_build_holds_the_store() {
     }
     // ls and a dry run still work next to a build.
     assert_eq!(cache.steps(), ["alpha/01"]);
-    let out = imgbake(&cache.root)
-        .args(["cache", "gc", "--older-than", "1d", "-n"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    expect_code(
+        imgbake(&cache.root).args(["cache", "gc", "--older-than", "1d", "-n"]),
+        0,
+    );
     drop(build);
-    let out = imgbake(&cache.root)
-        .args(["cache", "gc", "--older-than", "1d"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    expect_code(
+        imgbake(&cache.root).args(["cache", "gc", "--older-than", "1d"]),
+        0,
+    );
     assert!(!files[0].exists());
 }
 
@@ -420,17 +378,7 @@ fn recipe_on(cache: &Cache, dir: &Path) -> PathBuf {
 
 /// The checkpoint keys `imgbake plan` shows for a recipe.
 fn planned_keys(cache: &Cache, recipe: &Path) -> Vec<CacheKey> {
-    let out = imgbake(&cache.root)
-        .args(["plan", "--json"])
-        .arg(recipe)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = expect_code(imgbake(&cache.root).args(["plan", "--json"]).arg(recipe), 0);
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
     plan["steps"]
         .as_array()
@@ -486,17 +434,7 @@ fn gc_with_recipes_removes_what_they_no_longer_produce_and_leaves_other_recipes_
     let stale = cache.chain("gc-demo", 100, &[(1, "01", 1), (2, "02", 1)]);
     let other = cache.chain("other", 200, &[(3, "01", 1)]);
 
-    let out = imgbake(&cache.root)
-        .args(["cache", "gc"])
-        .arg(&recipe)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_code(imgbake(&cache.root).args(["cache", "gc"]).arg(&recipe), 0);
     assert!(
         stale.iter().all(|f| !f.exists()),
         "the stale chain survived"
@@ -506,16 +444,11 @@ fn gc_with_recipes_removes_what_they_no_longer_produce_and_leaves_other_recipes_
 
     // Editing step 02 makes its checkpoint stale; 01's is still what the recipe makes.
     std::fs::write(work.path().join("steps/02-two.sh"), "echo two, edited\n").unwrap();
-    let out = imgbake(&cache.root)
-        .args(["cache", "gc", "--dry-run", "--json"])
-        .arg(&recipe)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = expect_code(
+        imgbake(&cache.root)
+            .args(["cache", "gc", "--dry-run", "--json"])
+            .arg(&recipe),
+        0,
     );
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
     let doomed: Vec<&str> = plan["removed"]
@@ -546,12 +479,7 @@ fn gc_with_a_recipe_whose_base_is_not_cached_removes_nothing() {
          steps:\n  - steps/01-one.sh\n",
     )
     .unwrap();
-    let out = imgbake(&cache.root)
-        .args(["cache", "gc"])
-        .arg(&recipe)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let out = expect_code(imgbake(&cache.root).args(["cache", "gc"]).arg(&recipe), 1);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("base image's digest is unknown"), "{err}");
     assert!(err.contains("imgbake fetch"), "{err}");
@@ -564,11 +492,7 @@ fn gc_with_a_recipe_whose_base_is_not_cached_removes_nothing() {
 #[test]
 fn boot_help_says_how_to_reach_the_guest_and_how_it_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let out = imgbake(dir.path())
-        .args(["boot", "--help"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    let out = expect_code(imgbake(dir.path()).args(["boot", "--help"]), 0);
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
         "ssh command",
@@ -587,14 +511,9 @@ fn boot_with_a_bad_recipe_fails_before_anything_starts() {
     let recipe = dir.path().join("bad.yaml");
     std::fs::write(&recipe, "name: bad\nbase: {}\n").unwrap();
     let cache = dir.path().join("cache");
-    let out = imgbake(&cache).arg("boot").arg(&recipe).output().unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    let out = expect_code(imgbake(&cache).arg("boot").arg(&recipe), 3);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("bad.yaml"), "{err}");
-    let out = imgbake(&cache)
-        .args(["boot", "no-such-recipe.yaml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    expect_code(imgbake(&cache).args(["boot", "no-such-recipe.yaml"]), 3);
     assert!(!cache.exists(), "a failed boot touched the cache");
 }

@@ -129,6 +129,10 @@ pub enum Error {
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Maps an `io::Error` to this crate's `Error::Io` with what was being done and to which path
+/// (`.map_err(io_err("reading", &path))`). `checkpoint::error` has the same helper on purpose: each crate
+/// builds its own error type, and a shared generic version would need a trait both error
+/// enums implement, more machinery than these eight lines.
 pub(crate) fn io_err(
     action: &'static str,
     path: impl Into<PathBuf>,
