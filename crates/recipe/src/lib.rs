@@ -67,7 +67,9 @@ pub use model::{
     AccelChoice, Base, BaseLocation, Checksum, ExportFormat, ExportSpec, Firmware, GpuSpec,
     GpuVendor, NvidiaExpect, PayloadSpec, Step, StepId, VerifySpec, Virtualization, VmSpec,
 };
-pub use ubuntu::{UBUNTU_CODENAME_VAR, UBUNTU_RELEASES, UBUNTU_VERSION_VAR, ubuntu_codename};
+pub use ubuntu::{
+    UBUNTU_CODENAME_VAR, UBUNTU_RELEASES, UBUNTU_VERSION_VAR, derived_from, ubuntu_codename,
+};
 pub use units::{ByteSize, SizeError, format_duration};
 pub use vars::{
     ENV_VAR_PREFIX, VarOverride, VarSource, env_name, env_overrides, is_var_name, script_references,

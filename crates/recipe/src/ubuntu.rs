@@ -19,6 +19,12 @@ pub const UBUNTU_CODENAME_VAR: &str = "ubuntu_codename";
 /// The var [`UBUNTU_CODENAME_VAR`] is derived from.
 pub const UBUNTU_VERSION_VAR: &str = "ubuntu_version";
 
+/// The var a derived var is computed from (`ubuntu_codename` → `ubuntu_version`), for
+/// showing where a [`crate::VarSource::Derived`] value came from.
+pub fn derived_from(var: &str) -> Option<&'static str> {
+    (var == UBUNTU_CODENAME_VAR).then_some(UBUNTU_VERSION_VAR)
+}
+
 /// The codename of Ubuntu `version` (`24.04` → `noble`). A point release names its release
 /// (`22.04.5` → `jammy`); anything else not in [`UBUNTU_RELEASES`] is `None`.
 pub fn ubuntu_codename(version: &str) -> Option<&'static str> {
@@ -77,5 +83,7 @@ mod tests {
         assert_eq!(ubuntu_codename("2404"), None);
         assert_eq!(ubuntu_codename(""), None);
         assert!(known_releases().starts_with("20.04 (focal), 22.04 (jammy)"));
+        assert_eq!(derived_from("ubuntu_codename"), Some("ubuntu_version"));
+        assert_eq!(derived_from("ubuntu_version"), None);
     }
 }
