@@ -24,7 +24,7 @@ const AFTER_HELP: &str = concat!(
     "        imgbake validate recipes/*.yaml\n",
     "\n",
     "    Show what a build would do, for Ubuntu 24.04:\n",
-    "        imgbake plan recipes/nvidia-fw1.yaml --var ubuntu_version=24.04 --var ubuntu_codename=noble\n",
+    "        imgbake plan recipes/nvidia-fw1.yaml --var ubuntu_version=24.04\n",
     "\n",
     exit_status_help!(),
 );
