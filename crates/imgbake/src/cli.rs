@@ -24,7 +24,7 @@ const AFTER_HELP: &str = concat!(
     "        imgbake validate recipes/*.yaml\n",
     "\n",
     "    Show what a build would do, for Ubuntu 24.04:\n",
-    "        imgbake plan recipes/nvidia-fw1.yaml --var ubuntu_version=24.04 --var ubuntu_codename=noble\n",
+    "        imgbake plan recipes/nvidia-fw1.yaml --var ubuntu_version=24.04\n",
     "\n",
     exit_status_help!(),
 );
@@ -102,13 +102,70 @@ pub enum Command {
     Boot(crate::commands::boot::BootArgs),
 }
 
-/// `--var NAME=VALUE`, shared by every command that loads a recipe.
-#[derive(Debug, Clone, Args)]
+/// `--var NAME=VALUE` and the `IMGBAKE_VAR_<name>` environment variables, shared by every
+/// command that loads a recipe.
+///
+/// clap parses the flags into [`VarFlags`]; parsing then adds the environment's overrides,
+/// so every command gets both through `vars` (the recipe crate applies `--var` over the
+/// environment whatever the order).
+#[derive(Debug, Clone)]
 pub struct VarArgs {
-    /// Override a recipe var (repeatable); NAME must be a var the recipe defines, and scripts
-    /// see it upper-cased (nvidia_driver_branch → NVIDIA_DRIVER_BRANCH)
-    #[arg(long = "var", value_name = "NAME=VALUE")]
+    /// The environment's overrides, then the command line's.
     pub vars: Vec<recipe::VarOverride>,
+}
+
+/// The `--var` flags as clap sees them.
+#[derive(Debug, Clone, Args)]
+pub struct VarFlags {
+    /// Override a recipe var (repeatable); NAME must be a var the recipe defines, and scripts
+    /// see it upper-cased (nvidia_driver_branch → NVIDIA_DRIVER_BRANCH). A var can also be set
+    /// in the environment as IMGBAKE_VAR_<name> (e.g. IMGBAKE_VAR_ubuntu_version=24.04);
+    /// --var wins over the environment, which wins over the recipe
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<recipe::VarOverride>,
+}
+
+impl VarArgs {
+    /// `flags` plus the overrides in `env` (the process environment, or a map in tests).
+    fn with_env<K, V>(
+        flags: VarFlags,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<VarArgs, clap::Error>
+    where
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
+        let mut vars = recipe::env_overrides(env).map_err(|e| {
+            let hint = e.hint().map(|h| format!("\ntry: {h}")).unwrap_or_default();
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{e}{hint}\n"),
+            )
+        })?;
+        vars.extend(flags.vars);
+        Ok(VarArgs { vars })
+    }
+}
+
+impl clap::FromArgMatches for VarArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        VarArgs::with_env(VarFlags::from_arg_matches(matches)?, std::env::vars_os())
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = VarArgs::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for VarArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        VarFlags::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        VarFlags::augment_args_for_update(cmd)
+    }
 }
 
 /// `--accel`.
@@ -130,5 +187,43 @@ impl From<AccelArg> for recipe::AccelChoice {
             AccelArg::Kvm => recipe::AccelChoice::Kvm,
             AccelArg::Tcg => recipe::AccelChoice::Tcg,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn var_args_put_the_environment_before_the_flags() {
+        let flags = VarFlags {
+            vars: vec!["nvidia_driver_branch=565".parse().unwrap()],
+        };
+        let env = [
+            ("IMGBAKE_VAR_nvidia_driver_branch", "580"),
+            ("TERM", "dumb"),
+        ];
+        let args = VarArgs::with_env(flags, env).unwrap();
+        let got: Vec<(recipe::VarSource, &str)> = args
+            .vars
+            .iter()
+            .map(|o| (o.source, o.value.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (recipe::VarSource::Env, "580"),
+                (recipe::VarSource::Cli, "565")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_environment_variable_is_a_usage_error_with_a_hint() {
+        let flags = VarFlags { vars: Vec::new() };
+        let err = VarArgs::with_env(flags, [("IMGBAKE_VAR_Bad-Name", "1")]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("IMGBAKE_VAR_Bad-Name"), "{text}");
+        assert!(text.contains("try: "), "{text}");
     }
 }

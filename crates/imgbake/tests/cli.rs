@@ -10,6 +10,12 @@ fn imgbake() -> Command {
     cmd.current_dir(test_support::workspace_root())
         .env_remove("NO_COLOR")
         .env_remove("IMGBAKE_LOG");
+    // Recipe vars set in the caller's environment must not leak into the tests.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("IMGBAKE_VAR_") {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
 
@@ -115,23 +121,28 @@ fn plan_json_is_one_stable_document() {
             "--json",
             "recipes/nvidia-fw1.yaml",
             "--var",
-            "nvidia_driver_branch=570",
+            "nvidia_driver_branch=580",
         ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["format"], "imgbake-plan/1");
-    assert_eq!(doc["name"], "ubuntu-22.04-nvidia-570-firmware1");
+    assert_eq!(doc["name"], "ubuntu-22.04-nvidia-580-firmware1");
     assert_eq!(doc["vm"]["disk_size_bytes"], 25u64 << 30);
-    assert_eq!(doc["verify"]["nvidia"]["driver_branch"], "570");
+    assert_eq!(doc["verify"]["nvidia"]["driver_branch"], "580");
+    assert_eq!(doc["var_sources"]["nvidia_driver_branch"], "cli");
+    assert_eq!(doc["var_sources"]["ubuntu_version"], "recipe");
+    assert_eq!(doc["var_sources"]["ubuntu_codename"], "derived");
+    assert_eq!(doc["vars"]["ubuntu_codename"], "jammy");
+    assert_eq!(doc["ignored_env"], serde_json::json!([]));
     assert_eq!(doc["checkpoint"]["provisional"], true);
     let steps = doc["steps"].as_array().unwrap();
     let ids: Vec<&str> = steps.iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["01", "02", "03", "04", "05", "06", "99"]);
     assert_eq!(steps[3]["reboot"], true);
     assert_eq!(steps[3]["timeout_secs"], 2700);
-    assert_eq!(steps[3]["key_env"]["NVIDIA_DRIVER_BRANCH"], "570");
+    assert_eq!(steps[3]["key_env"]["NVIDIA_DRIVER_BRANCH"], "580");
     for s in steps {
         let key = s["checkpoint_key"].as_str().unwrap();
         assert_eq!(key.len(), 64);
@@ -144,11 +155,101 @@ fn plan_json_is_one_stable_document() {
             "--json",
             "recipes/nvidia-fw1.yaml",
             "--var",
-            "nvidia_driver_branch=570",
+            "nvidia_driver_branch=580",
         ])
         .output()
         .unwrap();
     assert_eq!(out.stdout, again.stdout);
+}
+
+#[test]
+fn plan_shows_where_each_var_came_from() {
+    let out = imgbake()
+        .args([
+            "plan",
+            "recipes/gpu-ready.yaml",
+            "--var",
+            "kubernetes_version=v1.31",
+        ])
+        .env("IMGBAKE_VAR_ubuntu_version", "24.04")
+        .env("IMGBAKE_VAR_KUBERNETES_VERSION", "v1.29.3")
+        .env("IMGBAKE_VAR_nvidia_driver_branch", "580")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("/noble/current/noble-server-cloudimg-amd64.img"),
+        "{text}"
+    );
+    insta::assert_snapshot!(redact_keys(&text));
+
+    let out = imgbake()
+        .args([
+            "plan",
+            "--json",
+            "recipes/gpu-ready.yaml",
+            "--var",
+            "kubernetes_version=v1.31",
+        ])
+        .env("IMGBAKE_VAR_ubuntu_version", "24.04")
+        .env("IMGBAKE_VAR_KUBERNETES_VERSION", "v1.29.3")
+        .env("IMGBAKE_VAR_nvidia_driver_branch", "580")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["vars"],
+        serde_json::json!({
+            "kubernetes_version": "v1.31",
+            "ubuntu_codename": "noble",
+            "ubuntu_version": "24.04",
+        })
+    );
+    assert_eq!(
+        doc["var_sources"],
+        serde_json::json!({
+            "kubernetes_version": "cli",
+            "ubuntu_codename": "derived",
+            "ubuntu_version": "env",
+        })
+    );
+    assert_eq!(
+        doc["ignored_env"],
+        serde_json::json!(["IMGBAKE_VAR_nvidia_driver_branch"])
+    );
+}
+
+#[test]
+fn an_unknown_ubuntu_version_is_an_error_with_the_known_ones() {
+    let out = imgbake()
+        .args(["plan", "recipes/nvidia-fw1.yaml"])
+        .env("IMGBAKE_VAR_ubuntu_version", "26.04")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(
+        err.contains("recipes/nvidia-fw1.yaml:11:19: IMGBAKE_VAR_ubuntu_version: no known Ubuntu codename for version `26.04`"),
+        "{err}"
+    );
+    assert!(err.contains("24.04 (noble)"), "{err}");
+}
+
+#[test]
+fn a_bad_var_environment_variable_is_a_usage_error() {
+    let out = imgbake()
+        .args(["plan", "recipes/gpu-ready.yaml"])
+        .env("IMGBAKE_VAR_Ubuntu_Version", "24.04")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("IMGBAKE_VAR_Ubuntu_Version"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -37,6 +37,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// An `IMGBAKE_VAR_<name>` environment variable that cannot be used.
+    #[error("environment variable {name}: {reason}")]
+    BadEnvVar {
+        /// The environment variable's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A string that is not a step id (one or two digits).
     #[error("`{input}` is not a step id")]
     BadStepId {
@@ -66,8 +74,11 @@ impl Error {
                 _ => None,
             },
             Error::BadVarOverride { .. } => {
-                Some("write --var name=value, e.g. --var nvidia_driver_branch=570".into())
+                Some("write --var name=value, e.g. --var nvidia_driver_branch=580".into())
             }
+            Error::BadEnvVar { .. } => Some(
+                "name it IMGBAKE_VAR_<var> with the var's name as in the recipe, e.g. IMGBAKE_VAR_ubuntu_version=24.04, or unset it".into(),
+            ),
             Error::BadStepId { .. } => {
                 Some("a step id is the two-digit prefix of the step's script, e.g. 04".into())
             }
@@ -150,6 +161,10 @@ pub enum DiagnosticKind {
     UnknownVarOverride,
     /// A variable name is not lower_snake_case.
     BadVarName,
+    /// `ubuntu_version` is not in the codename table and `ubuntu_codename` is not set.
+    UnknownUbuntuVersion,
+    /// Two vars contradict each other (`ubuntu_codename` not the codename of `ubuntu_version`).
+    VarConflict,
     /// A checksum is neither `sha256:<hex>` nor `file:<sums location>`.
     BadChecksum,
     /// A URL or location cannot be used.
@@ -176,6 +191,8 @@ impl DiagnosticKind {
             DiagnosticKind::BadTemplate => "bad_template",
             DiagnosticKind::UnknownVarOverride => "unknown_var_override",
             DiagnosticKind::BadVarName => "bad_var_name",
+            DiagnosticKind::UnknownUbuntuVersion => "unknown_ubuntu_version",
+            DiagnosticKind::VarConflict => "var_conflict",
             DiagnosticKind::BadChecksum => "bad_checksum",
             DiagnosticKind::BadUrl => "bad_url",
         }

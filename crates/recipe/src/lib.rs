@@ -4,7 +4,11 @@
 //! The main types:
 //! - [`Recipe`] — the resolved recipe, from [`Recipe::load`] (a file) or
 //!   [`Recipe::from_source`] (text already in memory);
-//! - [`VarOverride`] — a `--var key=value`;
+//! - [`VarOverride`] — a `--var key=value`, or an `IMGBAKE_VAR_<name>` environment variable
+//!   read by [`env_overrides`]; [`VarSource`] says where each resolved var came from
+//!   ([`Recipe::var_sources`]);
+//! - [`ubuntu_codename`] / [`UBUNTU_RELEASES`] — the table that derives `ubuntu_codename` from
+//!   `ubuntu_version` when nothing sets the codename;
 //! - [`Step`] and [`StepId`] — the ordered shell steps and their two-digit ids;
 //! - [`CheckpointChain`] / [`CacheKey`] — per-step checkpoint keys ([`keys`] has the rule);
 //! - [`Error`] — every problem; [`Error::Invalid`] carries located [`Diagnostic`]s, each with
@@ -48,6 +52,7 @@ mod raw;
 mod resolve;
 mod source;
 mod suggest;
+mod ubuntu;
 mod units;
 mod vars;
 
@@ -63,8 +68,13 @@ pub use model::{
     AccelChoice, Base, BaseLocation, Checksum, ExportFormat, ExportSpec, Firmware, GpuSpec,
     GpuVendor, NvidiaExpect, PayloadSpec, Step, StepId, VerifySpec, Virtualization, VmSpec,
 };
+pub use ubuntu::{
+    UBUNTU_CODENAME_VAR, UBUNTU_RELEASES, UBUNTU_VERSION_VAR, derived_from, ubuntu_codename,
+};
 pub use units::{ByteSize, SizeError, format_duration};
-pub use vars::{VarOverride, env_name, is_var_name, script_references};
+pub use vars::{
+    ENV_VAR_PREFIX, VarOverride, VarSource, env_name, env_overrides, is_var_name, script_references,
+};
 
 /// A resolved recipe: every `{{var}}` substituted, every value typed, every script read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +85,14 @@ pub struct Recipe {
     pub path: PathBuf,
     /// The directory relative paths in the recipe are resolved against.
     pub dir: PathBuf,
-    /// The vars after `--var` overrides.
+    /// The vars after derivation and overrides (`--var` over `IMGBAKE_VAR_<name>` over the
+    /// recipe's own value).
     pub vars: BTreeMap<String, String>,
+    /// Where each of [`Recipe::vars`] came from (same keys).
+    pub var_sources: BTreeMap<String, VarSource>,
+    /// `IMGBAKE_VAR_…` environment variables given for vars this recipe does not have
+    /// (ignored: the environment is shared by every recipe), in name order.
+    pub ignored_env: Vec<String>,
     /// The base image.
     pub base: Base,
     /// The build VM.
@@ -92,7 +108,8 @@ pub struct Recipe {
 }
 
 impl Recipe {
-    /// Reads and resolves the recipe at `path`, applying `overrides` to its vars.
+    /// Reads and resolves the recipe at `path`, applying `overrides` to its vars: environment
+    /// ones ([`env_overrides`]) first, then `--var` ones, whatever their order in the slice.
     pub fn load(path: &Path, overrides: &[VarOverride]) -> Result<Recipe> {
         let bytes = std::fs::read(path).map_err(|source| Error::Read {
             path: path.to_path_buf(),

@@ -12,8 +12,9 @@ use crate::model::*;
 use crate::raw::{Entries, RawRecipe, RawStep, S};
 use crate::source::{Source, Spot};
 use crate::suggest::{did_you_mean, did_you_mean_prefix, example_for};
+use crate::ubuntu::{UBUNTU_CODENAME_VAR, UBUNTU_VERSION_VAR, known_releases, ubuntu_codename};
 use crate::units::{ByteSize, SizeError, parse_duration};
-use crate::vars::{TemplateProblem, VarOverride, expand, is_env_name, is_var_name};
+use crate::vars::{TemplateProblem, VarOverride, VarSource, expand, is_env_name, is_var_name};
 use crate::{Recipe, Sha256};
 
 /// What a value parser says when it rejects a value: kind, message tail, hint.
@@ -23,6 +24,10 @@ struct Resolver<'a> {
     src: &'a Source<'a>,
     dir: &'a Path,
     vars: BTreeMap<String, String>,
+    /// Where each of `vars` came from.
+    sources: BTreeMap<String, VarSource>,
+    /// `IMGBAKE_VAR_…` names for vars this recipe does not have.
+    ignored_env: Vec<String>,
     diags: Vec<Diagnostic>,
 }
 
@@ -40,6 +45,8 @@ pub(crate) fn resolve(
         src,
         dir,
         vars: BTreeMap::new(),
+        sources: BTreeMap::new(),
+        ignored_env: Vec::new(),
         diags: Vec::new(),
     };
     r.vars(raw.vars.as_ref(), overrides);
@@ -73,6 +80,8 @@ pub(crate) fn resolve(
         path: src.path.to_path_buf(),
         dir: dir.to_path_buf(),
         vars: r.vars,
+        var_sources: r.sources,
+        ignored_env: r.ignored_env,
         base,
         vm,
         steps,
@@ -98,8 +107,11 @@ impl Resolver<'_> {
 
     // ---- vars -------------------------------------------------------------------------
 
+    /// The recipe's vars, then derived ones, then the environment's and `--var` overrides (in
+    /// that order of precedence, whatever order `overrides` is in).
     fn vars(&mut self, entries: Option<&Entries>, overrides: &[VarOverride]) {
-        for (name, value) in entries.map(|e| e.0.as_slice()).unwrap_or_default() {
+        let entries_list = entries.map(|e| e.0.as_slice()).unwrap_or_default();
+        for (name, value) in entries_list {
             if !is_var_name(name) {
                 let spot = self.src.key_before(&value.referenced, name);
                 self.push(
@@ -113,11 +125,30 @@ impl Resolver<'_> {
                 );
             }
             self.vars.insert(name.clone(), value.value.clone());
+            self.sources.insert(name.clone(), VarSource::Recipe);
         }
-        let known: Vec<String> = self.vars.keys().cloned().collect();
-        for o in overrides {
-            if let Some(slot) = self.vars.get_mut(&o.key) {
-                slot.clone_from(&o.value);
+        // A recipe with `ubuntu_version` also has `ubuntu_codename`, derived below unless the
+        // recipe, the environment or a --var sets it.
+        let derives_codename = self.vars.contains_key(UBUNTU_VERSION_VAR)
+            && !self.vars.contains_key(UBUNTU_CODENAME_VAR);
+        let mut known: Vec<String> = self.vars.keys().cloned().collect();
+        if derives_codename {
+            known.push(UBUNTU_CODENAME_VAR.to_owned());
+            known.sort();
+        }
+        let mut ordered: Vec<&VarOverride> = overrides.iter().collect();
+        ordered.sort_by_key(|o| o.source == VarSource::Cli);
+        for o in ordered {
+            if known.contains(&o.key) {
+                self.vars.insert(o.key.clone(), o.value.clone());
+                self.sources.insert(o.key.clone(), o.source);
+                continue;
+            }
+            if o.source == VarSource::Env {
+                // The environment is shared by every recipe; a var for another recipe is no
+                // error (plan lists it).
+                self.ignored_env
+                    .push(o.env_name.clone().unwrap_or_else(|| o.key.clone()));
                 continue;
             }
             let spot = self.vars_spot(entries);
@@ -137,6 +168,104 @@ impl Resolver<'_> {
                 Some(hint),
             );
         }
+        self.ubuntu_codename(entries, overrides, derives_codename);
+    }
+
+    /// Derives `ubuntu_codename` from `ubuntu_version` when nothing set it, or checks that a
+    /// codename set explicitly is the version's.
+    fn ubuntu_codename(
+        &mut self,
+        entries: Option<&Entries>,
+        overrides: &[VarOverride],
+        derives: bool,
+    ) {
+        let Some(version) = self.vars.get(UBUNTU_VERSION_VAR).cloned() else {
+            return;
+        };
+        let version_from = self.set_by(UBUNTU_VERSION_VAR, overrides);
+        let version_spot = self.var_spot(entries, UBUNTU_VERSION_VAR);
+        let derived = ubuntu_codename(&version);
+        if derives && !self.vars.contains_key(UBUNTU_CODENAME_VAR) {
+            match derived {
+                Some(codename) => {
+                    self.vars
+                        .insert(UBUNTU_CODENAME_VAR.to_owned(), codename.to_owned());
+                    self.sources
+                        .insert(UBUNTU_CODENAME_VAR.to_owned(), VarSource::Derived);
+                }
+                None => {
+                    // A stand-in, so every `{{ubuntu_codename}}` is not reported as undefined
+                    // too; the recipe fails on the diagnostic below anyway.
+                    self.vars
+                        .insert(UBUNTU_CODENAME_VAR.to_owned(), "unknown".to_owned());
+                    self.sources
+                        .insert(UBUNTU_CODENAME_VAR.to_owned(), VarSource::Derived);
+                    self.push(
+                    K::UnknownUbuntuVersion,
+                    version_spot,
+                    format!(
+                        "{version_from}: no known Ubuntu codename for version `{version}`, so `{UBUNTU_CODENAME_VAR}` cannot be derived"
+                    ),
+                    Some(format!(
+                        "use a known version: {}; or set the codename too, e.g. --var {UBUNTU_CODENAME_VAR}=<codename>",
+                        known_releases()
+                    )),
+                );
+                }
+            }
+            return;
+        }
+        let (Some(expected), Some(codename)) = (derived, self.vars.get(UBUNTU_CODENAME_VAR)) else {
+            return;
+        };
+        if codename == expected {
+            return;
+        }
+        let codename = codename.clone();
+        let codename_from = self.set_by(UBUNTU_CODENAME_VAR, overrides);
+        let spot = match self.sources.get(UBUNTU_CODENAME_VAR) {
+            Some(VarSource::Recipe) => self.var_spot(entries, UBUNTU_CODENAME_VAR),
+            _ => version_spot,
+        };
+        let hint = if self.sources.get(UBUNTU_CODENAME_VAR) == Some(&VarSource::Recipe) {
+            format!(
+                "remove `{UBUNTU_CODENAME_VAR}` from the recipe's vars (it is derived from `{UBUNTU_VERSION_VAR}`), or set --var {UBUNTU_CODENAME_VAR}={expected}"
+            )
+        } else {
+            format!(
+                "drop the `{UBUNTU_CODENAME_VAR}` setting (it is derived from `{UBUNTU_VERSION_VAR}`), or set it to `{expected}`"
+            )
+        };
+        self.push(
+            K::VarConflict,
+            spot,
+            format!(
+                "{codename_from} is `{codename}`, but {version_from} is `{version}`, whose codename is `{expected}`"
+            ),
+            Some(hint),
+        );
+    }
+
+    /// How the current value of `var` was set, for messages: `--var ubuntu_version`,
+    /// `IMGBAKE_VAR_ubuntu_version`, or `ubuntu_version` (the recipe's).
+    fn set_by(&self, var: &str, overrides: &[VarOverride]) -> String {
+        let source = self.sources.get(var).copied();
+        let winner = overrides
+            .iter()
+            .rfind(|o| o.key == var && Some(o.source) == source);
+        match (source, winner) {
+            (Some(VarSource::Cli), _) => format!("--var {var}"),
+            (Some(VarSource::Env), Some(o)) => o.env_name.clone().unwrap_or_else(|| var.to_owned()),
+            _ => format!("`{var}`"),
+        }
+    }
+
+    /// Where the recipe sets `var`'s value (or the `vars:` key when it does not).
+    fn var_spot(&self, entries: Option<&Entries>, var: &str) -> Spot {
+        entries
+            .and_then(|e| e.0.iter().find(|(name, _)| name == var))
+            .map(|(_, value)| spot(&value.referenced))
+            .unwrap_or_else(|| self.vars_spot(entries))
     }
 
     /// Where the `vars:` key is (for problems about the vars as a whole).

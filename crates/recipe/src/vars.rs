@@ -1,17 +1,150 @@
-//! Variables: `--var` overrides, `{{var}}` templates, env names, and which scripts use a var.
+//! Variables: `--var` and `IMGBAKE_VAR_<name>` overrides, where each value came from,
+//! `{{var}}` templates, env names, and which scripts use a var.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fmt;
 use std::str::FromStr;
 
 use crate::error::Error;
 
-/// A `--var key=value` from the command line.
+/// The prefix of environment variables that set recipe vars (as Packer's `PKR_VAR_`).
+pub const ENV_VAR_PREFIX: &str = "IMGBAKE_VAR_";
+
+/// Where a resolved var's value came from. Precedence, lowest first: the recipe (or a derived
+/// default), then the environment, then `--var`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum VarSource {
+    /// The recipe's `vars:`.
+    Recipe,
+    /// Computed from another var (`ubuntu_codename` from `ubuntu_version`).
+    Derived,
+    /// An `IMGBAKE_VAR_<name>` environment variable.
+    Env,
+    /// A `--var name=value` on the command line.
+    Cli,
+}
+
+impl VarSource {
+    /// A stable lower-case name: `recipe`, `derived`, `env` or `cli` (for `--json`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VarSource::Recipe => "recipe",
+            VarSource::Derived => "derived",
+            VarSource::Env => "env",
+            VarSource::Cli => "cli",
+        }
+    }
+}
+
+impl fmt::Display for VarSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A var set from outside the recipe: a `--var key=value` (parsed with [`str::parse`]) or an
+/// `IMGBAKE_VAR_<name>` environment variable (from [`env_overrides`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VarOverride {
     /// The variable name.
     pub key: String,
     /// Its new value (may be empty).
     pub value: String,
+    /// [`VarSource::Cli`] or [`VarSource::Env`]. A `--var` for a var the recipe does not have
+    /// is an error; an environment variable for one is ignored (the environment is shared by
+    /// every recipe) and listed in [`crate::Recipe::ignored_env`].
+    pub source: VarSource,
+    /// For [`VarSource::Env`], the environment variable's name as it was set.
+    pub env_name: Option<String>,
+}
+
+impl VarOverride {
+    /// How a user would write this override, for messages: `--var k=v` or `IMGBAKE_VAR_k=v`.
+    pub fn as_written(&self) -> String {
+        match &self.env_name {
+            Some(name) => format!("{name}={}", self.value),
+            None => format!("--var {}={}", self.key, self.value),
+        }
+    }
+}
+
+/// The recipe-var overrides in an environment: every `IMGBAKE_VAR_<name>=value`, where
+/// `<name>` is the var's name as written in the recipe (`IMGBAKE_VAR_ubuntu_version`) or
+/// upper-cased (`IMGBAKE_VAR_UBUNTU_VERSION`). Pass `std::env::vars_os()`; tests pass a map.
+///
+/// Returned sorted by var name. Errors: a name after the prefix that is neither form, a
+/// non-UTF-8 value, or both spellings of one var set to different values.
+pub fn env_overrides<K, V>(env: impl IntoIterator<Item = (K, V)>) -> Result<Vec<VarOverride>, Error>
+where
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let mut found: BTreeMap<String, VarOverride> = BTreeMap::new();
+    for (name, value) in env {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        let Some(name) = name.to_str() else {
+            if name
+                .as_encoded_bytes()
+                .starts_with(ENV_VAR_PREFIX.as_bytes())
+            {
+                return Err(bad_env(
+                    &name.to_string_lossy(),
+                    "the name is not UTF-8".into(),
+                ));
+            }
+            continue;
+        };
+        let Some(suffix) = name.strip_prefix(ENV_VAR_PREFIX) else {
+            continue;
+        };
+        let key = if is_var_name(suffix) {
+            suffix.to_owned()
+        } else if is_var_name(&suffix.to_ascii_lowercase()) && suffix == suffix.to_ascii_uppercase()
+        {
+            suffix.to_ascii_lowercase()
+        } else {
+            return Err(bad_env(
+                name,
+                format!(
+                    "`{suffix}` is not a var name (write it as in the recipe, lower_snake_case, or all upper case)"
+                ),
+            ));
+        };
+        let Some(value) = value.to_str() else {
+            return Err(bad_env(name, "the value is not UTF-8".into()));
+        };
+        if let Some(earlier) = found.get(&key) {
+            if earlier.value != value {
+                return Err(bad_env(
+                    name,
+                    format!(
+                        "it sets `{key}` to `{value}` but {} sets it to `{}`",
+                        earlier.env_name.as_deref().unwrap_or_default(),
+                        earlier.value
+                    ),
+                ));
+            }
+            continue;
+        }
+        found.insert(
+            key.clone(),
+            VarOverride {
+                key,
+                value: value.to_owned(),
+                source: VarSource::Env,
+                env_name: Some(name.to_owned()),
+            },
+        );
+    }
+    Ok(found.into_values().collect())
+}
+
+fn bad_env(name: &str, reason: String) -> Error {
+    Error::BadEnvVar {
+        name: name.to_owned(),
+        reason,
+    }
 }
 
 impl FromStr for VarOverride {
@@ -32,6 +165,8 @@ impl FromStr for VarOverride {
         Ok(VarOverride {
             key: key.to_owned(),
             value: value.to_owned(),
+            source: VarSource::Cli,
+            env_name: None,
         })
     }
 }
@@ -187,11 +322,99 @@ mod tests {
             (o.key.as_str(), o.value.as_str()),
             ("nvidia_driver_branch", "570")
         );
+        assert_eq!(
+            (o.source, o.as_written().as_str()),
+            (VarSource::Cli, "--var nvidia_driver_branch=570")
+        );
         let o: VarOverride = "x=a=b".parse().unwrap();
         assert_eq!(o.value, "a=b");
         assert!("x".parse::<VarOverride>().is_err());
         assert!("=x".parse::<VarOverride>().is_err());
         assert!("Bad-Name=x".parse::<VarOverride>().is_err());
+    }
+
+    #[test]
+    fn env_overrides_read_both_spellings_and_ignore_other_vars() {
+        let env = [
+            ("PATH", "/usr/bin"),
+            ("IMGBAKE_VAR_ubuntu_version", "24.04"),
+            ("IMGBAKE_VAR_NVIDIA_DRIVER_BRANCH", "580"),
+            ("IMGBAKE_VARX", "1"),
+            ("IMGBAKE_VAR_empty", ""),
+        ];
+        let got = env_overrides(env).unwrap();
+        let got: Vec<(&str, &str, VarSource, Option<&str>)> = got
+            .iter()
+            .map(|o| {
+                (
+                    o.key.as_str(),
+                    o.value.as_str(),
+                    o.source,
+                    o.env_name.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("empty", "", VarSource::Env, Some("IMGBAKE_VAR_empty")),
+                (
+                    "nvidia_driver_branch",
+                    "580",
+                    VarSource::Env,
+                    Some("IMGBAKE_VAR_NVIDIA_DRIVER_BRANCH")
+                ),
+                (
+                    "ubuntu_version",
+                    "24.04",
+                    VarSource::Env,
+                    Some("IMGBAKE_VAR_ubuntu_version")
+                ),
+            ]
+        );
+        assert!(
+            env_overrides(Vec::<(String, String)>::new())
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn env_overrides_reject_bad_names_and_conflicts() {
+        let err = env_overrides([("IMGBAKE_VAR_Ubuntu_Version", "24.04")]).unwrap_err();
+        assert!(
+            err.to_string().contains("IMGBAKE_VAR_Ubuntu_Version"),
+            "{err}"
+        );
+        assert!(env_overrides([("IMGBAKE_VAR_", "x")]).is_err());
+        let err = env_overrides([
+            ("IMGBAKE_VAR_ubuntu_version", "24.04"),
+            ("IMGBAKE_VAR_UBUNTU_VERSION", "22.04"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("sets `ubuntu_version`"), "{err}");
+        // The same value under both spellings is not a conflict.
+        let same = env_overrides([
+            ("IMGBAKE_VAR_ubuntu_version", "24.04"),
+            ("IMGBAKE_VAR_UBUNTU_VERSION", "24.04"),
+        ])
+        .unwrap();
+        assert_eq!(same.len(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn env_overrides_reject_non_utf8_values() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let env = [(
+            OsString::from("IMGBAKE_VAR_x"),
+            OsString::from_vec(vec![0xff]),
+        )];
+        assert!(env_overrides(env).is_err());
+        // A non-UTF-8 variable without the prefix is none of our business.
+        let env = [(OsString::from_vec(vec![b'A', 0xff]), OsString::from("1"))];
+        assert!(env_overrides(env).unwrap().is_empty());
     }
 
     #[test]

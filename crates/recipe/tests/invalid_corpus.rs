@@ -108,6 +108,8 @@ fn the_corpus_covers_every_problem_kind() {
         DiagnosticKind::BadTemplate,
         DiagnosticKind::UnknownVarOverride,
         DiagnosticKind::BadVarName,
+        DiagnosticKind::UnknownUbuntuVersion,
+        DiagnosticKind::VarConflict,
         DiagnosticKind::BadChecksum,
         DiagnosticKind::BadUrl,
     ];

@@ -71,13 +71,13 @@ fn overrides_flow_into_every_templated_value() {
     let overrides: Vec<VarOverride> = [
         "ubuntu_version=24.04",
         "ubuntu_codename=noble",
-        "nvidia_driver_branch=570",
+        "nvidia_driver_branch=580",
     ]
     .iter()
     .map(|s| s.parse().unwrap())
     .collect();
     let r = Recipe::load(&recipe_path("nvidia-fw1.yaml"), &overrides).unwrap();
-    assert_eq!(r.name, "ubuntu-24.04-nvidia-570-firmware1");
+    assert_eq!(r.name, "ubuntu-24.04-nvidia-580-firmware1");
     assert!(
         r.base
             .location
@@ -86,9 +86,9 @@ fn overrides_flow_into_every_templated_value() {
     );
     assert_eq!(
         r.verify.nvidia.as_ref().unwrap().driver_branch.as_deref(),
-        Some("570")
+        Some("580")
     );
-    assert_eq!(r.vars["nvidia_driver_branch"], "570");
+    assert_eq!(r.vars["nvidia_driver_branch"], "580");
 }
 
 #[test]

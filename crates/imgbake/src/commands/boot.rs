@@ -31,7 +31,7 @@ The base image is fetched into the cache first if needed (as `imgbake fetch` doe
 pub const AFTER_HELP: &str = concat!(
     "EXAMPLES:\n",
     "    imgbake boot fixtures/recipes/smoke.yaml --accel tcg\n",
-    "    imgbake boot recipes/nvidia-fw1.yaml --var ubuntu_codename=noble --var ubuntu_version=24.04\n",
+    "    imgbake boot recipes/nvidia-fw1.yaml --var ubuntu_version=24.04\n",
     "\n",
     exit_status_help!(),
 );

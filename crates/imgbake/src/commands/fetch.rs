@@ -40,7 +40,7 @@ Prints one line per recipe on stdout: `ok <recipe> sha256:<digest> <path> (<how>
 const AFTER_HELP: &str = concat!(
     "EXAMPLES:\n",
     "    imgbake fetch recipes/nvidia-fw1.yaml\n",
-    "    imgbake fetch recipes/*.yaml --var ubuntu_codename=noble --var ubuntu_version=24.04\n",
+    "    imgbake fetch recipes/*.yaml --var ubuntu_version=24.04\n",
     "    imgbake fetch --offline --cache-dir /var/cache/imgbake recipes/gpu-ready.yaml\n",
     "\n",
     exit_status_help!(),

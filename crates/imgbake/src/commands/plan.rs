@@ -15,8 +15,9 @@ use crate::report::{CliError, ExitStatus, exit_status_help, stdout_err};
 pub const LONG_ABOUT: &str = "\
 Show what a build of RECIPE would do, without doing it.
 
-Prints the resolved recipe (every {{var}} substituted, --var overrides applied): the base \
-image and how it is checked, the build VM, the export formats, the verify expectations, \
+Prints the resolved recipe (every {{var}} substituted, --var and IMGBAKE_VAR_<name> \
+overrides applied): each var with where its value came from (the recipe, derived from another \
+var, the environment, or --var), the base image and how it is checked, the build VM, the export formats, the verify expectations, \
 and each step with its id, script, options, the environment its checkpoint key covers, and \
 its checkpoint key.
 
@@ -31,7 +32,8 @@ in full there, while the text shows their first 16 hex digits.";
 pub const AFTER_HELP: &str = concat!(
     "EXAMPLES:\n",
     "    imgbake plan recipes/nvidia-fw1.yaml\n",
-    "    imgbake plan recipes/nvidia-fw1.yaml --var nvidia_driver_branch=570\n",
+    "    imgbake plan recipes/nvidia-fw1.yaml --var nvidia_driver_branch=580\n",
+    "    IMGBAKE_VAR_ubuntu_version=24.04 imgbake plan recipes/gpu-ready.yaml\n",
     "    imgbake plan --json recipes/gpu-ready.yaml | jq -r '.steps[].checkpoint_key'\n",
     "\n",
     exit_status_help!(),
@@ -57,6 +59,10 @@ pub struct PlanDoc {
     recipe: String,
     name: String,
     vars: BTreeMap<String, String>,
+    /// Where each var's value came from: `recipe`, `derived`, `env` or `cli`.
+    var_sources: BTreeMap<String, &'static str>,
+    /// `IMGBAKE_VAR_…` variables set for vars this recipe does not have.
+    ignored_env: Vec<String>,
     base: BaseDoc,
     vm: VmDoc,
     export: ExportDoc,
@@ -150,6 +156,12 @@ impl PlanDoc {
             recipe: r.path.display().to_string(),
             name: r.name.clone(),
             vars: r.vars.clone(),
+            var_sources: r
+                .var_sources
+                .iter()
+                .map(|(k, s)| (k.clone(), s.as_str()))
+                .collect(),
+            ignored_env: r.ignored_env.clone(),
             base: BaseDoc {
                 url: r.base.location.to_string(),
                 checksum: r.base.checksum.to_string(),
@@ -217,12 +229,29 @@ impl PlanDoc {
         };
         field(w, "recipe", &self.recipe)?;
         field(w, "name", &self.name)?;
+        // One var a line, each with where its value came from.
         let vars: Vec<String> = self.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        field(
-            w,
-            "vars",
-            &vars.join(if vars.len() > 3 { "\n          " } else { " " }),
-        )?;
+        let var_w = vars.iter().map(String::len).max().unwrap_or(0);
+        let lines: Vec<String> = self
+            .vars
+            .keys()
+            .zip(&vars)
+            .map(|(k, kv)| {
+                let source = source_label(k, self.var_sources.get(k).copied());
+                format!("{kv:<var_w$}  {}", p.dim(&source))
+            })
+            .collect();
+        field(w, "vars", &lines.join("\n          "))?;
+        if !self.ignored_env.is_empty() {
+            field(
+                w,
+                "ignored",
+                &format!(
+                    "{} (this recipe has no such var)",
+                    self.ignored_env.join(", ")
+                ),
+            )?;
+        }
         field(w, "base", &self.base.url)?;
         field(w, "checksum", &self.base.checksum)?;
         let vm = &self.vm;
@@ -323,6 +352,20 @@ impl PlanDoc {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Where a var came from, as the text plan says it.
+fn source_label(var: &str, source: Option<&str>) -> String {
+    match source {
+        Some("recipe") => "recipe".to_owned(),
+        Some("derived") => match recipe::derived_from(var) {
+            Some(from) => format!("derived from {from}"),
+            None => "derived".to_owned(),
+        },
+        Some("env") => format!("environment ({}…)", recipe::ENV_VAR_PREFIX),
+        Some("cli") => "--var".to_owned(),
+        other => other.unwrap_or("?").to_owned(),
     }
 }
 

@@ -25,7 +25,7 @@ the problem and a `try:` line saying how to fix it.";
 pub const AFTER_HELP: &str = concat!(
     "EXAMPLES:\n",
     "    imgbake validate recipes/*.yaml\n",
-    "    imgbake validate recipes/nvidia-fw1.yaml --var nvidia_driver_branch=570\n",
+    "    imgbake validate recipes/nvidia-fw1.yaml --var nvidia_driver_branch=580\n",
     "    imgbake validate --json recipes/gpu-ready.yaml | jq '.recipes[].ok'\n",
     "\n",
     exit_status_help!(),
