@@ -23,8 +23,8 @@ fn read_bounded(r: impl Read, kind: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Decompresses a module by its file name's suffix. `.ko.xz` is not supported (no xz decoder
-/// in the dependency set); Ubuntu uses zstd.
+/// Decompresses a module by its file name's suffix (`.zst` as Ubuntu 24.04 DKMS builds them,
+/// `.xz` as kmod's default compression, `.gz`).
 pub fn decompress(name: &str, data: Vec<u8>) -> Result<Vec<u8>, String> {
     if name.ends_with(".zst") {
         let decoder = zstd::stream::read::Decoder::new(data.as_slice())
@@ -33,9 +33,30 @@ pub fn decompress(name: &str, data: Vec<u8>) -> Result<Vec<u8>, String> {
     } else if name.ends_with(".gz") {
         read_bounded(flate2::read::GzDecoder::new(data.as_slice()), "gzip")
     } else if name.ends_with(".xz") {
-        Err("xz-compressed modules are not supported".into())
+        let mut out = Bounded(Vec::new());
+        let mut input = std::io::BufReader::new(data.as_slice());
+        lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| format!("bad xz data: {e}"))?;
+        Ok(out.0)
     } else {
         Ok(data)
+    }
+}
+
+/// A `Write` that refuses to grow past [`MAX_MODULE`] (the xz decoder writes, not reads).
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if (self.0.len() + buf.len()) as u64 > MAX_MODULE {
+            return Err(std::io::Error::other(format!(
+                "data expands beyond {MAX_MODULE} bytes"
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
