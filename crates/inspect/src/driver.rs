@@ -225,7 +225,7 @@ fn boot_kernels(fs: &ImageFs, booted: Option<&str>) -> Result<Vec<(String, bool)
     let mut out: Vec<(String, bool)> = fs
         .list("/boot")?
         .into_iter()
-        .filter(|e| !e.is_dir && !e.is_symlink)
+        .filter(|e| !e.is_dir)
         .filter_map(|e| e.name.strip_prefix("vmlinuz-").map(str::to_string))
         .map(|release| {
             let is_default = default.as_deref() == Some(release.as_str());
