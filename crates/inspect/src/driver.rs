@@ -108,17 +108,35 @@ fn package_driver(packages: &[&Package]) -> Option<(String, String)> {
         "nvidia-utils-",
         "libnvidia-compute-",
     ];
-    ORDER.iter().find_map(|prefix| {
-        packages
-            .iter()
-            .find(|p| p.name.starts_with(prefix) && branch_of(&p.name).is_some())
-            .map(|p| {
-                (
-                    p.upstream_version().to_string(),
-                    branch_of(&p.name).unwrap_or_default().to_string(),
-                )
+    // Debian's names carry no branch: the version does (`535.261.03-1`).
+    const DEBIAN: [&str; 5] = [
+        "nvidia-kernel-dkms",
+        "nvidia-open-kernel-dkms",
+        "nvidia-kernel-support",
+        "nvidia-driver",
+        "firmware-nvidia-gsp",
+    ];
+    ORDER
+        .iter()
+        .find_map(|prefix| {
+            packages
+                .iter()
+                .find(|p| p.name.starts_with(prefix) && branch_of(&p.name).is_some())
+                .map(|p| {
+                    (
+                        p.upstream_version().to_string(),
+                        branch_of(&p.name).unwrap_or_default().to_string(),
+                    )
+                })
+        })
+        .or_else(|| {
+            DEBIAN.iter().find_map(|name| {
+                let p = packages.iter().find(|p| p.name == *name)?;
+                let version = p.upstream_version().to_string();
+                let branch = version.split('.').next()?.to_string();
+                Some((version, branch))
             })
-    })
+        })
 }
 
 /// Module names DKMS installs the nvidia module under: Debian renames it (`nvidia-current`,

@@ -89,19 +89,38 @@ const MODELS: &[(&str, GpuFamily)] = &[
 /// The family of a model name such as `H100`, `h100-sxm5-80gb`, `NVIDIA A100 80GB PCIe` or
 /// `RTX 6000 Ada`; `None` for a name not known here.
 pub fn family(model: &str) -> Option<GpuFamily> {
-    let norm: String = model
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_uppercase())
+    let upper = |t: &str| -> String {
+        t.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_uppercase())
+            .collect()
+    };
+    let tokens: Vec<String> = model
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .map(upper)
+        .filter(|t| !t.is_empty() && !matches!(t.as_str(), "NVIDIA" | "TESLA" | "QUADRO"))
         .collect();
-    let norm = norm.strip_prefix("NVIDIA").unwrap_or(&norm);
-    let norm = norm.strip_prefix("TESLA").unwrap_or(norm);
-    let norm = norm.strip_prefix("QUADRO").unwrap_or(norm);
+    // Whole words first (`RTX 6000 Ada`, `A100 80GB PCIe`): the longest run of leading words
+    // that is a known model.
+    let mut joined = String::new();
+    let mut found = None;
+    for t in &tokens {
+        joined.push_str(t);
+        if let Some((_, fam)) = MODELS.iter().find(|(m, _)| *m == joined) {
+            found = Some(*fam);
+        }
+    }
+    if found.is_some() {
+        return found;
+    }
+    // Then a prefix of the first word (`H100SXM5`): `A10` must not match `A100`, so the
+    // next character may not be a digit.
+    let first = tokens.first()?;
     MODELS
         .iter()
         .filter(|(prefix, _)| {
-            norm.strip_prefix(prefix)
-                // `A10` must not match `A100`: the next character may not be a digit.
+            first
+                .strip_prefix(prefix)
                 .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
         })
         .map(|(prefix, fam)| (prefix.len(), *fam))
@@ -138,6 +157,8 @@ mod tests {
             ("RTX PRO 6000", "gsp_ga10x.bin"),
             ("B200", "gsp_ga10x.bin"),
             ("NVIDIA A100 80GB PCIe", "gsp_tu10x.bin"),
+            ("H100SXM5", "gsp_ga10x.bin"),
+            ("RTX PRO 6000 Blackwell", "gsp_ga10x.bin"),
         ] {
             assert_eq!(family(m).map(GpuFamily::gsp_file), Some(file), "{m}");
         }
@@ -145,6 +166,7 @@ mod tests {
         assert_eq!(family("Quadro RTX 6000"), Some(GpuFamily::Turing));
         assert_eq!(family("GB200"), Some(GpuFamily::Blackwell));
         assert!(family("B200").unwrap().needs_open_module());
+        assert_eq!(family("A1000"), None);
         assert_eq!(family("MI300X"), None);
         assert_eq!(family(""), None);
     }

@@ -72,7 +72,11 @@ pub(crate) fn run(cx: &Context<'_>) -> Result<Check> {
             details,
         ));
     }
-    let summary = problems[0].clone();
+    let summary = if d.firmware.is_empty() && cx.expect.gpu_models.is_empty() {
+        format!("no GSP firmware for {version}")
+    } else {
+        problems[0].clone()
+    };
     let others: Vec<&str> = d
         .firmware_dirs
         .iter()
@@ -83,8 +87,11 @@ pub(crate) fn run(cx: &Context<'_>) -> Result<Check> {
     out.extend(details);
     if !others.is_empty() {
         out.push(format!(
-            "firmware present for other versions: {} (the directory must equal the module's version {version})",
+            "firmware present for other versions: {}",
             others.join(", ")
+        ));
+        out.push(format!(
+            "the directory must be named after the module's exact version {version}"
         ));
     }
     out.push(
