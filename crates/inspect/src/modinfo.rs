@@ -208,6 +208,16 @@ mod tests {
         for len in 0..zst.len() {
             let _ = decompress("nvidia.ko.zst", zst[..len].to_vec());
             let _ = decompress("nvidia.ko.gz", zst[..len].to_vec());
+            let _ = decompress("nvidia-current.ko.xz", zst[..len].to_vec());
+        }
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut elf.as_slice(), &mut xz).unwrap();
+        let back = decompress("nvidia-current.ko.xz", xz.clone()).unwrap();
+        assert_eq!(modinfo(&back).unwrap()["version"], "565.57.01");
+        for len in 0..xz.len() {
+            if let Ok(data) = decompress("nvidia-current.ko.xz", xz[..len].to_vec()) {
+                let _ = modinfo(&data);
+            }
         }
     }
 }
