@@ -495,7 +495,9 @@ fn containerd_default_runtime_v2_v3_and_imports() {
         return;
     }
     let toolkit = "Package: nvidia-container-toolkit\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.17.8-1\n\n";
-    let cases: [(&str, &[(&str, &str)], Verdict, &str); 6] = [
+    /// (case, files written, verdict, summary prefix)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Verdict, &'a str);
+    let cases: [Case<'_>; 6] = [
         (
             "v2 runc",
             &[(

@@ -16,7 +16,7 @@ fn expect(models: &[&str]) -> Expectations {
     }
 }
 
-fn check<'a>(r: &'a VerifyReport, id: CheckId) -> &'a inspect::Check {
+fn check(r: &VerifyReport, id: CheckId) -> &inspect::Check {
     r.check(id).unwrap_or_else(|| panic!("no check {id}: {r}"))
 }
 
