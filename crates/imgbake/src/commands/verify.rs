@@ -18,8 +18,13 @@ Checks: the effective NVreg_EnableGpuFirmware from every place it can be set (mo
 modprobe's order, NVreg_RegistryDwords, the kernel command line in grub.cfg and \
 /etc/default/grub) with its meaning; conflicts between places; the installed NVIDIA driver \
 (dpkg status and the module's .modinfo) and its /lib/firmware/nvidia/<version>/gsp_*.bin; the \
-initramfs copy of the option when the initrd carries nvidia modules; and hygiene (SSH host \
-keys, machine-id, cloud-init state, build user, authorized_keys, cloud-init logs).
+initramfs copy of the option when the initrd carries nvidia modules; an nvidia module built for \
+every kernel the image boots (Ubuntu's nvidia.ko or Debian's nvidia-current.ko, compressed or \
+not); the GSP firmware each --gpu-models model loads, and the open modules for Blackwell; \
+containerd's default runtime when the NVIDIA Container Toolkit is installed; and hygiene (SSH \
+host keys, machine-id, cloud-init state, build user, authorized_keys, cloud-init logs, \
+/var/lib/imgbake, the build hostname in /etc/hosts, module-signing keys). Each line of the \
+report names the rule that decided it.
 
 Expectations come from --recipe's verify section, overridden by the --expect-* flags.";
 
