@@ -220,4 +220,46 @@ mod tests {
             }
         }
     }
+
+    /// The real 535 `nvidia.ko` (`cargo xtask nvidia-bytes`): read, then cut and crafted.
+    #[test]
+    fn real_module_cut_and_crafted_never_panics() {
+        let Some(dir) = test_support::nvidia_bytes() else {
+            return;
+        };
+        let elf = std::fs::read(dir.join("module/nvidia.ko")).unwrap();
+        let info = modinfo(&elf).unwrap();
+        assert_eq!(info["license"], "NVIDIA");
+        assert!(info["vermagic"].contains(" SMP "));
+        assert!(info["firmware"].contains("gsp_tu10x.bin"));
+        let n = elf.len();
+        for len in [
+            0,
+            4,
+            63,
+            64,
+            0x40 + 1,
+            n / 3,
+            n / 2,
+            n - 4096,
+            n - 65,
+            n - 1,
+        ] {
+            let _ = modinfo(&elf[..len]);
+        }
+        let shoff = u64_at(&elf, 0x28).unwrap();
+        let shnum = usize::from(u16_at(&elf, 0x3c).unwrap());
+        // One copy, each header field spoiled and restored in turn (the module is 73 MB).
+        let mut bad = elf;
+        for i in 0..shnum {
+            for off in [0x0, 0x18, 0x20] {
+                let at = shoff + i * 64 + off;
+                let saved: [u8; 8] = bad[at..at + 8].try_into().unwrap();
+                bad[at..at + 8].fill(0xff);
+                let _ = modinfo(&bad);
+                bad[at..at + 8].copy_from_slice(&saved);
+            }
+        }
+        assert_eq!(modinfo(&bad).unwrap()["version"], info["version"]);
+    }
 }
