@@ -11,6 +11,10 @@ pub const DRIVER_DEFAULT: u32 = 18;
 pub const PARAM: &str = "NVreg_EnableGpuFirmware";
 /// The string parameter that can carry `EnableGpuFirmware=…` among other registry keys.
 pub const REGISTRY_PARAM: &str = "NVreg_RegistryDwords";
+/// The string parameter whose `pci=…;Key=value` entries set registry keys for one GPU.
+pub const PER_DEVICE_PARAM: &str = "NVreg_RegistryDwordsPerDevice";
+/// Policy bit 0x20 (`NV_REG_ENABLE_GPU_FIRMWARE_POLICY_DEFAULT_ON_WS_SERVER`, 580.142+).
+pub const POLICY_DEFAULT_ON_WS_SERVER: u32 = 0x20;
 /// The key inside `NVreg_RegistryDwords`.
 pub const REGISTRY_KEY: &str = "EnableGpuFirmware";
 
@@ -37,12 +41,17 @@ pub fn describe(value: u32) -> String {
         (m, false) => format!("mode {m} acts like 2: driver default policy, no fallback"),
         (m, true) => format!("mode {m} acts like 2: default policy + CPU fallback"),
     };
-    let extra = value & !0x1f;
-    if extra != 0 {
-        format!("{value} = {meaning}; unknown bits {extra:#x} ignored")
-    } else {
-        format!("{value} = {meaning}")
+    let mut out = format!("{value} = {meaning}");
+    if value & POLICY_DEFAULT_ON_WS_SERVER != 0 {
+        out.push_str(
+            "; policy 0x20: GSP on by default for workstation/server SKUs (580.142+; older drivers ignore it)",
+        );
     }
+    let extra = value & !0x3f;
+    if extra != 0 {
+        out.push_str(&format!("; unknown bits {extra:#x} ignored"));
+    }
+    out
 }
 
 /// How the option reached the driver.
@@ -97,6 +106,49 @@ pub struct Resolution {
     pub source: String,
     /// Settings that disagree, as sentences.
     pub conflicts: Vec<String>,
+    /// `EnableGpuFirmware` entries of the `NVreg_RegistryDwordsPerDevice` the driver uses:
+    /// they override the value for one GPU.
+    pub per_device: Vec<DeviceSetting>,
+}
+
+/// An `EnableGpuFirmware` entry for one GPU in `NVreg_RegistryDwordsPerDevice`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceSetting {
+    /// `file:line` of the parameter.
+    pub location: String,
+    /// The `pci=` device it applies to (`0000:01:00.0`).
+    pub device: String,
+    /// The value as written.
+    pub raw: String,
+    /// The value as parsed; `None` when not a number.
+    pub value: Option<u32>,
+}
+
+/// The `EnableGpuFirmware` entries of one `NVreg_RegistryDwordsPerDevice` string: `pci=…`
+/// selects the device the following `key=value` entries apply to (entries before any `pci=`
+/// apply to no device and are ignored by the driver).
+fn per_device_entries(location: &str, value: &str) -> Vec<DeviceSetting> {
+    let mut device: Option<String> = None;
+    let mut out = Vec::new();
+    for entry in value.split([';', ',']) {
+        let Some((k, v)) = entry.split_once('=') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("pci") {
+            device = Some(v.to_string());
+        } else if k == REGISTRY_KEY
+            && let Some(d) = &device
+        {
+            out.push(DeviceSetting {
+                location: location.to_string(),
+                device: d.clone(),
+                raw: v.to_string(),
+                value: modprobe::parse_uint(v),
+            });
+        }
+    }
+    out
 }
 
 /// One ordered input: a parameter occurrence and whether its file is shadowed.
@@ -116,6 +168,7 @@ pub(crate) fn resolve(inputs: &[Input]) -> Resolution {
     let mut settings = Vec::new();
     let mut last_param: Option<usize> = None;
     let mut last_registry: Option<usize> = None;
+    let mut per_device = Vec::new();
     for input in inputs {
         let occ = &input.occurrence;
         let name = modprobe::norm(&occ.param);
@@ -124,7 +177,12 @@ pub(crate) fn resolve(inputs: &[Input]) -> Resolution {
             Some(by) => SettingStatus::Shadowed(format!("{by} has the same name and wins")),
             None => SettingStatus::Effective,
         };
-        if name == modprobe::norm(PARAM) {
+        if name == modprobe::norm(PER_DEVICE_PARAM) {
+            // One string parameter: the last one read replaces earlier ones.
+            if input.shadowed_by.is_none() {
+                per_device = per_device_entries(&occ.location, &value_raw);
+            }
+        } else if name == modprobe::norm(PARAM) {
             if input.shadowed_by.is_none() {
                 last_param = Some(settings.len());
             }
@@ -204,6 +262,7 @@ pub(crate) fn resolve(inputs: &[Input]) -> Resolution {
         effective,
         source,
         conflicts,
+        per_device,
     }
 }
 
@@ -287,6 +346,27 @@ mod tests {
         assert_eq!(r.settings[0].value, Some(1));
         assert!(matches!(r.settings[0].status, SettingStatus::Ignored(_)));
         assert_eq!(r.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn per_device_and_policy_bit() {
+        let r = resolve(&[
+            occ("a:1", PARAM, "1"),
+            occ(
+                "a:2",
+                PER_DEVICE_PARAM,
+                "pci=0000:01:00.0;EnableGpuFirmware=0;pci=0000:02:00.0;RmFoo=1",
+            ),
+        ]);
+        assert_eq!(r.effective, Some(1));
+        assert_eq!(r.per_device.len(), 1);
+        assert_eq!(r.per_device[0].device, "0000:01:00.0");
+        assert_eq!(r.per_device[0].value, Some(0));
+        assert!(
+            describe(0x32).contains("policy 0x20: GSP on by default for workstation/server SKUs")
+        );
+        assert!(!describe(0x12).contains("0x20"));
+        assert!(describe(0x72).ends_with("unknown bits 0x40 ignored"));
     }
 
     #[test]

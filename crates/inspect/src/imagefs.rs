@@ -172,6 +172,19 @@ impl ImageFs {
         }
     }
 
+    /// The size of the file at `path` (following symlinks); `Ok(None)` when missing.
+    pub fn file_size(&self, path: &str) -> Result<Option<u64>> {
+        let (fs, inner) = self.route(path);
+        match fs.metadata(inner.as_str()) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(Ext4Error::NotFound) => Ok(None),
+            Err(source) => Err(Error::ReadGuestFile {
+                file: path.to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Whether `path` exists (following symlinks).
     pub fn exists(&self, path: &str) -> Result<bool> {
         let (fs, inner) = self.route(path);

@@ -37,6 +37,7 @@ mod driver;
 mod error;
 mod facts;
 mod gpu_firmware;
+mod gpu_models;
 mod image;
 mod imagefs;
 pub mod initramfs;
@@ -50,13 +51,14 @@ use std::path::Path;
 
 pub use checks::{CheckId, UnknownCheck};
 pub use disk::{Disk, ImageFormat};
-pub use driver::{DriverInfo, ModuleFile, ModuleFlavour};
+pub use driver::{BootKernel, DriverInfo, FirmwareFile, ModuleFile, ModuleFlavour};
 pub use error::{Error, Result};
 pub use facts::{GuestFacts, OsRelease, Package, parse_dpkg_status};
 pub use gpu_firmware::{
-    DRIVER_DEFAULT as GPU_FIRMWARE_DRIVER_DEFAULT, Resolution, Setting, SettingStatus, Via,
-    describe as describe_gpu_firmware,
+    DRIVER_DEFAULT as GPU_FIRMWARE_DRIVER_DEFAULT, DeviceSetting, Resolution, Setting,
+    SettingStatus, Via, describe as describe_gpu_firmware,
 };
+pub use gpu_models::{GpuFamily, family as gpu_family};
 pub use image::Image;
 pub use imagefs::{Entry, FsInfo, ImageFs, Layout};
 pub use partition::{Partition, TableKind};

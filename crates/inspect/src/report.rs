@@ -26,6 +26,11 @@ pub struct Expectations {
     pub hygiene: bool,
     /// The user the build logged in as, which must not be left behind.
     pub build_user: String,
+    /// The GPU models the image is for (`A100`, `H100`): they select the GSP firmware files
+    /// that must be present and whether the open modules are required (Blackwell).
+    pub gpu_models: Vec<String>,
+    /// The hostname the build VM had, which must not be left in `/etc/hosts`.
+    pub build_hostname: Option<String>,
 }
 
 impl Default for Expectations {
@@ -35,6 +40,8 @@ impl Default for Expectations {
             driver_branch: None,
             hygiene: true,
             build_user: "imgbake".to_string(),
+            gpu_models: Vec::new(),
+            build_hostname: None,
         }
     }
 }

@@ -488,3 +488,200 @@ fn report_renders_as_table_and_json() {
     assert_eq!(json["format"], "raw");
     assert_eq!(json["layout"]["table"], "gpt");
 }
+
+#[test]
+fn containerd_default_runtime_v2_v3_and_imports() {
+    if !common::tools() {
+        return;
+    }
+    let toolkit = "Package: nvidia-container-toolkit\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.17.8-1\n\n";
+    /// (case, files written, verdict, summary prefix)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Verdict, &'a str);
+    let cases: [Case<'_>; 6] = [
+        (
+            "v2 runc",
+            &[(
+                "/etc/containerd/config.toml",
+                "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n",
+            )],
+            Verdict::Fail,
+            "containerd's default runtime is runc, not nvidia (/etc/containerd/config.toml)",
+        ),
+        (
+            "v2 nvidia",
+            &[(
+                "/etc/containerd/config.toml",
+                "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"nvidia\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.nvidia]\n  runtime_type = \"io.containerd.runc.v2\"\n",
+            )],
+            Verdict::Pass,
+            "containerd's default runtime is nvidia",
+        ),
+        (
+            "v3 nvidia",
+            &[(
+                "/etc/containerd/config.toml",
+                "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd]\n  default_runtime_name = 'nvidia'\n",
+            )],
+            Verdict::Pass,
+            "containerd's default runtime is nvidia",
+        ),
+        (
+            "imports conf.d",
+            &[
+                (
+                    "/etc/containerd/config.toml",
+                    "version = 2\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n",
+                ),
+                (
+                    "/etc/containerd/conf.d/99-nvidia.toml",
+                    "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"nvidia\"\n",
+                ),
+            ],
+            Verdict::Pass,
+            "containerd's default runtime is nvidia",
+        ),
+        (
+            "unset",
+            &[("/etc/containerd/config.toml", "version = 2\n")],
+            Verdict::Fail,
+            "containerd's default runtime is runc, not nvidia (/etc/containerd/config.toml (not set))",
+        ),
+        (
+            "not toml",
+            &[("/etc/containerd/config.toml", "version = = 2\n[[[")],
+            Verdict::Fail,
+            "/etc/containerd/config.toml cannot be parsed",
+        ),
+    ];
+    for (name, files, want, summary) in cases {
+        let g = ubuntu(&Spec::default());
+        let status = std::fs::read_to_string(g.root.join("var/lib/dpkg/status")).unwrap();
+        g.put("/var/lib/dpkg/status", &format!("{status}{toolkit}"));
+        for (path, text) in files {
+            g.put(path, text);
+        }
+        let r = run_verify(&g, &expect_fw(1));
+        let c = r.check(inspect::CheckId::ContainerRuntime).unwrap();
+        assert_eq!(c.verdict, want, "{name}: {r}");
+        assert!(c.summary.starts_with(summary), "{name}: {}", c.summary);
+        if want == Verdict::Fail {
+            assert!(!r.passed);
+        }
+    }
+    // No toolkit: not judged.
+    let r = run_verify(&ubuntu(&Spec::default()), &expect_fw(1));
+    assert_eq!(verdict(&r, "container-runtime"), Verdict::Skip);
+}
+
+#[test]
+fn new_hygiene_rules() {
+    if !common::tools() {
+        return;
+    }
+    let g = ubuntu(&Spec::default());
+    g.remove("/etc/machine-id");
+    g.put("/var/lib/imgbake/steps/01-driver.sh", "#!/bin/sh\n");
+    g.put(
+        "/etc/hosts",
+        "127.0.0.1 localhost\n127.0.1.1 nvidia-debian.localdomain nvidia-debian\n",
+    );
+    g.put("/var/lib/dkms/mok.key", "-----BEGIN PRIVATE KEY-----\n");
+    g.put(
+        "/var/lib/shim-signed/mok/MOK.priv",
+        "-----BEGIN PRIVATE KEY-----\n",
+    );
+    g.put("/var/lib/shim-signed/mok/MOK.der", "public");
+    let expect = Expectations {
+        build_hostname: Some("nvidia-debian".into()),
+        ..expect_fw(1)
+    };
+    let r = run_verify(&g, &expect);
+    assert!(!r.passed);
+    let c = r.check("hygiene/machine-id").unwrap();
+    assert_eq!(c.verdict, Verdict::Fail, "{r}");
+    assert!(
+        c.details[0].starts_with(
+            "/etc/machine-id is absent: systemd does not treat the boot as a first boot"
+        )
+    );
+    let c = r.check("hygiene/build-state").unwrap();
+    assert_eq!(c.verdict, Verdict::Fail);
+    assert_eq!(c.details, ["/var/lib/imgbake/steps/01-driver.sh"]);
+    let c = r.check("hygiene/hosts").unwrap();
+    assert_eq!(c.verdict, Verdict::Fail);
+    assert_eq!(
+        c.details,
+        ["/etc/hosts:2 127.0.1.1 nvidia-debian.localdomain nvidia-debian"]
+    );
+    let c = r.check("hygiene/signing-keys").unwrap();
+    assert_eq!(c.verdict, Verdict::Fail);
+    assert_eq!(
+        c.details,
+        ["/var/lib/dkms/mok.key", "/var/lib/shim-signed/mok/MOK.priv"]
+    );
+    // Without --no-hygiene they fail; with it they warn.
+    let lax = Expectations {
+        hygiene: false,
+        ..expect.clone()
+    };
+    let r = verify(&r.image, &lax).unwrap();
+    assert_eq!(verdict(&r, "hygiene/hosts"), Verdict::Warn);
+    // Another build hostname is not this image's problem.
+    let other = Expectations {
+        build_hostname: Some("other".into()),
+        ..expect
+    };
+    let r = verify(&r.image, &other).unwrap();
+    assert_eq!(verdict(&r, "hygiene/hosts"), Verdict::Pass);
+}
+
+#[test]
+fn open_module_zero_is_a_no_op_warning_and_per_device_overrides() {
+    if !common::tools() {
+        return;
+    }
+    let g = ubuntu(&Spec {
+        open_modules: true,
+        modprobe: Some("options nvidia NVreg_EnableGpuFirmware=0\n"),
+        ..Spec::default()
+    });
+    let r = run_verify(&g, &Expectations::default());
+    let c = r.check("gpu-firmware").unwrap();
+    assert_eq!(c.verdict, Verdict::Warn, "{r}");
+    assert!(
+        c.details
+            .iter()
+            .any(|d| d.contains("the setting is a no-op"))
+    );
+    // Blackwell with the open modules passes the flavour rule.
+    let blackwell = Expectations {
+        gpu_models: vec!["GB200".into()],
+        ..Expectations::default()
+    };
+    let r = verify(&r.image, &blackwell).unwrap();
+    assert_eq!(verdict(&r, "driver/flavour"), Verdict::Pass, "{r}");
+
+    let g = ubuntu(&Spec {
+        modprobe: Some(
+            "options nvidia NVreg_EnableGpuFirmware=1 NVreg_RegistryDwordsPerDevice=\"pci=0000:41:00.0;EnableGpuFirmware=0x32\"\n",
+        ),
+        ..Spec::default()
+    });
+    let r = run_verify(&g, &expect_fw(1));
+    let c = r.check("gpu-firmware").unwrap();
+    assert_eq!(c.verdict, Verdict::Fail, "{r}");
+    assert_eq!(r.gpu_firmware.root.per_device[0].device, "0000:41:00.0");
+    assert!(
+        c.details
+            .iter()
+            .any(|d| d.contains("GPU 0000:41:00.0 gets 0x32 instead of 1")),
+        "{r}"
+    );
+    assert!(
+        c.details
+            .iter()
+            .any(|d| d
+                .contains("policy 0x20: GSP on by default for workstation/server SKUs (580.142+")),
+        "{r}"
+    );
+}

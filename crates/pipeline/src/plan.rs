@@ -168,6 +168,13 @@ pub fn expectations(recipe: &Recipe) -> inspect::Expectations {
         driver_branch: nvidia.and_then(|n| n.driver_branch.clone()),
         hygiene: recipe.verify.hygiene,
         build_user: crate::BUILD_USER.to_owned(),
+        // The recipe's own list, else the models the image is published for.
+        gpu_models: nvidia
+            .map(|n| n.gpu_models.clone())
+            .filter(|m| !m.is_empty())
+            .or_else(|| recipe.payload.gpu.as_ref().map(|g| g.models.clone()))
+            .unwrap_or_default(),
+        build_hostname: Some(crate::setup::hostname(&recipe.name)),
     }
 }
 

@@ -297,6 +297,9 @@ pub struct NvidiaExpect {
     pub enable_gpu_firmware: Option<u32>,
     /// Expected driver branch, e.g. `565` (the installed version must start with `565.`).
     pub driver_branch: Option<String>,
+    /// GPU models whose GSP firmware (and, for Blackwell, open modules) the image must carry;
+    /// empty: `payload.gpu.models` is used.
+    pub gpu_models: Vec<String>,
 }
 
 /// Facts for the Nscale region API payload that cannot be read from the image.

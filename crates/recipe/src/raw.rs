@@ -85,6 +85,8 @@ pub(crate) struct RawVerify {
 pub(crate) struct RawNvidia {
     pub enable_gpu_firmware: Option<S>,
     pub driver_branch: Option<S>,
+    #[serde(default)]
+    pub gpu_models: Option<Vec<S>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -725,11 +725,28 @@ impl Resolver<'_> {
                         })
                         .map(Some),
                 };
-                match (fw, branch) {
-                    (Some(enable_gpu_firmware), Some(driver_branch)) => Some(Some(NvidiaExpect {
-                        enable_gpu_firmware,
-                        driver_branch,
-                    })),
+                let mut models = Some(Vec::new());
+                for (i, m) in n.gpu_models.iter().flatten().enumerate() {
+                    let parsed = self.value(&format!("verify.nvidia.gpu_models[{i}]"), m, |v| {
+                        if v.trim().is_empty() {
+                            Err((K::BadValue, "is empty".into(), hint_example("models")))
+                        } else {
+                            Ok(v.trim().to_owned())
+                        }
+                    });
+                    match (parsed, models.as_mut()) {
+                        (Some(m), Some(list)) => list.push(m),
+                        _ => models = None,
+                    }
+                }
+                match (fw, branch, models) {
+                    (Some(enable_gpu_firmware), Some(driver_branch), Some(gpu_models)) => {
+                        Some(Some(NvidiaExpect {
+                            enable_gpu_firmware,
+                            driver_branch,
+                            gpu_models,
+                        }))
+                    }
                     _ => None,
                 }
             }

@@ -135,3 +135,23 @@ fn scripts_pass_shellcheck() {
         );
     }
 }
+
+#[test]
+fn verify_nvidia_gpu_models_are_read_and_default_to_empty() {
+    let path = recipe_path("nvidia-fw1.yaml");
+    let r = Recipe::load(&path, &[]).unwrap();
+    // Not set: empty here, `payload.gpu.models` is used by pipeline::expectations.
+    assert!(r.verify.nvidia.as_ref().unwrap().gpu_models.is_empty());
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "    driver_branch: \"{{nvidia_driver_branch}}\"\n",
+        "    driver_branch: \"{{nvidia_driver_branch}}\"\n    gpu_models: [A100, \"RTX PRO 6000\"]\n",
+    );
+    let r = Recipe::from_source(&path, &text, &[]).unwrap();
+    assert_eq!(
+        r.verify.nvidia.as_ref().unwrap().gpu_models,
+        ["A100", "RTX PRO 6000"]
+    );
+    let bad = text.replace("[A100, \"RTX PRO 6000\"]", "[A100, \"\"]");
+    let e = Recipe::from_source(&path, &bad, &[]).unwrap_err();
+    assert!(e.to_string().contains("verify.nvidia.gpu_models[1]"), "{e}");
+}

@@ -87,3 +87,40 @@ pub fn free_port() -> u16 {
         .map(|addr| addr.port())
         .expect("bind an ephemeral port on 127.0.0.1")
 }
+
+/// Environment variable naming the directory `cargo xtask nvidia-bytes` made (with
+/// `manifest.json`, `module/nvidia.ko`, `firmware/lib/firmware/nvidia/<version>/`).
+pub const NVIDIA_BYTES_ENV: &str = "IMGBAKE_NVIDIA_BYTES";
+
+/// The real NVIDIA bytes (Debian's `firmware-nvidia-gsp` files and a real `nvidia.ko`) made by
+/// `cargo xtask nvidia-bytes`: `$IMGBAKE_NVIDIA_BYTES`, else `<target>/nvidia-bytes/current`.
+/// Missing: `SKIPPED`, or a failure naming the command under `IMGBAKE_REQUIRE_TOOLS=1`.
+pub fn nvidia_bytes() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os(NVIDIA_BYTES_ENV)
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    if let Some(target) = option_env!("CARGO_TARGET_DIR") {
+        candidates.push(Path::new(target).join("nvidia-bytes/current"));
+    }
+    candidates.push(workspace_root().join("target/nvidia-bytes/current"));
+    if let Some(found) = candidates
+        .iter()
+        .find(|c| c.join("manifest.json").is_file())
+    {
+        return Some(found.clone());
+    }
+    let what = format!(
+        "real NVIDIA bytes not found in {} (run `cargo xtask nvidia-bytes`, or set {NVIDIA_BYTES_ENV})",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if tools_required() {
+        panic!("{what} (required because {REQUIRE_TOOLS_ENV}=1)");
+    }
+    eprintln!("SKIPPED: {what}");
+    None
+}

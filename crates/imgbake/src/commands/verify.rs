@@ -18,8 +18,13 @@ Checks: the effective NVreg_EnableGpuFirmware from every place it can be set (mo
 modprobe's order, NVreg_RegistryDwords, the kernel command line in grub.cfg and \
 /etc/default/grub) with its meaning; conflicts between places; the installed NVIDIA driver \
 (dpkg status and the module's .modinfo) and its /lib/firmware/nvidia/<version>/gsp_*.bin; the \
-initramfs copy of the option when the initrd carries nvidia modules; and hygiene (SSH host \
-keys, machine-id, cloud-init state, build user, authorized_keys, cloud-init logs).
+initramfs copy of the option when the initrd carries nvidia modules; an nvidia module built for \
+every kernel the image boots (Ubuntu's nvidia.ko or Debian's nvidia-current.ko, compressed or \
+not); the GSP firmware each --gpu-models model loads, and the open modules for Blackwell; \
+containerd's default runtime when the NVIDIA Container Toolkit is installed; and hygiene (SSH \
+host keys, machine-id, cloud-init state, build user, authorized_keys, cloud-init logs, \
+/var/lib/imgbake, the build hostname in /etc/hosts, module-signing keys). Each line of the \
+report names the rule that decided it.
 
 Expectations come from --recipe's verify section, overridden by the --expect-* flags.";
 
@@ -27,6 +32,7 @@ const AFTER_HELP: &str = concat!(
     "EXAMPLES:\n",
     "    imgbake verify out/ubuntu-2204-nvidia-565.raw --expect-gpu-firmware 1 --expect-driver-branch 565\n",
     "    imgbake verify out/image.qcow2 --recipe recipes/nvidia-fw1.yaml\n",
+    "    imgbake verify out/image.raw --expect-gpu-firmware 1 --gpu-models A100,H100\n",
     "    imgbake verify --json out/image.raw | jq '.checks[] | select(.verdict == \"fail\")'\n",
     "\n",
     exit_status_help!(),
@@ -47,6 +53,10 @@ pub struct VerifyArgs {
     /// Required NVIDIA driver branch, e.g. 565
     #[arg(long, value_name = "BRANCH")]
     pub expect_driver_branch: Option<String>,
+    /// GPU models the image is for, e.g. A100,H100: selects the GSP firmware files that must
+    /// be present (and the open modules for Blackwell)
+    #[arg(long, value_name = "MODELS", value_delimiter = ',')]
+    pub gpu_models: Vec<String>,
     /// Take expectations from this recipe's `verify` section
     #[arg(long, value_name = "RECIPE")]
     pub recipe: Option<PathBuf>,
@@ -76,6 +86,9 @@ pub fn run(args: &VerifyArgs, _out: &Output) -> Result<ExitStatus, CliError> {
     }
     if args.expect_driver_branch.is_some() {
         expect.driver_branch = args.expect_driver_branch.clone();
+    }
+    if !args.gpu_models.is_empty() {
+        expect.gpu_models = args.gpu_models.clone();
     }
     if args.no_hygiene {
         expect.hygiene = false;

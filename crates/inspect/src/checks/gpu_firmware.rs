@@ -7,7 +7,7 @@
 use super::{CheckId, Context};
 use crate::Result;
 use crate::driver::ModuleFlavour;
-use crate::gpu_firmware::{Resolution, SettingStatus, Via, describe};
+use crate::gpu_firmware::{PER_DEVICE_PARAM, Resolution, SettingStatus, Via, describe};
 use crate::report::{Check, Verdict};
 
 /// The effective value explained, e.g. `unset → 18 = driver default: …`.
@@ -52,16 +52,37 @@ pub(crate) fn run(cx: &Context<'_>) -> Result<Check> {
     details.push(format!("effective value from {}", r.source));
     let open_ignores_zero = flavour == ModuleFlavour::Open && r.effective == Some(0);
     if open_ignores_zero {
-        details.push("the open kernel modules ignore 0: GSP stays on".to_string());
+        details.push(
+            "the open kernel modules ignore 0: GSP stays on, the setting is a no-op".to_string(),
+        );
     }
     let summary = if open_ignores_zero {
         format!("{decoded} — but the open modules ignore 0")
     } else {
         decoded
     };
+    let mut per_device_differs = false;
+    for p in &r.per_device {
+        let value = p.value.map_or("invalid".to_string(), describe);
+        details.push(format!(
+            "{}: {} pci={} EnableGpuFirmware={} → {value} [overrides the value for that GPU]",
+            p.location, PER_DEVICE_PARAM, p.device, p.raw
+        ));
+        if let Some(want) = cx.expect.enable_gpu_firmware
+            && p.value != Some(want)
+        {
+            per_device_differs = true;
+            details.push(format!(
+                "GPU {} gets {} instead of {want} (fix: remove EnableGpuFirmware from {PER_DEVICE_PARAM})",
+                p.device, p.raw
+            ));
+        }
+    }
     let verdict = match (r.effective, cx.expect.enable_gpu_firmware) {
         (None, _) => Verdict::Fail,
+        _ if per_device_differs => Verdict::Fail,
         (Some(0), Some(0)) if flavour == ModuleFlavour::Open => Verdict::Fail,
+        (Some(0), None) if flavour == ModuleFlavour::Open => Verdict::Warn,
         (Some(got), Some(want)) if got == want => Verdict::Pass,
         (Some(_), Some(want)) => {
             details.push(format!("expected {}", describe(want)));

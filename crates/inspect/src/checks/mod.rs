@@ -15,7 +15,10 @@ use crate::image::Image;
 use crate::report::{Check, Expectations};
 use crate::settings::GpuFirmwareSettings;
 
+mod container_runtime;
 mod driver;
+mod driver_flavour;
+mod driver_module;
 mod firmware_files;
 mod gpu_firmware;
 mod gpu_firmware_conflicts;
@@ -35,10 +38,16 @@ pub enum CheckId {
     GpuFirmwareConflicts,
     /// The installed NVIDIA driver: module, packages, branch.
     Driver,
+    /// An nvidia module built for every kernel the image can boot.
+    DriverModule,
+    /// The module flavour the GPU models need (Blackwell: open).
+    DriverFlavour,
     /// The GSP firmware files for the driver's exact version.
     FirmwareFiles,
     /// The initrd's copy of the option agrees with the root filesystem's.
     Initramfs,
+    /// containerd's default runtime is `nvidia` when the Container Toolkit is installed.
+    ContainerRuntime,
     /// No SSH host keys left in the image.
     HygieneSshHostKeys,
     /// No machine-id set.
@@ -51,22 +60,34 @@ pub enum CheckId {
     HygieneAuthorizedKeys,
     /// No cloud-init logs of the build.
     HygieneBuildLogs,
+    /// Nothing under `/var/lib/imgbake`.
+    HygieneBuildState,
+    /// No build hostname in `/etc/hosts`.
+    HygieneHosts,
+    /// No module-signing private key.
+    HygieneSigningKeys,
 }
 
 impl CheckId {
     /// Every id, in report order.
-    pub const ALL: [CheckId; 11] = [
+    pub const ALL: [CheckId; 17] = [
         CheckId::GpuFirmware,
         CheckId::GpuFirmwareConflicts,
         CheckId::Driver,
+        CheckId::DriverModule,
+        CheckId::DriverFlavour,
         CheckId::FirmwareFiles,
         CheckId::Initramfs,
+        CheckId::ContainerRuntime,
         CheckId::HygieneSshHostKeys,
         CheckId::HygieneMachineId,
         CheckId::HygieneCloudInitInstance,
         CheckId::HygieneBuildUser,
         CheckId::HygieneAuthorizedKeys,
         CheckId::HygieneBuildLogs,
+        CheckId::HygieneBuildState,
+        CheckId::HygieneHosts,
+        CheckId::HygieneSigningKeys,
     ];
 
     /// The stable id.
@@ -75,14 +96,20 @@ impl CheckId {
             CheckId::GpuFirmware => "gpu-firmware",
             CheckId::GpuFirmwareConflicts => "gpu-firmware-conflicts",
             CheckId::Driver => "driver",
+            CheckId::DriverModule => "driver/module",
+            CheckId::DriverFlavour => "driver/flavour",
             CheckId::FirmwareFiles => "firmware-files",
             CheckId::Initramfs => "initramfs",
+            CheckId::ContainerRuntime => "container-runtime",
             CheckId::HygieneSshHostKeys => "hygiene/ssh-host-keys",
             CheckId::HygieneMachineId => "hygiene/machine-id",
             CheckId::HygieneCloudInitInstance => "hygiene/cloud-init-instance",
             CheckId::HygieneBuildUser => "hygiene/build-user",
             CheckId::HygieneAuthorizedKeys => "hygiene/authorized-keys",
             CheckId::HygieneBuildLogs => "hygiene/build-logs",
+            CheckId::HygieneBuildState => "hygiene/build-state",
+            CheckId::HygieneHosts => "hygiene/hosts",
+            CheckId::HygieneSigningKeys => "hygiene/signing-keys",
         }
     }
 }
@@ -144,12 +171,15 @@ pub(crate) struct Context<'a> {
 type CheckFn = fn(&Context<'_>) -> Result<Check>;
 
 /// Every check, in report order (the same order as [`CheckId::ALL`]).
-const ALL: [(CheckId, CheckFn); 11] = [
+const ALL: [(CheckId, CheckFn); 17] = [
     (CheckId::GpuFirmware, gpu_firmware::run),
     (CheckId::GpuFirmwareConflicts, gpu_firmware_conflicts::run),
     (CheckId::Driver, driver::run),
+    (CheckId::DriverModule, driver_module::run),
+    (CheckId::DriverFlavour, driver_flavour::run),
     (CheckId::FirmwareFiles, firmware_files::run),
     (CheckId::Initramfs, initramfs::run),
+    (CheckId::ContainerRuntime, container_runtime::run),
     (CheckId::HygieneSshHostKeys, hygiene::ssh_host_keys::run),
     (CheckId::HygieneMachineId, hygiene::machine_id::run),
     (
@@ -162,6 +192,9 @@ const ALL: [(CheckId, CheckFn); 11] = [
         hygiene::authorized_keys::run,
     ),
     (CheckId::HygieneBuildLogs, hygiene::build_logs::run),
+    (CheckId::HygieneBuildState, hygiene::build_state::run),
+    (CheckId::HygieneHosts, hygiene::hosts::run),
+    (CheckId::HygieneSigningKeys, hygiene::signing_keys::run),
 ];
 
 /// Runs every check.

@@ -49,6 +49,8 @@ impl Guest {
         let full = self.root.join(path.trim_start_matches('/'));
         // /lib is a symlink to usr/lib, as in Ubuntu: write through it.
         fs::create_dir_all(full.parent().unwrap()).unwrap();
+        // Never write through a hard link to the real NVIDIA bytes (put_host_file): a new file.
+        let _ = fs::remove_file(&full);
         fs::write(full, contents).unwrap();
     }
 
@@ -57,6 +59,16 @@ impl Guest {
         fs::create_dir_all(full.parent().unwrap()).unwrap();
         let _ = fs::remove_file(&full);
         symlink(target, full).unwrap();
+    }
+
+    /// Puts a hard link to a host file (the real NVIDIA bytes: no copy in the tree).
+    pub fn put_host_file(&self, path: &str, host: &Path) {
+        let full = self.root.join(path.trim_start_matches('/'));
+        fs::create_dir_all(full.parent().unwrap()).unwrap();
+        let _ = fs::remove_file(&full);
+        if fs::hard_link(host, &full).is_err() {
+            fs::copy(host, &full).unwrap();
+        }
     }
 
     pub fn remove(&self, path: &str) {
@@ -141,6 +153,11 @@ impl Guest {
     /// (unformatted here) and, with `separate_boot`, p16 `/boot` (`BOOT`). Returns the RAW path.
     pub fn build(&self) -> PathBuf {
         let d = self.dir();
+        // Room for real NVIDIA bytes (a 73 MB module, 62 MB of firmware) when present.
+        let tree = tree_bytes(&self.root);
+        let root_mib = 40u64.max(tree * 5 / 4 / (1 << 20) + 24);
+        let root_size = format!("{root_mib}M");
+        let root_sectors = root_mib * 2048;
         let root_img = d.join("root.ext4");
         let boot_img = d.join("boot.ext4");
         if self.separate_boot {
@@ -157,7 +174,7 @@ impl Guest {
                 .args(["-q", "-F", "-L", "cloudimg-rootfs", "-d"])
                 .arg(&self.root)
                 .arg(&root_img)
-                .arg("40M"));
+                .arg(&root_size));
             fs::remove_dir(self.root.join("boot")).unwrap();
             fs::rename(&saved, self.root.join("boot")).unwrap();
         } else {
@@ -165,14 +182,17 @@ impl Guest {
                 .args(["-q", "-F", "-L", "cloudimg-rootfs", "-d"])
                 .arg(&self.root)
                 .arg(&root_img)
-                .arg("40M"));
+                .arg(&root_size));
         }
         let disk = d.join("disk.raw");
         let _ = fs::remove_file(&disk);
-        run(Command::new("truncate").args(["-s", "128M"]).arg(&disk));
+        let disk_mib = 128u64.max(31 + root_mib + 2);
+        run(Command::new("truncate")
+            .args(["-s", &format!("{disk_mib}M")])
+            .arg(&disk));
         // Sectors: p14 2048+8192, p15 10240+20480, p16 30720+32768, p1 63488+81920.
         let mut script = String::from("label: gpt\n");
-        script.push_str("disk.raw1 : start=63488, size=81920, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"cloudimg-rootfs\"\n");
+        script.push_str(&format!("disk.raw1 : start=63488, size={root_sectors}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"cloudimg-rootfs\"\n"));
         script.push_str(
             "disk.raw14 : start=2048, size=8192, type=21686148-6449-6E6F-744E-656564454649\n",
         );
@@ -196,8 +216,214 @@ impl Guest {
                 d,
             );
         }
+        // The disk holds a copy: keep the temp dir small (real NVIDIA bytes are large).
+        let _ = fs::remove_file(&root_img);
+        let _ = fs::remove_file(&boot_img);
         disk
     }
+}
+
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            total += tree_bytes(&e.path());
+        } else {
+            total += meta.len();
+        }
+    }
+    total
+}
+
+/// The real NVIDIA bytes of `cargo xtask nvidia-bytes` (Debian bookworm's 535 driver).
+pub struct NvidiaBytes {
+    pub dir: PathBuf,
+    /// `535.261.03`.
+    pub version: String,
+    /// The kernel the module was built for (`6.1.0-50-cloud-amd64`).
+    pub kernel: String,
+    /// The real proprietary `nvidia.ko`.
+    pub module: PathBuf,
+    /// `…/lib/firmware/nvidia/<version>`.
+    pub firmware: PathBuf,
+}
+
+/// The real bytes, or `None` (skip; a failure naming `cargo xtask nvidia-bytes` under
+/// `IMGBAKE_REQUIRE_TOOLS=1`).
+pub fn nvidia_bytes() -> Option<NvidiaBytes> {
+    let dir = test_support::nvidia_bytes()?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let field = |k: &str| {
+        manifest[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("manifest {k}"))
+            .to_string()
+    };
+    Some(NvidiaBytes {
+        module: dir.join(field("module")),
+        firmware: dir.join(field("firmware_dir")),
+        version: field("driver_version"),
+        kernel: field("kernel_release"),
+        dir,
+    })
+}
+
+/// Options for [`debian`].
+#[derive(Clone)]
+pub struct DebianSpec {
+    /// Install the real module as `updates/dkms/nvidia-current.ko` + this suffix (`""`, `.xz`,
+    /// `.zst`); `None`: no module.
+    pub module_suffix: Option<&'static str>,
+    /// Put the real GSP firmware files.
+    pub firmware: bool,
+    /// The NVIDIA Container Toolkit with containerd on runc.
+    pub container_toolkit: bool,
+}
+
+impl Default for DebianSpec {
+    fn default() -> Self {
+        DebianSpec {
+            module_suffix: Some(""),
+            firmware: true,
+            container_toolkit: false,
+        }
+    }
+}
+
+/// Debian nvidia-kernel-support's `/etc/nvidia/current/nvidia-modprobe.conf` (535).
+pub const DEBIAN_NVIDIA_MODPROBE: &str = "\
+# This file was installed by nvidia-kernel-support.
+alias char-major-195* nvidia
+install nvidia modprobe -i nvidia-current $CMDLINE_OPTS
+install nvidia-modeset modprobe nvidia ; modprobe -i nvidia-current-modeset $CMDLINE_OPTS
+install nvidia-drm modprobe nvidia-modeset ; modprobe -i nvidia-current-drm $CMDLINE_OPTS
+install nvidia-uvm modprobe nvidia ; modprobe -i nvidia-current-uvm $CMDLINE_OPTS
+install nvidia-peermem modprobe nvidia ; modprobe -i nvidia-current-peermem $CMDLINE_OPTS
+remove nvidia modprobe -r -i nvidia-drm nvidia-modeset nvidia-peermem nvidia-uvm nvidia
+";
+
+impl Guest {
+    /// Adds a kernel: `/boot/vmlinuz-<release>` and `/lib/modules/<release>/kernel`.
+    pub fn add_kernel(&self, release: &str) {
+        fs::create_dir_all(self.root.join(format!("usr/lib/modules/{release}/kernel"))).unwrap();
+        self.put(&format!("/boot/vmlinuz-{release}"), "kernel");
+    }
+
+    /// Installs the real module for `release` as Debian's DKMS names it, compressed by
+    /// `suffix` (`""`, `.xz`, `.zst`, `.gz`) with the real tools.
+    pub fn put_real_module(&self, b: &NvidiaBytes, release: &str, suffix: &str) {
+        let path = format!("/usr/lib/modules/{release}/updates/dkms/nvidia-current.ko{suffix}");
+        if suffix.is_empty() {
+            self.put_host_file(&path, &b.module);
+            return;
+        }
+        let out = self.dir().join(format!("nvidia-current.ko{suffix}"));
+        if !out.exists() {
+            let tool = match suffix {
+                ".xz" => "xz -1 -T2 -c",
+                ".zst" => "zstd -q -1 -c",
+                ".gz" => "gzip -1 -c",
+                other => panic!("suffix {other}"),
+            };
+            sh(
+                &format!("{tool} '{}' > '{}'", b.module.display(), out.display()),
+                self.dir(),
+            );
+        }
+        self.put_host_file(&path, &out);
+    }
+
+    /// Puts the real GSP firmware files under `/lib/firmware/nvidia/<version>/`.
+    pub fn put_real_firmware(&self, b: &NvidiaBytes) {
+        for name in ["gsp_ga10x.bin", "gsp_tu10x.bin"] {
+            self.put_host_file(
+                &format!("/usr/lib/firmware/nvidia/{}/{name}", b.version),
+                &b.firmware.join(name),
+            );
+        }
+    }
+}
+
+/// A Debian 12 guest (merged /usr) with Debian's real 535 driver as DKMS installs it: the
+/// module renamed `nvidia-current.ko`, loaded through nvidia-kernel-support's `install` lines
+/// (a modprobe.d symlink through `/etc/alternatives`), `options nvidia
+/// NVreg_EnableGpuFirmware=1`, and firmware-nvidia-gsp's files.
+pub fn debian(b: &NvidiaBytes, spec: &DebianSpec) -> Guest {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    fs::create_dir_all(root.join("usr/lib")).unwrap();
+    for d in ["etc", "var/lib/cloud", "var/log", "home", "root", "tmp"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    symlink("usr/lib", root.join("lib")).unwrap();
+    let g = Guest {
+        tmp,
+        root,
+        separate_boot: false,
+    };
+    g.put(
+        "/etc/os-release",
+        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\nID=debian\n",
+    );
+    g.put("/etc/machine-id", "");
+    g.put(
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\ndebian:x:1000:1000::/home/debian:/bin/bash\n",
+    );
+    let v = format!("{}-1", b.version);
+    let mut status = dpkg_stanza("base-files", "12.4+deb12u13", "amd64");
+    for name in [
+        "nvidia-kernel-dkms",
+        "nvidia-kernel-support",
+        "firmware-nvidia-gsp",
+        "nvidia-smi",
+    ] {
+        status += &dpkg_stanza(name, &v, "amd64");
+    }
+    if spec.container_toolkit {
+        status += &dpkg_stanza("nvidia-container-toolkit", "1.17.8-1", "amd64");
+        status += &dpkg_stanza("containerd", "1.6.20~ds1-1+b1", "amd64");
+        g.put(
+            "/etc/containerd/config.toml",
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n",
+        );
+    }
+    g.put("/var/lib/dpkg/status", &status);
+    let k = &b.kernel;
+    g.add_kernel(k);
+    g.link("/vmlinuz", &format!("boot/vmlinuz-{k}"));
+    if let Some(suffix) = spec.module_suffix {
+        g.put_real_module(b, k, suffix);
+    }
+    g.put(
+        "/boot/grub/grub.cfg",
+        &format!("set default=0\nmenuentry 'Debian GNU/Linux' {{\n\tlinux\t/boot/vmlinuz-{k} root=LABEL=cloudimg-rootfs ro console=ttyS0\n\tinitrd\t/boot/initrd.img-{k}\n}}\n"),
+    );
+    g.put(
+        "/etc/nvidia/current/nvidia-modprobe.conf",
+        DEBIAN_NVIDIA_MODPROBE,
+    );
+    g.link(
+        "/etc/alternatives/nvidia--nvidia-modprobe.conf",
+        "/etc/nvidia/current/nvidia-modprobe.conf",
+    );
+    g.link(
+        "/etc/modprobe.d/nvidia.conf",
+        "/etc/alternatives/nvidia--nvidia-modprobe.conf",
+    );
+    g.put(
+        "/etc/modprobe.d/nvidia-options.conf",
+        "options nvidia NVreg_EnableGpuFirmware=1\n",
+    );
+    if spec.firmware {
+        g.put_real_firmware(b);
+    }
+    fs::create_dir_all(g.root.join("etc/ssh")).unwrap();
+    g
 }
 
 /// Options for [`ubuntu`].

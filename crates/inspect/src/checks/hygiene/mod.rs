@@ -4,7 +4,11 @@
 //! What counts as dirty (each is one check):
 //! - `/etc/ssh/ssh_host_*` keys: every instance would share them;
 //! - a non-empty `/etc/machine-id` (other than `uninitialized`), or a regular non-empty
-//!   `/var/lib/dbus/machine-id`: instances would share an id and DHCP client id;
+//!   `/var/lib/dbus/machine-id`: instances would share an id and DHCP client id; an absent
+//!   `/etc/machine-id`: systemd would not treat the boot as a first boot;
+//! - anything under `/var/lib/imgbake` (the build's step files);
+//! - the build hostname in `/etc/hosts`;
+//! - a DKMS/MOK signing private key (`/var/lib/dkms/mok.key`, `/var/lib/shim-signed/mok/*.priv`);
 //! - `/var/lib/cloud/instance` or anything in `/var/lib/cloud/instances`: cloud-init would
 //!   treat the first boot as already done (and the build's user-data lives there);
 //! - the build user in `/etc/passwd`, or a `/home/<build user>`;
@@ -17,9 +21,12 @@
 
 pub(crate) mod authorized_keys;
 pub(crate) mod build_logs;
+pub(crate) mod build_state;
 pub(crate) mod build_user;
 pub(crate) mod cloud_init_instance;
+pub(crate) mod hosts;
 pub(crate) mod machine_id;
+pub(crate) mod signing_keys;
 pub(crate) mod ssh_host_keys;
 
 use super::{CheckId, Context};
