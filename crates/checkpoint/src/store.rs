@@ -478,8 +478,22 @@ impl RunLease<'_> {
         if self.diverged {
             return Ok(None);
         }
+        let sha256 = hash_file(&self.layer_path(req.key))?;
+        self.publish_hashed(req, sha256)
+    }
+
+    /// [`RunLease::publish`] with the layer's sha256 already taken (by `digest::hash_file` of
+    /// [`RunLease::layer_path`]), so an async caller can hash a multi-GB layer off its executor.
+    /// A wrong digest publishes nothing usable: the next lookup discards the layer.
+    pub fn publish_hashed(
+        &mut self,
+        req: &PublishRequest<'_>,
+        sha256: digest::Sha256,
+    ) -> Result<Option<Layer>> {
+        if self.diverged {
+            return Ok(None);
+        }
         let path = self.layer_path(req.key);
-        let sha256 = hash_file(&path)?;
         let size = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
         let meta = LayerMeta {
             key: *req.key,

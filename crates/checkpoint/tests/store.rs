@@ -534,3 +534,40 @@ fn a_layer_not_backed_by_its_parent_is_discarded() {
     // The untouched parent is still fine.
     assert!(matches!(store.lookup(&key(1)).unwrap(), Lookup::Hit(_)));
 }
+
+#[test]
+fn publish_hashed_records_the_given_digest_and_a_wrong_one_is_caught() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    qcow2(&base, None);
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    let mut lease = store.lease().unwrap();
+    let (k1, k2) = (key(1), key(2));
+    qcow2(&lease.layer_path(&k1), Some(&base));
+    let right = digest::hash_file(&lease.layer_path(&k1)).unwrap();
+    let layer = lease
+        .publish_hashed(&request(&k1, None, &key(0), &base), right)
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.lookup(&k1).unwrap(), Lookup::Hit(layer));
+    // Same base, another size: a layer whose digest differs from layer 1's.
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(lease.layer_path(&k2))
+        .arg("32M")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    lease
+        .publish_hashed(&request(&k2, None, &key(0), &base), right)
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        store.lookup(&k2).unwrap(),
+        Lookup::Discarded(Discarded::Corrupt { .. })
+    ));
+}
