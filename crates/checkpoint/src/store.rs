@@ -1,9 +1,10 @@
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use digest::{AtomicFile, CacheKey, hash_file};
+use digest::{CacheKey, hash_file};
 
 use crate::error::io_err;
 use crate::layer::key_from_name;
@@ -62,13 +63,21 @@ impl CheckpointStore {
             root.join("chains"),
             root.join("runs"),
         ] {
-            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+            // The store holds chains' private keys and layers with each step's env files:
+            // only the owner may look. An existing directory keeps its mode; tighten it.
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+                .map_err(io_err("create", &dir))?;
         }
         let path = root.join("lock");
         OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io_err("open", &path))
     }
@@ -102,8 +111,10 @@ impl CheckpointStore {
         ChainSecrets::open(self.chains_dir().join(root.to_string()))
     }
 
-    /// Removes layer files that no live build owns and no record publishes: what a crash or
-    /// Ctrl-C cut off. Returns what it threw away so the caller can say so.
+    /// Removes layer files and temp files of dead runs (the run id is in every name this store
+    /// writes) that no record publishes: what a crash or Ctrl-C cut off. Files of live runs and
+    /// temp names without a run id are left alone: another build may be writing them. Returns
+    /// what it threw away so the caller can say so.
     pub fn sweep_incomplete(&self) -> Result<Vec<Discarded>> {
         let mut discarded = Vec::new();
         let dir = self.layers_dir();
@@ -111,7 +122,9 @@ impl CheckpointStore {
             let entry = entry.map_err(io_err("read", &dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some((key, run)) = parse_layer_file_name(&name) else {
-                if name.ends_with(".tmp") {
+                if let Some(run) = parse_record_temp_name(&name)
+                    && !self.run_is_live(run)
+                {
                     let _ = fs::remove_file(entry.path());
                 }
                 continue;
@@ -138,8 +151,12 @@ impl CheckpointStore {
     }
 
     fn run_is_live(&self, run: &str) -> bool {
-        let path = self.root.join("runs").join(format!("{run}.lock"));
-        let Ok(file) = File::open(&path) else {
+        self.locked(&self.root.join("runs").join(format!("{run}.lock")))
+    }
+
+    /// Whether someone holds the lock on `path` (a non-blocking attempt; a missing file is not).
+    fn locked(&self, path: &Path) -> bool {
+        let Ok(file) = File::open(path) else {
             return false;
         };
         matches!(file.try_lock(), Err(TryLockError::WouldBlock))
@@ -150,9 +167,12 @@ impl CheckpointStore {
         for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
             let entry = entry.map_err(io_err("read", &dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(run) = name.strip_suffix(".lock")
-                && !self.run_is_live(run)
-            {
+            // `.<run>.lock.tmp`: a lease cut off between creating and naming its lock.
+            let run = name.strip_suffix(".lock").or_else(|| {
+                name.strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".lock.tmp"))
+            });
+            if run.is_some() && !self.locked(&entry.path()) {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -175,6 +195,15 @@ impl CheckpointStore {
             }
         };
         match serde_json::from_slice::<LayerMeta>(&bytes) {
+            Ok(meta) if &meta.key == key && !is_plain_file_name(&meta.file) => {
+                Err(Discarded::BadRecord {
+                    file: path,
+                    reason: format!(
+                        "its layer file {:?} is not a plain file name inside the store",
+                        meta.file
+                    ),
+                })
+            }
             Ok(meta) if &meta.key == key => Ok(Some(meta)),
             Ok(meta) => Err(Discarded::BadRecord {
                 file: path,
@@ -215,7 +244,54 @@ impl CheckpointStore {
                 actual,
             }));
         }
+        if let Err(reason) = self.check_backing(&path, &meta) {
+            self.discard(key, Some(&path))?;
+            return Ok(Lookup::Discarded(Discarded::BadRecord {
+                file: self.record_path(key),
+                reason,
+            }));
+        }
         Ok(Lookup::Hit(Layer { path, meta }))
+    }
+
+    /// The layer's qcow2 header must name the backing file its record names, and a layer with
+    /// a parent must be backed by a layer of the parent's key in this store: otherwise booting
+    /// it would read some other disk than the one the record vouches for.
+    fn check_backing(&self, path: &Path, meta: &LayerMeta) -> std::result::Result<(), String> {
+        let header =
+            qcow2_backing(path).map_err(|e| format!("its layer {}: {e}", path.display()))?;
+        let actual = header.map(|b| {
+            if b.is_absolute() {
+                b
+            } else {
+                path.parent().unwrap_or(Path::new("")).join(b)
+            }
+        });
+        if actual.as_deref() != Some(meta.backing.as_path()) {
+            return Err(format!(
+                "its layer {} is backed by {}, not by the recorded {}",
+                path.display(),
+                actual.map_or("nothing".into(), |b| b.display().to_string()),
+                meta.backing.display()
+            ));
+        }
+        if let Some(parent) = &meta.parent {
+            let parent_layer = meta.backing.parent() == Some(self.layers_dir().as_path())
+                && meta
+                    .backing
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(parse_layer_file_name)
+                    .is_some_and(|(k, _)| k == parent.to_string());
+            if !parent_layer {
+                return Err(format!(
+                    "its backing file {} is not a layer of its parent {}",
+                    meta.backing.display(),
+                    parent.short()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The longest prefix of `keys` (a chain, first step first) that is published, intact and
@@ -226,7 +302,8 @@ impl CheckpointStore {
         for key in keys {
             match self.lookup(key)? {
                 Lookup::Hit(layer) => {
-                    let linked = layer.meta.parent.as_ref() == layers.last().map(|l| &l.meta.key);
+                    let linked = layer.meta.parent.as_ref() == layers.last().map(|l| &l.meta.key)
+                        && layers.last().is_none_or(|p| p.path == layer.meta.backing);
                     let backing_ok = layer.meta.backing.exists();
                     if !(linked && backing_ok) {
                         break;
@@ -269,10 +346,20 @@ impl CheckpointStore {
     /// Starts a build's lease: a run id, held by a lock, that names its layer files.
     pub fn lease(&self) -> Result<RunLease<'_>> {
         let run = format!("{:016x}", rand::random::<u64>());
-        let path = self.root.join("runs").join(format!("{run}.lock"));
-        let lock = File::create(&path).map_err(io_err("create", &path))?;
+        let runs = self.root.join("runs");
+        let path = runs.join(format!("{run}.lock"));
+        // Locked before it has its final name: a sweep that sees `<run>.lock` unlocked may
+        // take the run for dead and delete its files.
+        let tmp = runs.join(format!(".{run}.lock.tmp"));
+        let lock = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
         lock.try_lock()
-            .map_err(|e| io_err("lock", &path)(e.into()))?;
+            .map_err(|e| io_err("lock", &tmp)(e.into()))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
         Ok(RunLease {
             store: self,
             run,
@@ -282,6 +369,51 @@ impl CheckpointStore {
             diverged: false,
         })
     }
+}
+
+/// `.<64 hex>.<run>.json.tmp` (a record being published) → run.
+fn parse_record_temp_name(name: &str) -> Option<&str> {
+    let stem = name.strip_prefix('.')?.strip_suffix(".json.tmp")?;
+    let (key, run) = stem.split_once('.')?;
+    (key.len() == 64 && !run.is_empty() && !run.contains('.')).then_some(run)
+}
+
+/// A record's `file` must name a file directly inside `layers/`: no path, no `..`.
+fn is_plain_file_name(file: &str) -> bool {
+    let mut parts = Path::new(file).components();
+    matches!(parts.next(), Some(Component::Normal(n)) if n == file) && parts.next().is_none()
+}
+
+/// The backing file name in a qcow2 header (`None`: no backing file). The header is big-endian:
+/// magic `QFI\xfb`, then at byte 8 the name's offset (u64) and at 16 its length (u32).
+fn qcow2_backing(path: &Path) -> io::Result<Option<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut file = File::open(path)?;
+    let mut header = [0u8; 20];
+    file.read_exact(&mut header)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not a qcow2 image"))?;
+    if header[..4] != *b"QFI\xfb" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a qcow2 image",
+        ));
+    }
+    let offset = u64::from_be_bytes(header[8..16].try_into().unwrap_or_default());
+    let len = u32::from_be_bytes(header[16..20].try_into().unwrap_or_default());
+    if offset == 0 || len == 0 {
+        return Ok(None);
+    }
+    // qemu limits the name to 1023 bytes; a larger one is a broken header.
+    if len > 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "backing file name too long",
+        ));
+    }
+    let mut name = vec![0u8; len as usize];
+    io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;
+    file.read_exact(&mut name)?;
+    Ok(Some(PathBuf::from(std::ffi::OsStr::from_bytes(&name))))
 }
 
 /// `<64 hex>.<run>.qcow2` → (key, run).
@@ -346,8 +478,22 @@ impl RunLease<'_> {
         if self.diverged {
             return Ok(None);
         }
+        let sha256 = hash_file(&self.layer_path(req.key))?;
+        self.publish_hashed(req, sha256)
+    }
+
+    /// [`RunLease::publish`] with the layer's sha256 already taken (by `digest::hash_file` of
+    /// [`RunLease::layer_path`]), so an async caller can hash a multi-GB layer off its executor.
+    /// A wrong digest publishes nothing usable: the next lookup discards the layer.
+    pub fn publish_hashed(
+        &mut self,
+        req: &PublishRequest<'_>,
+        sha256: digest::Sha256,
+    ) -> Result<Option<Layer>> {
+        if self.diverged {
+            return Ok(None);
+        }
         let path = self.layer_path(req.key);
-        let sha256 = hash_file(&path)?;
         let size = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
         let meta = LayerMeta {
             key: *req.key,
@@ -376,16 +522,22 @@ impl RunLease<'_> {
         let record = self.store.record_path(req.key);
         // The record is written under a temp name and hard-linked into place, not renamed:
         // hard_link fails if the record exists, so publishing never replaces another build's
-        // layer. Dropping the temp file afterwards removes the temp name only.
-        let mut tmp = AtomicFile::create(&record).map_err(io_err("create a temp file in", &dir))?;
-        tmp.make_readable()
-            .and_then(|()| tmp.write_all(&json))
-            .and_then(|()| tmp.file().sync_all())
-            .map_err(io_err("write", tmp.temp_path()))?;
+        // layer. The temp name carries the run id so a sweep can tell a live run's from a
+        // dead one's; it is removed once linked.
+        let tmp = TempName(dir.join(format!(".{}.{}.json.tmp", req.key, self.run)));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp.0)
+            .and_then(|mut f| f.write_all(&json).and_then(|()| f.sync_all()))
+            .map_err(io_err("write", &tmp.0))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(io_err("chmod", &path))?;
         File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(io_err("sync", &path))?;
-        let linked = fs::hard_link(tmp.temp_path(), &record);
+        let linked = fs::hard_link(&tmp.0, &record);
         drop(tmp);
         if linked.is_ok() {
             digest::fsync_dir(&dir).map_err(io_err("sync", &dir))?;
@@ -447,6 +599,15 @@ impl RunLease<'_> {
         };
         let unlocked = lock.unlock().map_err(io_err("unlock", &self.lock_path));
         removed.and(unlocked)
+    }
+}
+
+/// A temp file removed when dropped (its contents live on under the name it was linked to).
+struct TempName(PathBuf);
+
+impl Drop for TempName {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 

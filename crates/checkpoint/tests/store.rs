@@ -2,11 +2,11 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use checkpoint::{
-    CacheKey, CheckpointStore, Discarded, Error, GcPlan, GcPolicy, Lookup, PublishRequest, RunLease,
+    CacheKey, CheckpointStore, Discarded, Error, GcPlan, GcPolicy, Lookup, PublishRequest,
 };
 
 fn key(n: u8) -> CacheKey {
@@ -37,28 +37,6 @@ fn request<'a>(
         recipe: "smoke",
         step_id: "01",
         step_name: "01-marker",
-    }
-}
-
-/// A stand-in base image (the store never reads it) in `dir`.
-fn fake_base(dir: &tempfile::TempDir) -> PathBuf {
-    let base = dir.path().join("base.img");
-    fs::write(&base, b"base").unwrap();
-    base
-}
-
-/// Publishes `keys` as one chain under `root` through `lease`, layer `i` holding `layer {i}`
-/// and backed by the one before it (the first by `base`).
-fn publish_chained(lease: &mut RunLease<'_>, root: &CacheKey, keys: &[CacheKey], base: &Path) {
-    let mut backing = base.to_path_buf();
-    for (i, k) in keys.iter().enumerate() {
-        fs::write(lease.layer_path(k), format!("layer {i}")).unwrap();
-        let parent = i.checked_sub(1).map(|p| &keys[p]);
-        lease
-            .publish(&request(k, parent, root, &backing))
-            .unwrap()
-            .unwrap();
-        backing = lease.layer_path(k);
     }
 }
 
@@ -133,13 +111,26 @@ fn cut_off_layers_are_swept_and_reported_but_live_runs_are_left_alone() {
 
 #[test]
 fn reusable_prefix_stops_at_the_first_gap() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
-    let base = fake_base(&dir);
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
     let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
     let root = key(0);
     let keys = [key(1), key(2), key(3)];
     let mut lease = store.lease().unwrap();
-    publish_chained(&mut lease, &root, &keys[..2], &base);
+    let mut backing = base.clone();
+    for (i, k) in keys.iter().enumerate().take(2) {
+        qcow2(&lease.layer_path(k), Some(&backing));
+        let parent = i.checked_sub(1).map(|p| &keys[p]);
+        lease
+            .publish(&request(k, parent, &root, &backing))
+            .unwrap()
+            .unwrap();
+        backing = lease.layer_path(k);
+    }
     let (layers, discarded) = store.reusable_prefix(&keys).unwrap();
     assert_eq!(
         layers.iter().map(|l| l.meta.key).collect::<Vec<_>>(),
@@ -154,15 +145,19 @@ fn reusable_prefix_stops_at_the_first_gap() {
 
 #[test]
 fn a_lost_publish_race_keeps_the_winner_and_stops_publishing_this_run() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
-    let base = fake_base(&dir);
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
     let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
     let (root, k1, k2) = (key(0), key(1), key(2));
     let mut first = store.lease().unwrap();
     let mut second = store.lease().unwrap();
-    fs::write(first.layer_path(&k1), b"first").unwrap();
-    fs::write(second.layer_path(&k1), b"second").unwrap();
-    fs::write(second.layer_path(&k2), b"second, step 2").unwrap();
+    qcow2(&first.layer_path(&k1), Some(&base));
+    qcow2(&second.layer_path(&k1), Some(&base));
+    qcow2(&second.layer_path(&k2), Some(&second.layer_path(&k1)));
     let winner = first
         .publish(&request(&k1, None, &root, &base))
         .unwrap()
@@ -188,7 +183,8 @@ fn a_lost_publish_race_keeps_the_winner_and_stops_publishing_this_run() {
 #[test]
 fn gc_removes_dead_keys_with_their_descendants_and_waits_for_builds() {
     let dir = tempfile::tempdir().unwrap();
-    let base = fake_base(&dir);
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
     let store_dir = dir.path().join("store");
     {
         let store = CheckpointStore::open(&store_dir).unwrap();
@@ -229,13 +225,26 @@ fn gc_removes_dead_keys_with_their_descendants_and_waits_for_builds() {
 
 #[test]
 fn a_corrupt_layer_takes_its_descendants_along_so_a_rebuild_can_publish_them() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
-    let base = fake_base(&dir);
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
     let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
     let root = key(0);
     let keys = [key(1), key(2), key(3)];
     let mut lease = store.lease().unwrap();
-    publish_chained(&mut lease, &root, &keys, &base);
+    let mut backing = base.clone();
+    for (i, k) in keys.iter().enumerate() {
+        qcow2(&lease.layer_path(k), Some(&backing));
+        let parent = i.checked_sub(1).map(|p| &keys[p]);
+        lease
+            .publish(&request(k, parent, &root, &backing))
+            .unwrap()
+            .unwrap();
+        backing = lease.layer_path(k);
+    }
     let layer_2 = lease.layer_path(&keys[1]);
     drop(lease);
     fs::write(&layer_2, b"layer 1, bit-rotted").unwrap();
@@ -248,7 +257,7 @@ fn a_corrupt_layer_takes_its_descendants_along_so_a_rebuild_can_publish_them() {
     // A rebuild of 2 and 3 on top of 1 publishes both again.
     let mut backing = layers[0].path.clone();
     for (i, k) in keys.iter().enumerate().skip(1) {
-        fs::write(lease.layer_path(k), format!("rebuilt {i}")).unwrap();
+        qcow2(&lease.layer_path(k), Some(&backing));
         assert!(
             lease
                 .publish(&request(k, Some(&keys[i - 1]), &root, &backing))
@@ -263,8 +272,12 @@ fn a_corrupt_layer_takes_its_descendants_along_so_a_rebuild_can_publish_them() {
 
 #[test]
 fn finish_removes_unpublished_layers_and_the_run_lock_and_reports_success() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
-    let base = fake_base(&dir);
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
     let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
     let (root, k1, k2) = (key(0), key(1), key(2));
     let mut lease = store.lease().unwrap();
@@ -273,8 +286,8 @@ fn finish_removes_unpublished_layers_and_the_run_lock_and_reports_success() {
         .join("store/runs")
         .join(format!("{}.lock", lease.run_id()));
     assert!(run_lock.exists());
-    fs::write(lease.layer_path(&k1), b"published").unwrap();
-    fs::write(lease.layer_path(&k2), b"never published").unwrap();
+    qcow2(&lease.layer_path(&k1), Some(&base));
+    qcow2(&lease.layer_path(&k2), Some(&lease.layer_path(&k1)));
     let published = lease
         .publish(&request(&k1, None, &root, &base))
         .unwrap()
@@ -293,7 +306,8 @@ fn finish_removes_unpublished_layers_and_the_run_lock_and_reports_success() {
 #[test]
 fn a_gc_plan_removes_nothing_until_applied_and_apply_needs_the_store_to_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let base = fake_base(&dir);
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
     let store_dir = dir.path().join("store");
     let (old_root, new_root) = (key(0), key(10));
     let chain = |store: &CheckpointStore, root: &CacheKey, keys: &[CacheKey]| {
@@ -362,4 +376,198 @@ fn a_gc_plan_removes_nothing_until_applied_and_apply_needs_the_store_to_itself()
     assert!(chains.join(new_root.to_string()).join("keys/k").exists());
     // An empty plan applies to nothing.
     assert!(store.apply(GcPlan::default()).unwrap().is_empty());
+}
+
+#[test]
+fn a_sweep_leaves_a_live_runs_record_being_published_and_removes_a_dead_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    let layers = dir.path().join("store/layers");
+    let lease = store.lease().unwrap();
+    let live = layers.join(format!(".{}.{}.json.tmp", key(1), lease.run_id()));
+    let dead = layers.join(format!(".{}.deadbeef.json.tmp", key(2)));
+    fs::write(&live, b"{").unwrap();
+    fs::write(&dead, b"{").unwrap();
+    store.sweep_incomplete().unwrap();
+    assert!(live.exists(), "a live build's record temp file was swept");
+    assert!(!dead.exists(), "a dead run's record temp file was kept");
+}
+
+#[test]
+fn the_run_lock_has_its_final_name_only_once_locked_and_the_store_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    fs::create_dir_all(root.join("layers")).unwrap();
+    fs::set_permissions(root.join("layers"), fs::Permissions::from_mode(0o755)).unwrap();
+    let store = CheckpointStore::open(&root).unwrap();
+    for d in ["", "layers", "chains", "runs"] {
+        assert_eq!(mode(&root.join(d)), 0o700, "{d:?}");
+    }
+    let lease = store.lease().unwrap();
+    let lock = root.join("runs").join(format!("{}.lock", lease.run_id()));
+    assert_eq!(mode(&lock), 0o600);
+    let names: Vec<_> = fs::read_dir(root.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        [lock.file_name().unwrap()],
+        "a temp lock name is left"
+    );
+    let file = fs::File::open(&lock).unwrap();
+    assert!(file.try_lock().is_err(), "the run lock is not held");
+    assert_eq!(mode(&root.join("lock")), 0o600);
+}
+
+#[test]
+fn published_layers_and_records_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    qcow2(&base, None);
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    let mut lease = store.lease().unwrap();
+    qcow2(&lease.layer_path(&key(1)), Some(&base));
+    let layer = lease
+        .publish(&request(&key(1), None, &key(0), &base))
+        .unwrap()
+        .unwrap();
+    assert_eq!(mode(&layer.path), 0o600);
+    let record = dir.path().join(format!("store/layers/{}.json", key(1)));
+    assert_eq!(mode(&record), 0o600);
+}
+
+/// Publishes key 1 (on `base`) and key 2 (on layer 1), then rewrites key 2's record with `edit`.
+fn tampered_chain(dir: &Path, edit: impl Fn(&mut serde_json::Value)) -> CheckpointStore {
+    let base = dir.join("base.qcow2");
+    qcow2(&base, None);
+    let store = CheckpointStore::open(&dir.join("store")).unwrap();
+    let mut lease = store.lease().unwrap();
+    qcow2(&lease.layer_path(&key(1)), Some(&base));
+    let first = lease
+        .publish(&request(&key(1), None, &key(0), &base))
+        .unwrap()
+        .unwrap();
+    qcow2(&lease.layer_path(&key(2)), Some(&first.path));
+    lease
+        .publish(&request(&key(2), Some(&key(1)), &key(0), &first.path))
+        .unwrap()
+        .unwrap();
+    drop(lease);
+    let record = dir.join(format!("store/layers/{}.json", key(2)));
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
+    edit(&mut json);
+    fs::write(&record, serde_json::to_vec(&json).unwrap()).unwrap();
+    store
+}
+
+#[test]
+fn a_record_whose_file_is_not_a_plain_name_is_discarded() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    for bad in ["/etc/passwd", "../base.qcow2", "sub/x.qcow2", ".."] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = tampered_chain(dir.path(), |j| j["file"] = bad.into());
+        match store.lookup(&key(2)).unwrap() {
+            Lookup::Discarded(why @ Discarded::BadRecord { .. }) => {
+                assert!(why.to_string().contains("plain file name"), "{why}");
+            }
+            other => panic!("{bad:?} accepted: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_layer_not_backed_by_its_parent_is_discarded() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    // The record claims the base as backing; the header names layer 1.
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    let store = tampered_chain(dir.path(), |j| j["backing"] = base.to_str().unwrap().into());
+    match store.lookup(&key(2)).unwrap() {
+        Lookup::Discarded(why @ Discarded::BadRecord { .. }) => {
+            assert!(why.to_string().contains("backed by"), "{why}");
+        }
+        other => panic!("a wrong backing file was accepted: {other:?}"),
+    }
+    // The header and record agree on the base, but key 2 has a parent: still refused.
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    let store = tampered_chain(dir.path(), |j| j["backing"] = base.to_str().unwrap().into());
+    let layer = dir.path().join("store/layers").join(
+        fs::read_dir(dir.path().join("store/layers"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .find(|n| n.starts_with(&key(2).to_string()) && n.ends_with(".qcow2"))
+            .unwrap(),
+    );
+    let status = Command::new("qemu-img")
+        .args(["rebase", "-u", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(&layer)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let record = dir.path().join(format!("store/layers/{}.json", key(2)));
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
+    json["sha256"] = digest::hash_file(&layer).unwrap().to_string().into();
+    fs::write(&record, serde_json::to_vec(&json).unwrap()).unwrap();
+    match store.lookup(&key(2)).unwrap() {
+        Lookup::Discarded(why @ Discarded::BadRecord { .. }) => {
+            assert!(
+                why.to_string().contains("not a layer of its parent"),
+                "{why}"
+            );
+        }
+        other => panic!("a layer backed by the base despite a parent was accepted: {other:?}"),
+    }
+    // The untouched parent is still fine.
+    assert!(matches!(store.lookup(&key(1)).unwrap(), Lookup::Hit(_)));
+}
+
+#[test]
+fn publish_hashed_records_the_given_digest_and_a_wrong_one_is_caught() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    qcow2(&base, None);
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    let mut lease = store.lease().unwrap();
+    let (k1, k2) = (key(1), key(2));
+    qcow2(&lease.layer_path(&k1), Some(&base));
+    let right = digest::hash_file(&lease.layer_path(&k1)).unwrap();
+    let layer = lease
+        .publish_hashed(&request(&k1, None, &key(0), &base), right)
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.lookup(&k1).unwrap(), Lookup::Hit(layer));
+    // Same base, another size: a layer whose digest differs from layer 1's.
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(lease.layer_path(&k2))
+        .arg("32M")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    lease
+        .publish_hashed(&request(&k2, None, &key(0), &base), right)
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        store.lookup(&k2).unwrap(),
+        Lookup::Discarded(Discarded::Corrupt { .. })
+    ));
 }

@@ -236,10 +236,7 @@ async fn convert(ctx: &Ctx<'_>, format: ExportFormat) -> Result<PathBuf> {
         .req
         .output_dir
         .join(format!("{}.{}", ctx.req.name, format.extension()));
-    let tmp = ctx
-        .req
-        .output_dir
-        .join(format!(".{}.{}.partial", ctx.req.name, format.extension()));
+    let tmp = crate::partial_path(&final_path)?;
     let guard = TempGuard(Some(tmp.clone()));
     let mut args: Vec<OsString> = vec!["convert".into(), "-p".into()];
     match format {

@@ -41,12 +41,7 @@ impl FlattenRequest {
 /// cancel ([`Error::Cancelled`]), deadline or failure `qemu-img` is killed and the temp file
 /// removed.
 pub async fn flatten(req: &FlattenRequest, cancel: &CancellationToken) -> Result<PathBuf> {
-    let file_name = req
-        .target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = req.target.with_file_name(format!(".{file_name}.partial"));
+    let tmp = crate::partial_path(&req.target)?;
     let guard = TempGuard(Some(tmp.clone()));
     let args: Vec<OsString> = vec![
         "convert".into(),

@@ -41,3 +41,46 @@ pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(
         source,
     })
 }
+
+/// A fresh hidden temp name beside `target`, `.<name>.<random>.partial`, created empty (mode
+/// 0644 less the umask, as the final file gets). The random part keeps two builds writing the
+/// same output from overwriting each other's partial files.
+pub(crate) fn partial_path(target: &std::path::Path) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let write_err = |source| Error::Write {
+        path: target.to_path_buf(),
+        source,
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+        .map_err(write_err)?;
+    tmp.into_temp_path().keep().map_err(|e| write_err(e.error))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn partial_names_are_unique_hidden_and_beside_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("img.raw");
+        let a = super::partial_path(&target).unwrap();
+        let b = super::partial_path(&target).unwrap();
+        assert_ne!(a, b);
+        for p in [&a, &b] {
+            assert_eq!(p.parent(), Some(dir.path()));
+            let n = p.file_name().unwrap().to_str().unwrap();
+            assert!(n.starts_with(".img.raw.") && n.ends_with(".partial"), "{n}");
+        }
+    }
+}

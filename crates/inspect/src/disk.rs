@@ -275,3 +275,60 @@ impl io::Write for DiskSlice {
         Ok(())
     }
 }
+
+/// Refuses a qcow2 whose backing chain names a file outside `path`'s own directory (each
+/// name resolved as QEMU does, relative to the image naming it). RAW images pass.
+pub(crate) fn check_backing_chain(path: &Path) -> Result<()> {
+    let open_err = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| Error::OpenImage { path: p, source }
+    };
+    let dir_of = |p: &Path| -> Result<std::path::PathBuf> {
+        let abs = std::path::absolute(p).map_err(open_err(p))?;
+        let dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+        Ok(dir.canonicalize().unwrap_or(dir))
+    };
+    let home = dir_of(path)?;
+    let mut current = path.to_path_buf();
+    // A chain longer than this is a loop or an attack; qemu itself stops far earlier.
+    for _ in 0..64 {
+        let Some(name) = qcow2_backing_name(&current).map_err(open_err(&current))? else {
+            return Ok(());
+        };
+        let backing = dir_of(&current)?.join(name);
+        if dir_of(&backing)? != home {
+            return Err(Error::BackingOutside {
+                image: path.to_path_buf(),
+                backing,
+            });
+        }
+        current = backing;
+    }
+    Ok(())
+}
+
+/// The backing file name in a qcow2 header (`None`: not qcow2, or no backing file). Header,
+/// big-endian: magic, then at byte 8 the name's offset (u64) and at 16 its length (u32).
+fn qcow2_backing_name(path: &Path) -> io::Result<Option<std::path::PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let file = File::open(path)?;
+    let mut header = [0u8; 20];
+    let got = file.read_at(&mut header, 0)?;
+    if got < header.len() || !header.starts_with(QCOW2_MAGIC) {
+        return Ok(None);
+    }
+    let offset = u64::from_be_bytes(header[8..16].try_into().unwrap_or_default());
+    let len = u32::from_be_bytes(header[16..20].try_into().unwrap_or_default());
+    if offset == 0 || len == 0 {
+        return Ok(None);
+    }
+    if len > 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "qcow2 backing file name too long",
+        ));
+    }
+    let mut name = vec![0u8; len as usize];
+    file.read_exact_at(&mut name, offset)?;
+    Ok(Some(std::ffi::OsStr::from_bytes(&name).into()))
+}

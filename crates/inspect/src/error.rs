@@ -17,6 +17,18 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A qcow2's backing chain leaves the image's own directory, and that was not allowed
+    /// ([`crate::OpenOptions::allow_backing`]): the image would make us read any file it names.
+    #[error(
+        "image {image} is backed by {backing}, outside the image's directory; \
+         pass --allow-backing to read it anyway"
+    )]
+    BackingOutside {
+        /// The image given.
+        image: PathBuf,
+        /// The backing file it names (resolved).
+        backing: PathBuf,
+    },
     /// The image is in a format this crate does not read.
     #[error("image {path} is {format}, which cannot be inspected (convert it to raw or qcow2)")]
     UnsupportedFormat {

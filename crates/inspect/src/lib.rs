@@ -76,7 +76,25 @@ pub fn inspect(path: &Path) -> Result<GuestFacts> {
 /// An image that cannot be read (no partition table, no root filesystem, truncated qcow2
 /// chain, corrupt ext4) is an `Err`; everything found inside a readable image is a check in
 /// the report. Blocking: from async code call it inside `tokio::task::spawn_blocking`.
+///
+/// A qcow2 whose backing chain leaves the image's own directory is refused
+/// ([`Error::BackingOutside`]); [`verify_with`] can allow it.
 pub fn verify(path: &Path, expect: &Expectations) -> Result<VerifyReport> {
+    verify_with(path, expect, &OpenOptions::default())
+}
+
+/// How an image given by a user may be opened.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Follow a qcow2's backing files even outside the image's own directory.
+    pub allow_backing: bool,
+}
+
+/// [`verify`] with [`OpenOptions`].
+pub fn verify_with(path: &Path, expect: &Expectations, opts: &OpenOptions) -> Result<VerifyReport> {
+    if !opts.allow_backing {
+        disk::check_backing_chain(path)?;
+    }
     let image = Image::open(path)?;
     let settings = GpuFirmwareSettings::read(&image.fs, image.facts.kernel.as_deref())?;
     let checks = checks::run_all(&checks::Context {

@@ -196,3 +196,64 @@ fn qcow2_is_read_through_its_backing_chain() {
     let e = verify(&top, &expect1()).unwrap_err();
     assert!(matches!(e, Error::OpenImage { .. }), "{e:?}");
 }
+
+#[test]
+fn a_backing_file_outside_the_images_directory_is_refused_unless_allowed() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    let images = dir.path().join("images");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::create_dir_all(&images).unwrap();
+    let base = elsewhere.join("base.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("16M"));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(images.join("local.qcow2"))
+        .arg("16M"));
+    let overlay = |name: &str, backing: &str| {
+        run(Command::new("qemu-img")
+            .args([
+                "create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b", backing, name, "16M",
+            ])
+            .current_dir(&images));
+        images.join(name)
+    };
+    let absolute = overlay("abs.qcow2", base.to_str().unwrap());
+    let relative = overlay("rel.qcow2", "../elsewhere/base.qcow2");
+    // In its own directory, but that one is backed from outside: the whole chain counts.
+    let chained = overlay("chained.qcow2", "rel.qcow2");
+    for top in [&absolute, &relative, &chained] {
+        match verify(top, &expect1()) {
+            Err(e @ Error::BackingOutside { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("--allow-backing"), "{msg}");
+                assert!(msg.contains("base.qcow2"), "{msg}");
+            }
+            other => panic!("{} was opened: {other:?}", top.display()),
+        }
+        // Allowed, the chain is read (an empty disk: no partition table, another error).
+        let allowed = inspect::verify_with(
+            top,
+            &expect1(),
+            &inspect::OpenOptions {
+                allow_backing: true,
+            },
+        );
+        assert!(
+            !matches!(allowed, Err(Error::BackingOutside { .. })),
+            "{allowed:?}"
+        );
+    }
+    // A chain inside the image's directory needs no flag.
+    let local = overlay("local-top.qcow2", "local.qcow2");
+    assert!(!matches!(
+        verify(&local, &expect1()),
+        Err(Error::BackingOutside { .. })
+    ));
+}

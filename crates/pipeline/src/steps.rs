@@ -265,15 +265,24 @@ impl StepRunner<'_, '_, '_> {
         vm.snapshot_layer(&next, &self.progress.current).await?;
         let key = &self.step_keys[index];
         let step_id = step.id.to_string();
-        let published = self.lease.publish(&PublishRequest {
-            key,
-            parent: self.progress.parent.as_ref(),
-            root: &self.root,
-            backing: &self.progress.backing_of_current,
-            recipe: &self.build.recipe.name,
-            step_id: &step_id,
-            step_name: &step.name,
-        })?;
+        // Hashing a multi-GB layer must not stall the executor (another build, --jobs 2).
+        let layer = self.lease.layer_path(key);
+        let sha256 = tokio::task::spawn_blocking(move || digest::hash_file(&layer))
+            .await
+            .map_err(|e| io_err("hash", self.lease.layer_path(key))(std::io::Error::other(e)))?
+            .map_err(|e| io_err("hash", self.lease.layer_path(key))(std::io::Error::other(e)))?;
+        let published = self.lease.publish_hashed(
+            &PublishRequest {
+                key,
+                parent: self.progress.parent.as_ref(),
+                root: &self.root,
+                backing: &self.progress.backing_of_current,
+                recipe: &self.build.recipe.name,
+                step_id: &step_id,
+                step_name: &step.name,
+            },
+            sha256,
+        )?;
         let size = std::fs::metadata(&self.progress.current).map_or(0, |m| m.len());
         self.build.events.emit(BakeEvent::CheckpointSaved {
             id: step_id.clone(),

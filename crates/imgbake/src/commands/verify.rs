@@ -68,6 +68,9 @@ pub struct VerifyArgs {
     /// Print the report as one JSON document instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Follow a qcow2's backing files outside the image's own directory
+    #[arg(long)]
+    pub allow_backing: bool,
 }
 
 fn parse_firmware(s: &str) -> Result<u32, String> {
@@ -93,7 +96,10 @@ pub fn run(args: &VerifyArgs, _out: &Output) -> Result<ExitStatus, CliError> {
     if args.no_hygiene {
         expect.hygiene = false;
     }
-    let verified = inspect::verify(&args.image, &expect).map_err(CliError::Verify)?;
+    let opts = inspect::OpenOptions {
+        allow_backing: args.allow_backing,
+    };
+    let verified = inspect::verify_with(&args.image, &expect, &opts).map_err(CliError::Verify)?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut stdout, &verified).map_err(CliError::Json)?;
