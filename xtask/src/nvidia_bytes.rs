@@ -5,9 +5,11 @@
 //! suite and components the guest sees after `fixtures/recipes/nvidia-debian/01-apt-components.sh`
 //! (`bookworm main contrib non-free non-free-firmware`, no security or updates suites):
 //! - `firmware-nvidia-gsp`, unpacked (`dpkg-deb -x`): `lib/firmware/nvidia/<version>/gsp_*.bin`;
-//! - `nvidia.ko` of `nvidia-kernel-dkms` (the proprietary 535 module), built on the host the way
-//!   DKMS builds it in the guest (its dkms.conf `make modules`, i.e. NVIDIA's Makefile around
-//!   `make -C <headers> M=…`), against the headers of the fixture's kernel
+//! - `nvidia.ko` of `nvidia-kernel-dkms` (the proprietary 535 module) and of
+//!   `nvidia-open-kernel-dkms` (the open one; Debian ships its RM core prebuilt as
+//!   `nv-kernel.o_binary` too, so both are the same ~190-file build of the kernel interface),
+//!   built on the host the way DKMS builds them in the guest (dkms.conf's `make modules`, i.e.
+//!   NVIDIA's Makefile around `make -C <headers> M=…`), against the headers of the fixture's kernel
 //!   (`linux-image-cloud-amd64` → `linux-headers-<release>` + its `-common` + `linux-kbuild-*`),
 //!   unpacked into a directory: no root, nothing installed.
 //!
@@ -15,7 +17,8 @@
 //! files (names and SHA-256s from `apt-get download --print-uris`), and `target/nvidia-bytes/current`
 //! points at it. A second run only asks the mirror for the package list and reuses the result
 //! (CI builds the module once per package versions). Layout of `<key>/`:
-//! `firmware/lib/firmware/nvidia/<version>/…`, `module/nvidia.ko`, `manifest.json`.
+//! `firmware/lib/firmware/nvidia/<version>/…`, `module/nvidia.ko` (proprietary),
+//! `module-open/nvidia.ko` (open), `manifest.json`.
 //!
 //! apt runs with its own state directory (`target/nvidia-bytes/apt/`): the host's apt
 //! configuration is read for the mirror only and never changed.
@@ -34,11 +37,30 @@ const USAGE: &str = "usage: cargo xtask nvidia-bytes [--mirror URI]";
 const SUITE: &str = "bookworm";
 const COMPONENTS: &str = "main contrib non-free non-free-firmware";
 const FIRMWARE_PACKAGE: &str = "firmware-nvidia-gsp";
-const DKMS_PACKAGE: &str = "nvidia-kernel-dkms";
+/// The two module flavours: package, DKMS source directory prefix (`usr/src/<prefix><version>`)
+/// and where the built `nvidia.ko` goes in the result.
+const FLAVOURS: &[Flavour] = &[
+    Flavour {
+        package: "nvidia-kernel-dkms",
+        source_prefix: "nvidia-current-",
+        out_dir: "module",
+    },
+    Flavour {
+        package: "nvidia-open-kernel-dkms",
+        source_prefix: "nvidia-current-open-",
+        out_dir: "module-open",
+    },
+];
 /// The fixture's kernel metapackage (xtask/src/fixture/guest.rs).
 const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
 /// Bumped when the way the bytes are made changes, so old results are not reused.
-const REVISION: &str = "1";
+const REVISION: &str = "2";
+
+struct Flavour {
+    package: &'static str,
+    source_prefix: &'static str,
+    out_dir: &'static str,
+}
 
 /// One `.deb` as apt would download it.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,11 +103,8 @@ pub fn run(args: &[String]) -> Result<()> {
         .context("kernel package name")?
         .to_owned();
     let headers = format!("linux-headers-{release}");
-    let mut packages = vec![
-        FIRMWARE_PACKAGE.to_owned(),
-        DKMS_PACKAGE.to_owned(),
-        headers.clone(),
-    ];
+    let mut packages = vec![FIRMWARE_PACKAGE.to_owned(), headers.clone()];
+    packages.extend(FLAVOURS.iter().map(|f| f.package.to_owned()));
     packages.push(apt.depends_on(&headers, "linux-headers-")?);
     packages.push(apt.depends_on(&headers, "linux-kbuild-")?);
     let debs = apt.print_uris(&packages)?;
@@ -135,15 +154,30 @@ pub fn run(args: &[String]) -> Result<()> {
         dpkg_extract(&downloads.join(&deb.file), into)?;
     }
 
-    let version = driver_version(&tree)?;
-    note(&format!(
-        "building nvidia.ko {version} for {release} on this host"
-    ));
-    let build_started = Instant::now();
-    let module = build_module(&tree, &release, &version, work.path())?;
-    let build_secs = build_started.elapsed().as_secs_f64();
-    std::fs::create_dir_all(out.join("module"))?;
-    std::fs::rename(&module, out.join("module/nvidia.ko"))?;
+    let version = driver_version(&tree, FLAVOURS[0].source_prefix)?;
+    let headers = Headers::prepare(&tree, &release)?;
+    let mut modules = serde_json::Map::new();
+    for flavour in FLAVOURS {
+        note(&format!(
+            "building {}'s nvidia.ko {version} for {release} on this host",
+            flavour.package
+        ));
+        let build_started = Instant::now();
+        let source = tree
+            .join("usr/src")
+            .join(format!("{}{version}", flavour.source_prefix));
+        let build = work.path().join(format!("build-{}", flavour.out_dir));
+        let module = build_module(&headers, &source, &build)?;
+        let build_secs = build_started.elapsed().as_secs_f64();
+        std::fs::create_dir_all(out.join(flavour.out_dir))?;
+        let path = format!("{}/nvidia.ko", flavour.out_dir);
+        std::fs::rename(&module, out.join(&path))?;
+        note(&format!("{path} built in {build_secs:.1}s"));
+        modules.insert(
+            flavour.package.to_owned(),
+            serde_json::json!({ "path": path, "build_secs": build_secs }),
+        );
+    }
 
     let manifest = serde_json::json!({
         "revision": REVISION,
@@ -151,8 +185,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "suite": SUITE,
         "kernel_release": release,
         "driver_version": version,
-        "module": "module/nvidia.ko",
-        "module_build_secs": build_secs,
+        "modules": modules,
         "firmware_dir": format!("firmware/lib/firmware/nvidia/{version}"),
         "debs": debs.iter().map(|d| serde_json::json!({"file": d.file, "sha256": d.sha256})).collect::<Vec<_>>(),
     });
@@ -168,7 +201,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     point_current(&current, &key)?;
     note(&format!(
-        "done in {:.1}s (module build {build_secs:.1}s): {}",
+        "done in {:.1}s: {}",
         started.elapsed().as_secs_f64(),
         current.display()
     ));
@@ -195,42 +228,63 @@ fn point_current(current: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// The driver version from the DKMS source directory (`usr/src/nvidia-current-<version>`).
-fn driver_version(tree: &Path) -> Result<String> {
+/// The driver version from a DKMS source directory (`usr/src/<prefix><version>`).
+fn driver_version(tree: &Path, prefix: &str) -> Result<String> {
     let src = tree.join("usr/src");
     for entry in std::fs::read_dir(&src).with_context(|| format!("list {}", src.display()))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(version) = name.strip_prefix("nvidia-current-") {
-            return Ok(version.to_owned());
+        match name.strip_prefix(prefix) {
+            Some(version) if version.starts_with(|c: char| c.is_ascii_digit()) => {
+                return Ok(version.to_owned());
+            }
+            _ => {}
         }
     }
-    bail!("{DKMS_PACKAGE} has no usr/src/nvidia-current-<version>")
+    bail!("no usr/src/{prefix}<version> in the unpacked packages")
 }
 
-/// Builds `nvidia.ko` as the package's dkms.conf does (`make modules KERNEL_UNAME=…`), pointed
-/// at the unpacked headers with SYSSRC/SYSOUT, and only the `nvidia` module (the others are
-/// not inspected). Returns the module's path.
-fn build_module(tree: &Path, release: &str, version: &str, work: &Path) -> Result<PathBuf> {
-    let usr_src = tree.join("usr/src");
-    let flavour = usr_src.join(format!("linux-headers-{release}"));
-    // The flavour's Makefile includes the common tree by absolute path (/usr/src/…).
-    let makefile = flavour.join("Makefile");
-    let text = std::fs::read_to_string(&makefile)?;
-    let fixed = text.replace("/usr/src/", &format!("{}/", usr_src.display()));
-    std::fs::write(&makefile, fixed)?;
-    let common = find_common(&usr_src, &text)?;
+/// The fixture kernel's unpacked headers: the flavour tree (`SYSOUT`) and the common tree it
+/// includes (`SYSSRC`).
+struct Headers {
+    release: String,
+    flavour: PathBuf,
+    common: PathBuf,
+}
 
-    let build = work.join("build");
-    copy_dir(&usr_src.join(format!("nvidia-current-{version}")), &build)?;
-    let log = work.join("make.log");
+impl Headers {
+    fn prepare(tree: &Path, release: &str) -> Result<Headers> {
+        let usr_src = tree.join("usr/src");
+        let flavour = usr_src.join(format!("linux-headers-{release}"));
+        // The flavour's Makefile includes the common tree by absolute path (/usr/src/…).
+        let makefile = flavour.join("Makefile");
+        let text = std::fs::read_to_string(&makefile)
+            .with_context(|| format!("read {}", makefile.display()))?;
+        let common = find_common(&usr_src, &text)?;
+        let fixed = text.replace("/usr/src/", &format!("{}/", usr_src.display()));
+        std::fs::write(&makefile, fixed)?;
+        Ok(Headers {
+            release: release.to_owned(),
+            flavour,
+            common,
+        })
+    }
+}
+
+/// Builds `nvidia.ko` from the DKMS source tree `source` (copied to `build`) as the package's
+/// dkms.conf does (`make modules KERNEL_UNAME=…`), pointed at the unpacked headers with
+/// SYSSRC/SYSOUT, and only the `nvidia` module (the others are not inspected). Returns the
+/// module's path.
+fn build_module(headers: &Headers, source: &Path, build: &Path) -> Result<PathBuf> {
+    copy_dir(source, build)?;
+    let log = build.join("make.log");
     let status = Command::new("make")
-        .current_dir(&build)
+        .current_dir(build)
         .arg(format!("-j{}", jobs()))
         .arg("modules")
         .arg("NV_KERNEL_MODULES=nvidia")
-        .arg(format!("SYSSRC={}", common.display()))
-        .arg(format!("SYSOUT={}", flavour.display()))
-        .arg(format!("KERNEL_UNAME={release}"))
+        .arg(format!("SYSSRC={}", headers.common.display()))
+        .arg(format!("SYSOUT={}", headers.flavour.display()))
+        .arg(format!("KERNEL_UNAME={}", headers.release))
         .stdout(std::fs::File::create(&log)?)
         .stderr(std::fs::File::options().append(true).open(&log)?)
         .status()
@@ -240,7 +294,8 @@ fn build_module(tree: &Path, release: &str, version: &str, work: &Path) -> Resul
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(30).collect();
         bail!(
-            "building nvidia.ko failed ({status}); last lines of make's output:\n{}",
+            "building {}/nvidia.ko failed ({status}); last lines of make's output:\n{}",
+            source.display(),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
