@@ -16,7 +16,7 @@
 mod biosboot;
 mod disk;
 mod guest;
-mod mirror;
+pub(crate) mod mirror;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

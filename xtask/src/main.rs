@@ -6,7 +6,9 @@
 mod bench;
 mod demo;
 mod deps;
+mod e2e;
 mod fixture;
+mod nvidia_bytes;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +27,14 @@ commands:
                      fetch); prints a table, writes target/bench/report.json
   demo               deps, fixture, then build and verify the fixture smoke recipe
                      into output/fixture-smoke/
+  e2e nvidia [--open] [--cache-dir DIR] [--output DIR] [--var NAME=VALUE]...
+                     slow, never in CI: bake fixtures/recipes/nvidia-debian[-open].yaml (a real
+                     NVIDIA 535 driver, DKMS under TCG, ~1 h) with checkpoints in
+                     target/e2e-cache, verify the RAW, print wall times
+  nvidia-bytes [--mirror URI]
+                     real NVIDIA bytes for the inspection tests: firmware-nvidia-gsp unpacked
+                     and nvidia.ko built on this host for the fixture kernel, cached in
+                     target/nvidia-bytes/<key>/ (target/nvidia-bytes/current)
 ";
 
 fn main() -> std::process::ExitCode {
@@ -48,11 +58,21 @@ fn run() -> Result<()> {
         "test" => test::run(&rest),
         "bench" => bench::run(&rest),
         "demo" => demo::run(&rest),
+        "e2e" => e2e::run(&rest),
+        "nvidia-bytes" => nvidia_bytes::run(&rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
         }
         other => bail!("unknown xtask command `{other}`\n\n{HELP}"),
+    }
+}
+
+/// `CARGO_TARGET_DIR` when set (several checkouts may share one), else `<root>/target`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
     }
 }
 
