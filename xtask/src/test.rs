@@ -8,6 +8,9 @@ use crate::project_root;
 pub fn run(_args: &[String]) -> Result<()> {
     crate::deps::run(is_root())?;
     let fixture = crate::fixture::run(&[])?;
+    // The inspection tests read real NVIDIA bytes (Debian's GSP firmware and a module built for
+    // the fixture kernel); made once, cached by the packages' digests.
+    crate::nvidia_bytes::run(&[])?;
     let sh = Shell::new()?;
     sh.change_dir(project_root());
     cmd!(sh, "cargo fmt --all --check").run()?;
