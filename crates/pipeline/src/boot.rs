@@ -72,6 +72,7 @@ pub(crate) async fn boot(
             user: crate::BUILD_USER.to_owned(),
             keys: keys.clone(),
             privilege: provisioner::Privilege::Sudo,
+            host_key: provisioner::HostKeyPolicy::Pinned,
         };
         let deadline = tokio::time::Instant::now() + boot_timeout;
         let session = provisioner::wait_for_ssh(&target, deadline, cancel).await?;
