@@ -1,22 +1,13 @@
 #!/usr/bin/env bash
 # 99 — leave nothing of the build in the image: apt caches, SSH host keys, machine-id,
-# cloud-init state, logs, shell history, and the build user (keys, sudoers entry, account).
-# Env: IMGBAKE_BUILD_USER (default imgbake) — the user imgbake is connected as.
+# cloud-init state, logs, shell history.
 #
-# This step runs inside an SSH session of the build user, so it must not kill that session:
-# 1. the user's keys and sudoers entry go first, and the account is locked and expired, so
-#    even if anything below fails no one can log in as it;
-# 2. the account itself is removed LAST with `userdel --force --remove`: --force deletes it
-#    although our own session is still logged in (plain userdel refuses with "currently used
-#    by process"); the session's processes keep running as a bare uid until the guest is
-#    powered off over QMP. After this step no new SSH session can be opened.
-# Deferring the userdel to a shutdown or first-boot unit was rejected: the offline verify of
-# the exported disk must see the user gone, and a first-boot job would run on customer VMs.
+# What imgbake itself added (its build user with keys and sudo rule, /var/lib/imgbake, the
+# injected host key, the build hostname in /etc/hosts, the build boot's cloud-init instance)
+# imgbake removes after this step ("sealing"), so this script needs no knowledge of imgbake.
 set -euo pipefail
 [[ ${EUID} -eq 0 ]] || { echo "99-cleanup: must run as root" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
-
-user="${IMGBAKE_BUILD_USER:-imgbake}"
 
 # apt
 apt-get -o DPkg::Lock::Timeout=600 -y autoremove --purge
@@ -51,33 +42,8 @@ find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -de
 find /var/log -type f -exec truncate -s 0 {} +
 rm -rf /tmp/* /var/tmp/*
 
-# The build user, step 1: no keys, no sudo, locked and expired.
-if id -u "${user}" >/dev/null 2>&1; then
-    home="$(getent passwd "${user}" | cut -d: -f6)"
-    rm -f "${home}/.ssh/authorized_keys"
-    for file in /etc/sudoers.d/*; do
-        [[ -f ${file} ]] || continue
-        if grep -qE "^[[:space:]]*${user}[[:space:]]" "${file}"; then
-            sed -i -E "/^[[:space:]]*${user}[[:space:]]/d; /^# User rules for ${user}\$/d" "${file}"
-            # Drop the file when only comments and blank lines are left (cloud-init's file).
-            if ! grep -qvE '^[[:space:]]*(#.*)?$' "${file}"; then
-                rm -f "${file}"
-            fi
-        fi
-    done
-    usermod --lock --expiredate 1 "${user}"
-fi
-
 # Discard freed blocks so the exported RAW stays sparse (needs discard on the virtual disk).
 fstrim -av >/dev/null 2>&1 || true
 sync
 
-# The build user, step 2 — the very last action (see the header).
-if id -u "${user}" >/dev/null 2>&1; then
-    userdel --force --remove "${user}" 2>&1 | grep -v 'mail spool' >&2 || true
-    if id -u "${user}" >/dev/null 2>&1; then
-        echo "99-cleanup: could not delete build user ${user}" >&2
-        exit 1
-    fi
-fi
 echo "99-cleanup: done"

@@ -15,9 +15,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A checkpoint key is not 64 lower-case hex digits.
-    #[error("invalid checkpoint key `{0}` (expected 64 hex digits)")]
-    InvalidKey(String),
+    /// A layer file could not be hashed.
+    #[error("checkpoint store: cannot hash a layer")]
+    Hash(#[from] digest::HashError),
+    /// [`CheckpointStore::apply`] was called on a store opened without
+    /// [`CheckpointStore::open_exclusive`]: a running build could be using what it removes.
+    #[error("the checkpoint store {path} must be opened exclusively to remove checkpoints")]
+    NotExclusive {
+        /// The store's directory.
+        path: PathBuf,
+    },
     /// A layer record could not be encoded.
     #[error("cannot encode the record of checkpoint {key}")]
     Encode {

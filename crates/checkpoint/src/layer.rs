@@ -1,28 +1,23 @@
 use std::fmt;
-use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
-
-use crate::error::io_err;
-use crate::{LayerKey, Result};
+use digest::{CacheKey, Sha256};
 
 /// The record published beside a layer file (`layers/<key>.json`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerMeta {
     /// This checkpoint's key.
-    pub key: LayerKey,
+    pub key: CacheKey,
     /// The key of the layer this one is backed by; `None` for the first step (backed by the base).
-    pub parent: Option<LayerKey>,
+    pub parent: Option<CacheKey>,
     /// The chain's root key (base image + disk size + seed inputs).
-    pub root: LayerKey,
+    pub root: CacheKey,
     /// The layer's file name inside `layers/`.
     pub file: String,
     /// The backing file written in the layer's qcow2 header.
     pub backing: PathBuf,
-    /// sha256 of the layer file, hex, taken when it was published.
-    pub sha256: String,
+    /// sha256 of the layer file, taken when it was published (hex in the JSON).
+    pub sha256: Sha256,
     /// Apparent size of the layer file in bytes.
     pub size: u64,
     /// The recipe that made it.
@@ -57,18 +52,18 @@ pub enum Discarded {
     /// The record names a file that is gone.
     Missing {
         /// The layer's key.
-        key: LayerKey,
+        key: CacheKey,
         /// The missing file.
         file: PathBuf,
     },
     /// The layer file no longer hashes to its recorded digest.
     Corrupt {
         /// The layer's key.
-        key: LayerKey,
+        key: CacheKey,
         /// Digest in the record.
-        expected: String,
+        expected: Sha256,
         /// Digest of the file now.
-        actual: String,
+        actual: Sha256,
     },
     /// The record is unreadable.
     BadRecord {
@@ -127,17 +122,30 @@ pub enum Lookup {
     Discarded(Discarded),
 }
 
-/// sha256 of a file, hex. Big reads: layers run to gigabytes and sha2 does ~2 GB/s here.
-pub(crate) fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(io_err("open", path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io_err("read", path))?;
-        if n == 0 {
-            break;
+/// The key a file in `layers/` is named for: only the canonical lower-case hex form counts,
+/// so a stray name never aliases a key.
+pub(crate) fn key_from_name(name: &str) -> Option<CacheKey> {
+    let key: CacheKey = name.parse().ok()?;
+    (key.to_string() == name).then_some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_only_lowercase_sha256_hex() {
+        let good = "a".repeat(64);
+        assert_eq!(key_from_name(&good).unwrap().to_string(), good);
+        for bad in [
+            "",
+            "abc",
+            &"A".repeat(64),
+            &"g".repeat(64),
+            &"a".repeat(65),
+            "../etc/passwd",
+        ] {
+            assert!(key_from_name(bad).is_none(), "{bad:?} accepted");
         }
-        hasher.update(&buf[..n]);
     }
-    Ok(hex::encode(hasher.finalize()))
 }

@@ -7,9 +7,14 @@
 //!
 //! Main types:
 //! - [`CheckpointStore`]: the directory, its lock, and lookups ([`CheckpointStore::lookup`]).
-//! - [`RunLease`]: one build's claim on the store; names its in-progress layer files and
-//!   publishes them ([`RunLease::publish`]).
-//! - [`LayerKey`] and [`LayerMeta`]: a checkpoint's identity and its record.
+//! - [`RunLease`]: one build's claim on the store; names its in-progress layer files,
+//!   publishes them ([`RunLease::publish`]) and ends with [`RunLease::finish`].
+//! - [`CacheKey`] (the workspace's `digest::CacheKey`) and [`LayerMeta`]: a checkpoint's
+//!   identity and its record.
+//! - [`ChainSecrets`]: the files a chain needs to be resumed (its SSH keys), kept private
+//!   (dir 0700, files 0600) and created once per chain ([`CheckpointStore::chain_secrets`]).
+//! - [`GcPolicy`] → [`GcPlan`] ([`CheckpointStore::gc_plan`]): what gc would remove and the
+//!   bytes it would free, shown as a dry run or carried out by [`CheckpointStore::apply`].
 //!
 //! A layer counts only once its record (`<key>.json`) exists and the layer file still hashes to
 //! the digest in it; anything else is thrown away and reported as a [`Discarded`] item.
@@ -18,7 +23,7 @@
 //! use checkpoint::{CheckpointStore, LayerKey};
 //! # fn main() -> checkpoint::Result<()> {
 //! let store = CheckpointStore::open("/var/cache/imgbake/checkpoints".as_ref())?;
-//! let key: LayerKey = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".parse()?;
+//! let key: CacheKey = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".parse()?;
 //! match store.lookup(&key)? {
 //!     checkpoint::Lookup::Hit(layer) => println!("reuse {}", layer.path.display()),
 //!     checkpoint::Lookup::Miss => println!("no checkpoint yet"),
@@ -29,13 +34,15 @@
 #![warn(missing_docs)]
 
 mod error;
-mod key;
 mod layer;
+mod secrets;
 mod store;
 mod usage;
 
+/// Checkpoint keys are the workspace's [`digest::CacheKey`], re-exported for callers.
+pub use digest::{CacheKey, Sha256};
 pub use error::{Error, Result};
-pub use key::LayerKey;
 pub use layer::{Discarded, Layer, LayerMeta, Lookup};
+pub use secrets::{ChainSecrets, SecretFiles};
 pub use store::{CheckpointStore, PublishRequest, RunLease};
-pub use usage::{GcPolicy, LayerInfo, StoreUsage};
+pub use usage::{GcPlan, GcPolicy, LayerInfo, StoreUsage};

@@ -3,9 +3,11 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use digest::{AtomicFile, CacheKey, hash_file};
+
 use crate::error::io_err;
-use crate::layer::sha256_file;
-use crate::{Discarded, Error, Layer, LayerKey, LayerMeta, Lookup, Result};
+use crate::layer::key_from_name;
+use crate::{ChainSecrets, Discarded, Error, Layer, LayerMeta, Lookup, Result};
 
 /// The checkpoint directory:
 ///
@@ -20,6 +22,8 @@ use crate::{Discarded, Error, Layer, LayerKey, LayerMeta, Lookup, Result};
 pub struct CheckpointStore {
     root: PathBuf,
     lock: File,
+    /// Opened with [`CheckpointStore::open_exclusive`]: no build can be running.
+    exclusive: bool,
 }
 
 impl CheckpointStore {
@@ -31,6 +35,7 @@ impl CheckpointStore {
         Ok(Self {
             root: root.to_path_buf(),
             lock,
+            exclusive: false,
         })
     }
 
@@ -41,6 +46,7 @@ impl CheckpointStore {
             Ok(()) => Ok(Self {
                 root: root.to_path_buf(),
                 lock,
+                exclusive: true,
             }),
             Err(TryLockError::WouldBlock) => Err(Error::Busy {
                 path: root.join("lock"),
@@ -76,22 +82,24 @@ impl CheckpointStore {
         self.root.join("layers")
     }
 
-    fn record_path(&self, key: &LayerKey) -> PathBuf {
+    fn record_path(&self, key: &CacheKey) -> PathBuf {
         self.layers_dir().join(format!("{key}.json"))
     }
 
-    /// The directory where a chain keeps what resuming it needs (its SSH keys), created 0700.
-    pub fn chain_dir(&self, root: &LayerKey) -> Result<PathBuf> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let dir = self.root.join("chains").join(root.as_str());
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io_err("create", &dir))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .map_err(io_err("chmod", &dir))?;
-        Ok(dir)
+    pub(crate) fn chains_dir(&self) -> PathBuf {
+        self.root.join("chains")
+    }
+
+    /// Whether this store was opened with [`CheckpointStore::open_exclusive`].
+    pub(crate) fn is_exclusive(&self) -> bool {
+        self.exclusive
+    }
+
+    /// The secrets of the chain rooted at `root` (its SSH keys): what resuming the chain needs.
+    /// Its directory, `chains/<root>/`, is created 0700 now; the secrets themselves are made by
+    /// [`ChainSecrets::create_or_load`].
+    pub fn chain_secrets(&self, root: &CacheKey) -> Result<ChainSecrets> {
+        ChainSecrets::open(self.chains_dir().join(root.to_string()))
     }
 
     /// Removes layer files that no live build owns and no record publishes: what a crash or
@@ -122,7 +130,7 @@ impl CheckpointStore {
     }
 
     fn is_published_file(&self, key: &str, file_name: &str) -> bool {
-        let Ok(key) = key.parse::<LayerKey>() else {
+        let Some(key) = key_from_name(key) else {
             return false;
         };
         self.read_record(&key)
@@ -153,7 +161,7 @@ impl CheckpointStore {
 
     pub(crate) fn read_record(
         &self,
-        key: &LayerKey,
+        key: &CacheKey,
     ) -> std::result::Result<Option<LayerMeta>, Discarded> {
         let path = self.record_path(key);
         let bytes = match fs::read(&path) {
@@ -181,7 +189,7 @@ impl CheckpointStore {
 
     /// Looks a key up and verifies the layer file against its recorded sha256. A broken
     /// checkpoint is removed (record and file) and reported, never returned.
-    pub fn lookup(&self, key: &LayerKey) -> Result<Lookup> {
+    pub fn lookup(&self, key: &CacheKey) -> Result<Lookup> {
         let meta = match self.read_record(key) {
             Ok(Some(meta)) => meta,
             Ok(None) => return Ok(Lookup::Miss),
@@ -194,15 +202,15 @@ impl CheckpointStore {
         if !path.is_file() {
             self.discard(key, None)?;
             return Ok(Lookup::Discarded(Discarded::Missing {
-                key: key.clone(),
+                key: *key,
                 file: path,
             }));
         }
-        let actual = sha256_file(&path)?;
+        let actual = hash_file(&path)?;
         if actual != meta.sha256 {
             self.discard(key, Some(&path))?;
             return Ok(Lookup::Discarded(Discarded::Corrupt {
-                key: key.clone(),
+                key: *key,
                 expected: meta.sha256,
                 actual,
             }));
@@ -212,7 +220,7 @@ impl CheckpointStore {
 
     /// The longest prefix of `keys` (a chain, first step first) that is published, intact and
     /// linked parent to child. Broken checkpoints met on the way are removed and returned.
-    pub fn reusable_prefix(&self, keys: &[LayerKey]) -> Result<(Vec<Layer>, Vec<Discarded>)> {
+    pub fn reusable_prefix(&self, keys: &[CacheKey]) -> Result<(Vec<Layer>, Vec<Discarded>)> {
         let mut layers: Vec<Layer> = Vec::new();
         let mut discarded = Vec::new();
         for key in keys {
@@ -238,13 +246,13 @@ impl CheckpointStore {
     /// Removes a broken checkpoint and every layer built on it: those can never be booted
     /// without it, and their stale records would keep a rebuild of the same keys from being
     /// published.
-    fn discard(&self, key: &LayerKey, file: Option<&Path>) -> Result<()> {
-        let doomed = std::collections::BTreeSet::from([key.clone()]);
+    fn discard(&self, key: &CacheKey, file: Option<&Path>) -> Result<()> {
+        let doomed = std::collections::BTreeSet::from([*key]);
         self.remove_with_descendants(self.list()?, doomed)?;
         self.unpublish(key, file)
     }
 
-    pub(crate) fn unpublish(&self, key: &LayerKey, file: Option<&Path>) -> Result<()> {
+    pub(crate) fn unpublish(&self, key: &CacheKey, file: Option<&Path>) -> Result<()> {
         for path in [Some(self.record_path(key).as_path()), file]
             .into_iter()
             .flatten()
@@ -269,7 +277,7 @@ impl CheckpointStore {
             store: self,
             run,
             lock_path: path,
-            _lock: lock,
+            lock: Some(lock),
             published: Vec::new(),
             diverged: false,
         })
@@ -284,13 +292,15 @@ fn parse_layer_file_name(name: &str) -> Option<(&str, &str)> {
 }
 
 /// One build's claim on the store. Layer files it names are its own until published; when the
-/// lease ends (finish or drop) its unpublished files are removed.
+/// lease ends ([`RunLease::finish`], or drop as a backstop) its unpublished files are removed
+/// and its run lock is released.
 #[derive(Debug)]
 pub struct RunLease<'a> {
     store: &'a CheckpointStore,
     run: String,
     lock_path: PathBuf,
-    _lock: File,
+    /// The run lock; `None` once [`RunLease::finish`] released it.
+    lock: Option<File>,
     published: Vec<PathBuf>,
     /// Set once another build won a publish race: this run's later layers chain to a file that
     /// will never be published, so they must not be published either.
@@ -301,11 +311,11 @@ pub struct RunLease<'a> {
 #[derive(Clone, Debug)]
 pub struct PublishRequest<'k> {
     /// The step's key.
-    pub key: &'k LayerKey,
+    pub key: &'k CacheKey,
     /// The previous step's key (`None` for the first step).
-    pub parent: Option<&'k LayerKey>,
+    pub parent: Option<&'k CacheKey>,
     /// The chain's root key.
-    pub root: &'k LayerKey,
+    pub root: &'k CacheKey,
     /// The backing file recorded in the layer's header.
     pub backing: &'k Path,
     /// The recipe's name.
@@ -323,7 +333,7 @@ impl RunLease<'_> {
     }
 
     /// Where this run writes the layer for `key` (and what the next overlay names as backing).
-    pub fn layer_path(&self, key: &LayerKey) -> PathBuf {
+    pub fn layer_path(&self, key: &CacheKey) -> PathBuf {
         self.store
             .layers_dir()
             .join(format!("{key}.{}.qcow2", self.run))
@@ -337,12 +347,12 @@ impl RunLease<'_> {
             return Ok(None);
         }
         let path = self.layer_path(req.key);
-        let sha256 = sha256_file(&path)?;
+        let sha256 = hash_file(&path)?;
         let size = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
         let meta = LayerMeta {
-            key: req.key.clone(),
-            parent: req.parent.cloned(),
-            root: req.root.clone(),
+            key: *req.key,
+            parent: req.parent.copied(),
+            root: *req.root,
             file: path
                 .file_name()
                 .unwrap_or_default()
@@ -363,17 +373,23 @@ impl RunLease<'_> {
             source,
         })?;
         let dir = self.store.layers_dir();
-        let tmp = dir.join(format!(".{}.{}.json.tmp", req.key, self.run));
-        let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        file.write_all(&json).map_err(io_err("write", &tmp))?;
-        file.sync_all().map_err(io_err("sync", &tmp))?;
+        let record = self.store.record_path(req.key);
+        // The record is written under a temp name and hard-linked into place, not renamed:
+        // hard_link fails if the record exists, so publishing never replaces another build's
+        // layer. Dropping the temp file afterwards removes the temp name only.
+        let mut tmp = AtomicFile::create(&record).map_err(io_err("create a temp file in", &dir))?;
+        tmp.make_readable()
+            .and_then(|()| tmp.write_all(&json))
+            .and_then(|()| tmp.file().sync_all())
+            .map_err(io_err("write", tmp.temp_path()))?;
         File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(io_err("sync", &path))?;
-        // hard_link fails if the record exists: publishing never replaces another build's layer.
-        let record = self.store.record_path(req.key);
-        let linked = fs::hard_link(&tmp, &record);
-        let _ = fs::remove_file(&tmp);
+        let linked = fs::hard_link(tmp.temp_path(), &record);
+        drop(tmp);
+        if linked.is_ok() {
+            digest::fsync_dir(&dir).map_err(io_err("sync", &dir))?;
+        }
         match linked {
             Ok(()) => {
                 self.published.push(path.clone());
@@ -387,29 +403,61 @@ impl RunLease<'_> {
         }
     }
 
-    /// Ends the lease: removes this run's layer files that were never published. Call it once the
-    /// build no longer needs them (after the output was written); drop does the same.
-    pub fn finish(self) {}
+    /// Ends the lease: removes this run's layer files that were never published, then its run
+    /// lock file, and releases the lock. Call it once the build no longer needs the files (after
+    /// the output was written); drop does the same as a backstop but cannot report errors.
+    pub fn finish(mut self) -> Result<()> {
+        let removed = self.remove_unpublished();
+        let released = self.release();
+        removed.and(released)
+    }
 
-    fn remove_unpublished(&self) {
-        let Ok(entries) = fs::read_dir(self.store.layers_dir()) else {
-            return;
-        };
+    fn remove_unpublished(&self) -> Result<()> {
+        let dir = self.store.layers_dir();
         let suffix = format!(".{}.qcow2", self.run);
-        for entry in entries.flatten() {
+        let mut first_error = None;
+        for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
+            let entry = entry.map_err(io_err("read", &dir))?;
             let path = entry.path();
             let ours = entry.file_name().to_string_lossy().ends_with(&suffix);
             if ours && !self.published.contains(&path) {
-                let _ = fs::remove_file(&path);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    // Keep going: the other files should still go.
+                    Err(e) => {
+                        first_error.get_or_insert_with(|| io_err("remove", &path)(e));
+                    }
+                }
             }
         }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Removes the run lock file (while still holding the lock, so no sweep sees it dead while
+    /// this run's files exist), then releases the lock. Does nothing the second time.
+    fn release(&mut self) -> Result<()> {
+        let Some(lock) = self.lock.take() else {
+            return Ok(());
+        };
+        let removed = match fs::remove_file(&self.lock_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &self.lock_path)(e)),
+        };
+        let unlocked = lock.unlock().map_err(io_err("unlock", &self.lock_path));
+        removed.and(unlocked)
     }
 }
 
 impl Drop for RunLease<'_> {
+    /// The backstop for a lease that was not finished (an error or a panic on the way): the same
+    /// clean-up, errors ignored.
     fn drop(&mut self) {
-        self.remove_unpublished();
-        let _ = fs::remove_file(&self.lock_path);
+        if self.lock.is_some() {
+            let _ = self.remove_unpublished();
+            let _ = self.release();
+        }
     }
 }
 

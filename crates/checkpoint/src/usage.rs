@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::io_err;
-use crate::{CheckpointStore, LayerKey, LayerMeta, Result};
+use digest::CacheKey;
+
+use crate::layer::key_from_name;
+use crate::{CheckpointStore, Error, LayerMeta, Result};
 
 /// One published layer as `imgbake cache ls` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -32,6 +35,19 @@ pub struct StoreUsage {
     pub apparent: u64,
 }
 
+/// What a gc or rm would remove, from [`CheckpointStore::gc_plan`] or
+/// [`CheckpointStore::recipe_plan`]: shown as a dry run, or carried out by
+/// [`CheckpointStore::apply`].
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GcPlan {
+    /// The layers that go (those selected and every layer backed by one), oldest first.
+    pub layers: Vec<LayerInfo>,
+    /// Roots of the chains left without any layer: their secrets go too.
+    pub chains: Vec<CacheKey>,
+    /// Allocated bytes of the layer files that go.
+    pub freed: u64,
+}
+
 /// What `imgbake cache gc` removes. A layer goes if any rule says so; everything backed by a
 /// removed layer goes with it.
 #[derive(Clone, Debug, Default)]
@@ -41,7 +57,7 @@ pub struct GcPolicy {
     /// Remove layers older than this.
     pub older_than: Option<Duration>,
     /// If set, remove every layer whose key is not in this set (the keys today's recipes produce).
-    pub live_keys: Option<BTreeSet<LayerKey>>,
+    pub live_keys: Option<BTreeSet<CacheKey>>,
 }
 
 impl CheckpointStore {
@@ -55,10 +71,7 @@ impl CheckpointStore {
         for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
             let entry = entry.map_err(io_err("read", &dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(key) = name
-                .strip_suffix(".json")
-                .and_then(|k| k.parse::<LayerKey>().ok())
-            else {
+            let Some(key) = name.strip_suffix(".json").and_then(key_from_name) else {
                 continue;
             };
             let Ok(Some(meta)) = self.read_record(&key) else {
@@ -96,10 +109,10 @@ impl CheckpointStore {
         Ok(usage)
     }
 
-    /// Removes layers the policy selects, plus everything backed by them. Returns what went.
-    pub fn gc(&self, policy: &GcPolicy) -> Result<Vec<LayerInfo>> {
+    /// What [`CheckpointStore::gc`] would remove under `policy`. Removes nothing.
+    pub fn gc_plan(&self, policy: &GcPolicy) -> Result<GcPlan> {
         let layers = self.list()?;
-        let mut doomed: BTreeSet<LayerKey> = BTreeSet::new();
+        let mut doomed: BTreeSet<CacheKey> = BTreeSet::new();
         let mut per_step: BTreeMap<(&str, &str), Vec<&LayerInfo>> = BTreeMap::new();
         for layer in &layers {
             per_step
@@ -114,52 +127,96 @@ impl CheckpointStore {
                 .as_ref()
                 .is_some_and(|live| !live.contains(&layer.meta.key));
             if too_old || dead {
-                doomed.insert(layer.meta.key.clone());
+                doomed.insert(layer.meta.key);
             }
         }
         if let Some(keep) = policy.keep_per_step {
             for group in per_step.values() {
                 // `list` is oldest first: all but the last `keep` go.
                 let excess = group.len().saturating_sub(keep);
-                doomed.extend(group[..excess].iter().map(|l| l.meta.key.clone()));
+                doomed.extend(group[..excess].iter().map(|l| l.meta.key));
             }
         }
-        self.remove_with_descendants(layers, doomed)
+        Ok(self.plan(layers, doomed))
     }
 
-    /// Removes every layer a recipe made. Returns what went.
-    pub fn remove_recipe(&self, recipe: &str) -> Result<Vec<LayerInfo>> {
+    /// What [`CheckpointStore::remove_recipe`] would remove for each of `recipes`. Removes
+    /// nothing.
+    pub fn recipe_plan(&self, recipes: &[&str]) -> Result<GcPlan> {
         let layers = self.list()?;
         let doomed = layers
             .iter()
-            .filter(|l| l.meta.recipe == recipe)
-            .map(|l| l.meta.key.clone())
+            .filter(|l| recipes.contains(&l.meta.recipe.as_str()))
+            .map(|l| l.meta.key)
             .collect();
-        self.remove_with_descendants(layers, doomed)
+        Ok(self.plan(layers, doomed))
     }
 
+    /// Carries a plan out: removes its layers (record first, so a layer is never published
+    /// without its file) and its chains' secrets. Needs the store to itself
+    /// ([`CheckpointStore::open_exclusive`]), so nothing changed since the plan was made and no
+    /// build is using what goes. Returns the layers removed.
+    pub fn apply(&self, plan: GcPlan) -> Result<Vec<LayerInfo>> {
+        if !self.is_exclusive() {
+            return Err(Error::NotExclusive {
+                path: self.root().to_path_buf(),
+            });
+        }
+        for layer in &plan.layers {
+            self.unpublish(&layer.meta.key, Some(&layer.path))?;
+        }
+        for root in &plan.chains {
+            let dir = self.chains_dir().join(root.to_string());
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &dir)(e)),
+            }
+        }
+        Ok(plan.layers)
+    }
+
+    /// Removes layers the policy selects, plus everything backed by them, and the secrets of
+    /// chains left empty: [`CheckpointStore::gc_plan`] then [`CheckpointStore::apply`].
+    pub fn gc(&self, policy: &GcPolicy) -> Result<Vec<LayerInfo>> {
+        let plan = self.gc_plan(policy)?;
+        self.apply(plan)
+    }
+
+    /// Removes every layer a recipe made: [`CheckpointStore::recipe_plan`] then
+    /// [`CheckpointStore::apply`].
+    pub fn remove_recipe(&self, recipe: &str) -> Result<Vec<LayerInfo>> {
+        let plan = self.recipe_plan(&[recipe])?;
+        self.apply(plan)
+    }
+
+    /// The plan removing `doomed` and every layer backed by one of them.
+    fn plan(&self, layers: Vec<LayerInfo>, doomed: BTreeSet<CacheKey>) -> GcPlan {
+        let doomed = with_descendants(&layers, doomed);
+        let (going, staying): (Vec<LayerInfo>, Vec<LayerInfo>) = layers
+            .into_iter()
+            .partition(|l| doomed.contains(&l.meta.key));
+        let kept_roots: BTreeSet<CacheKey> = staying.iter().map(|l| l.meta.root).collect();
+        let chains: BTreeSet<CacheKey> = going
+            .iter()
+            .map(|l| l.meta.root)
+            .filter(|root| !kept_roots.contains(root))
+            .collect();
+        GcPlan {
+            freed: going.iter().map(|l| l.allocated).sum(),
+            layers: going,
+            chains: chains.into_iter().collect(),
+        }
+    }
+
+    /// Removes `doomed` and every layer backed by one of them, whatever lock is held: for
+    /// layers found broken, which no build can use anyway.
     pub(crate) fn remove_with_descendants(
         &self,
         layers: Vec<LayerInfo>,
-        mut doomed: BTreeSet<LayerKey>,
+        doomed: BTreeSet<CacheKey>,
     ) -> Result<Vec<LayerInfo>> {
-        // Close the set over "backed by": repeat until no layer is added.
-        loop {
-            let before = doomed.len();
-            for layer in &layers {
-                if layer
-                    .meta
-                    .parent
-                    .as_ref()
-                    .is_some_and(|p| doomed.contains(p))
-                {
-                    doomed.insert(layer.meta.key.clone());
-                }
-            }
-            if doomed.len() == before {
-                break;
-            }
-        }
+        let doomed = with_descendants(&layers, doomed);
         let mut removed = Vec::new();
         for layer in layers {
             if doomed.contains(&layer.meta.key) {
@@ -168,5 +225,25 @@ impl CheckpointStore {
             }
         }
         Ok(removed)
+    }
+}
+
+/// Closes `doomed` over "backed by": repeats until no layer is added.
+fn with_descendants(layers: &[LayerInfo], mut doomed: BTreeSet<CacheKey>) -> BTreeSet<CacheKey> {
+    loop {
+        let before = doomed.len();
+        for layer in layers {
+            if layer
+                .meta
+                .parent
+                .as_ref()
+                .is_some_and(|p| doomed.contains(p))
+            {
+                doomed.insert(layer.meta.key);
+            }
+        }
+        if doomed.len() == before {
+            return doomed;
+        }
     }
 }

@@ -5,9 +5,11 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use checkpoint::{CheckpointStore, Discarded, Error, GcPolicy, LayerKey, Lookup, PublishRequest};
+use checkpoint::{
+    CacheKey, CheckpointStore, Discarded, Error, GcPlan, GcPolicy, Lookup, PublishRequest,
+};
 
-fn key(n: u8) -> LayerKey {
+fn key(n: u8) -> CacheKey {
     format!("{:064x}", n).parse().unwrap()
 }
 
@@ -22,9 +24,9 @@ fn qcow2(path: &Path, backing: Option<&Path>) {
 }
 
 fn request<'a>(
-    k: &'a LayerKey,
-    parent: Option<&'a LayerKey>,
-    root: &'a LayerKey,
+    k: &'a CacheKey,
+    parent: Option<&'a CacheKey>,
+    root: &'a CacheKey,
     backing: &'a Path,
 ) -> PublishRequest<'a> {
     PublishRequest {
@@ -128,10 +130,7 @@ fn reusable_prefix_stops_at_the_first_gap() {
     }
     let (layers, discarded) = store.reusable_prefix(&keys).unwrap();
     assert_eq!(
-        layers
-            .iter()
-            .map(|l| l.meta.key.clone())
-            .collect::<Vec<_>>(),
+        layers.iter().map(|l| l.meta.key).collect::<Vec<_>>(),
         keys[..2].to_vec()
     );
     assert!(discarded.is_empty());
@@ -204,7 +203,7 @@ fn gc_removes_dead_keys_with_their_descendants_and_waits_for_builds() {
     }
     let store = CheckpointStore::open_exclusive(&store_dir).unwrap();
     // Key 2 is no longer produced by any recipe: it and key 3 (backed by it) go, key 1 stays.
-    let live: BTreeSet<LayerKey> = [key(1), key(3)].into();
+    let live: BTreeSet<CacheKey> = [key(1), key(3)].into();
     let removed = store
         .gc(&GcPolicy {
             live_keys: Some(live),
@@ -260,4 +259,109 @@ fn a_corrupt_layer_takes_its_descendants_along_so_a_rebuild_can_publish_them() {
         backing = lease.layer_path(k);
     }
     assert_eq!(store.reusable_prefix(&keys).unwrap().0.len(), 3);
+}
+
+#[test]
+fn finish_removes_unpublished_layers_and_the_run_lock_and_reports_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    let (root, k1, k2) = (key(0), key(1), key(2));
+    let mut lease = store.lease().unwrap();
+    let run_lock = dir
+        .path()
+        .join("store/runs")
+        .join(format!("{}.lock", lease.run_id()));
+    assert!(run_lock.exists());
+    fs::write(lease.layer_path(&k1), b"published").unwrap();
+    fs::write(lease.layer_path(&k2), b"never published").unwrap();
+    let published = lease
+        .publish(&request(&k1, None, &root, &base))
+        .unwrap()
+        .unwrap();
+    let unpublished = lease.layer_path(&k2);
+    lease.finish().unwrap();
+    assert!(published.path.exists(), "finish must keep published layers");
+    assert!(!unpublished.exists(), "finish removes unpublished layers");
+    assert!(!run_lock.exists(), "finish removes the run's lock file");
+    // The store is free for maintenance once the lease is gone and the store closed.
+    drop(store);
+    let store = CheckpointStore::open_exclusive(&dir.path().join("store")).unwrap();
+    assert_eq!(store.lookup(&k1).unwrap(), Lookup::Hit(published));
+}
+
+#[test]
+fn a_gc_plan_removes_nothing_until_applied_and_apply_needs_the_store_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    fs::write(&base, b"base").unwrap();
+    let store_dir = dir.path().join("store");
+    let (old_root, new_root) = (key(0), key(10));
+    let chain = |store: &CheckpointStore, root: &CacheKey, keys: &[CacheKey]| {
+        store
+            .chain_secrets(root)
+            .unwrap()
+            .create_or_load(|| [("k".to_owned(), b"secret".to_vec())].into())
+            .unwrap();
+        let mut lease = store.lease().unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            fs::write(lease.layer_path(k), vec![i as u8 + 1; 10_000]).unwrap();
+            let parent = i.checked_sub(1).map(|p| &keys[p]);
+            lease
+                .publish(&request(k, parent, root, &base))
+                .unwrap()
+                .unwrap();
+        }
+        lease.finish().unwrap();
+    };
+    {
+        let store = CheckpointStore::open(&store_dir).unwrap();
+        chain(&store, &old_root, &[key(1), key(2)]);
+        chain(&store, &new_root, &[key(11)]);
+        // Key 1 is dead: the plan takes key 2 (backed by it) and the now empty old chain.
+        let policy = GcPolicy {
+            live_keys: Some([key(2), key(11)].into()),
+            ..GcPolicy::default()
+        };
+        let plan = store.gc_plan(&policy).unwrap();
+        let keys: BTreeSet<_> = plan.layers.iter().map(|l| l.meta.key).collect();
+        assert_eq!(keys, [key(1), key(2)].into());
+        assert_eq!(plan.chains, [old_root]);
+        assert_eq!(
+            plan.freed,
+            plan.layers.iter().map(|l| l.allocated).sum::<u64>()
+        );
+        assert!(plan.freed >= 2 * 8192);
+        assert_eq!(store.list().unwrap().len(), 3, "a plan removed something");
+        assert!(matches!(store.apply(plan), Err(Error::NotExclusive { .. })));
+        assert_eq!(store.list().unwrap().len(), 3);
+        let by_recipe = store.recipe_plan(&["smoke"]).unwrap();
+        assert_eq!(by_recipe.layers.len(), 3);
+        assert_eq!(by_recipe.chains, [old_root, new_root]);
+        assert!(store.recipe_plan(&["other"]).unwrap().layers.is_empty());
+    }
+    let store = CheckpointStore::open_exclusive(&store_dir).unwrap();
+    let plan = store
+        .gc_plan(&GcPolicy {
+            live_keys: Some([key(2), key(11)].into()),
+            ..GcPolicy::default()
+        })
+        .unwrap();
+    let files: Vec<_> = plan.layers.iter().map(|l| l.path.clone()).collect();
+    let removed = store.apply(plan).unwrap();
+    assert_eq!(removed.len(), 2);
+    assert!(files.iter().all(|f| !f.exists()));
+    let left: Vec<_> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.meta.key)
+        .collect();
+    assert_eq!(left, [key(11)]);
+    let chains = store_dir.join("chains");
+    assert!(!chains.join(old_root.to_string()).exists());
+    assert!(chains.join(new_root.to_string()).join("keys/k").exists());
+    // An empty plan applies to nothing.
+    assert!(store.apply(GcPlan::default()).unwrap().is_empty());
 }

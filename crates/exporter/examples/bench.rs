@@ -2,7 +2,7 @@
 //!
 //! - `bench export SOURCE OUTDIR`: a plain `qemu-img convert -O raw` of SOURCE against
 //!   `exporter::export` (RAW only: check + convert + SHA-256), three runs each, medians;
-//! - `bench verify IMAGE`: `exporter::verify` wall time, five runs, median.
+//! - `bench verify IMAGE`: `inspect::verify` wall time, five runs, median.
 //!
 //! Prints one JSON object per measurement on stdout.
 
@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
             let mut times = Vec::new();
             for _ in 0..5 {
                 let t = Instant::now();
-                let r = exporter::verify(&image, &exporter::Expectations::default())?;
+                let r = inspect::verify(&image, &inspect::Expectations::default())?;
                 times.push(t.elapsed());
                 std::hint::black_box(r);
             }

@@ -3,85 +3,10 @@
 use std::io;
 use std::path::PathBuf;
 
-/// Everything that can go wrong while exporting or verifying an image.
+/// Everything that can go wrong while exporting an image or writing its files.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The image file could not be opened or probed.
-    #[error("cannot open image {path}")]
-    OpenImage {
-        /// The image.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The image is in a format this crate does not read.
-    #[error("image {path} is {format}, which cannot be inspected (convert it to raw or qcow2)")]
-    UnsupportedFormat {
-        /// The image.
-        path: PathBuf,
-        /// What the image looks like.
-        format: &'static str,
-    },
-    /// Reading from the image failed (truncated file, broken qcow2 chain, I/O error).
-    #[error("cannot read {len} bytes at offset {offset} of image {path}")]
-    ReadImage {
-        /// The image.
-        path: PathBuf,
-        /// Byte offset in the virtual disk.
-        offset: u64,
-        /// Bytes asked for.
-        len: usize,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-    /// Neither a GPT, an MBR nor a bare ext4 filesystem was found.
-    #[error(
-        "image {path} has no partition table (neither GPT nor MBR) and no bare ext4 filesystem"
-    )]
-    NoPartitionTable {
-        /// The image.
-        path: PathBuf,
-    },
-    /// The GPT is present but unreadable.
-    #[error("cannot read the GPT of image {path}")]
-    Gpt {
-        /// The image.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: gpt::GptError,
-    },
-    /// No ext4 partition looks like a root filesystem.
-    #[error(
-        "image {path} has no root filesystem (no ext4 partition labelled cloudimg-rootfs or holding /etc/os-release)"
-    )]
-    NoRootFs {
-        /// The image.
-        path: PathBuf,
-    },
-    /// A partition that claims to be ext4 could not be opened.
-    #[error("cannot open the ext4 filesystem in partition {partition} of image {path}")]
-    Ext4 {
-        /// The image.
-        path: PathBuf,
-        /// Partition number (1-based, as in `/dev/sda1`; 0 for a bare filesystem).
-        partition: u32,
-        /// The cause.
-        #[source]
-        source: ext4_view::Ext4Error,
-    },
-    /// A file inside the image could not be read.
-    #[error("cannot read {file} inside the image")]
-    ReadGuestFile {
-        /// Path inside the guest.
-        file: String,
-        /// The cause.
-        #[source]
-        source: ext4_view::Ext4Error,
-    },
     /// An external program could not be started.
     #[error("cannot run {program}")]
     Spawn {
@@ -140,7 +65,7 @@ pub enum Error {
         path: PathBuf,
         /// The cause.
         #[source]
-        source: io::Error,
+        source: digest::HashError,
     },
     /// A value could not be turned into JSON.
     #[error("cannot serialize {what} as JSON")]

@@ -4,11 +4,12 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use digest::Sha256;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::checksum::{Sha256, sha256_file, write_sha256sums};
+use crate::checksum::{sha256_file, write_sha256sums};
 use crate::process;
 use crate::{Error, Result};
 
@@ -210,7 +211,7 @@ async fn check_source(ctx: &Ctx<'_>) -> Result<()> {
 }
 
 /// Removes a temp file unless disarmed (on error, cancel or panic).
-struct TempGuard(Option<PathBuf>);
+pub(crate) struct TempGuard(pub(crate) Option<PathBuf>);
 
 impl Drop for TempGuard {
     fn drop(&mut self) {
@@ -311,7 +312,10 @@ async fn hash(ctx: &Ctx<'_>, format: ExportFormat, path: PathBuf) -> Result<Expo
         .map(|m| m.len())
         .map_err(|source| Error::Hash {
             path: path.clone(),
-            source,
+            source: digest::HashError::Read {
+                path: path.clone(),
+                source,
+            },
         })?;
     Ok(ExportedFile {
         format,

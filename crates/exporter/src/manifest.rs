@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use digest::Sha256;
+use inspect::GuestFacts;
 use serde::{Deserialize, Serialize};
 
-use crate::checksum::Sha256;
 use crate::export::ExportedFile;
-use crate::facts::GuestFacts;
 use crate::{Error, Result};
 
 /// The base image a build started from.

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use inspect::GuestFacts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::facts::GuestFacts;
 use crate::{Error, Result};
 
 /// The `spec.uri` written until an upload sets the real one.
@@ -100,7 +100,7 @@ pub fn write_payload(dir: &Path, spec: &PayloadSpec, facts: &GuestFacts) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{OsRelease, Package};
+    use inspect::{OsRelease, Package};
 
     #[test]
     fn payload_reads_facts() {

@@ -1,6 +1,8 @@
 //! Export with the real qemu-img: sparse RAW, compressed qcow2, SHA256SUMS checked by
 //! `sha256sum -c`, manifest and API payload read from the exported image.
 
+// The guest image builder of inspect's corpus tests, shared rather than copied.
+#[path = "../../inspect/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
@@ -9,11 +11,12 @@ use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
 use common::{Spec, run, ubuntu};
+use digest::Sha256;
 use exporter::{
-    BaseImage, Error, Expectations, ExportEvent, ExportFormat, ExportRequest, GpuSpec,
-    ManifestInput, PayloadSpec, Sha256, Stage, StepRecord, export, inspect, verify, write_manifest,
-    write_payload,
+    BaseImage, Error, ExportEvent, ExportFormat, ExportRequest, GpuSpec, ManifestInput,
+    PayloadSpec, Stage, StepRecord, export, write_manifest, write_payload,
 };
+use inspect::{Expectations, inspect, verify};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -154,7 +157,7 @@ async fn exports_sparse_raw_and_qcow2_with_checksums_manifest_and_payload() {
         base: BaseImage {
             url: "https://cloud-images.ubuntu.com/jammy/current/jammy-server-cloudimg-amd64.img"
                 .into(),
-            sha256: Sha256([7; 32]),
+            sha256: Sha256::from_bytes([7; 32]),
         },
         steps: vec![StepRecord {
             id: "01".into(),

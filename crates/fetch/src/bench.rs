@@ -10,13 +10,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::testserver::{Resource, TestServer};
-use crate::{
-    BaseCache, BaseSource, ExpectedDigest, FetchEvent, FetchOptions, Location, Sha256Digest,
-};
+use crate::{BaseCache, BaseSource, ExpectedDigest, FetchEvent, FetchOptions, Location};
 
 /// What [`fetch_vs_curl`] measured.
 #[derive(Clone, Debug)]
@@ -87,15 +84,7 @@ pub fn make_file(path: &Path, size: u64) -> io::Result<()> {
 /// `curl -o` downloads of it, all under `workdir`.
 pub async fn fetch_vs_curl(file: &Path, workdir: &Path, runs: usize) -> io::Result<BenchReport> {
     let bytes = std::fs::metadata(file)?.len();
-    let expected = {
-        let data = std::fs::File::open(file)?;
-        let mut hasher = Sha256::new();
-        io::copy(
-            &mut io::BufReader::with_capacity(1 << 20, data),
-            &mut hasher,
-        )?;
-        Sha256Digest(hasher.finalize().into())
-    };
+    let expected = digest::hash_file(file).map_err(io::Error::other)?;
     let server = TestServer::start()?;
     server.put("/bench.img", Resource::file(file));
     let url = server.url("/bench.img");

@@ -11,15 +11,14 @@
 //! Only verified images are renamed into `<dir>`; everything else lives in dot-directories.
 
 use std::fs::{self, File, TryLockError};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::events::FetchEvent;
+use digest::Sha256;
 
 /// A cache of verified base images, one file per SHA-256 digest.
 #[derive(Clone, Debug)]
@@ -31,7 +30,7 @@ pub struct BaseCache {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheEntry {
     /// The image's digest (also its file name).
-    pub digest: Sha256Digest,
+    pub digest: Sha256,
     /// The image file.
     pub path: PathBuf,
     /// Its size in bytes.
@@ -97,12 +96,12 @@ impl BaseCache {
     }
 
     /// Where the image with `digest` is (or would be) stored.
-    pub fn entry_path(&self, digest: &Sha256Digest) -> PathBuf {
+    pub fn entry_path(&self, digest: &Sha256) -> PathBuf {
         self.dir.join(digest.to_hex())
     }
 
     /// The cached image with `digest`, if present.
-    pub fn get(&self, digest: &Sha256Digest) -> Result<Option<CacheEntry>> {
+    pub fn get(&self, digest: &Sha256) -> Result<Option<CacheEntry>> {
         let path = self.entry_path(digest);
         let meta = match fs::metadata(&path) {
             Ok(meta) if meta.is_file() => meta,
@@ -137,7 +136,7 @@ impl BaseCache {
         for item in read {
             let item = item.map_err(Error::cache_io("list", &self.dir))?;
             let name = item.file_name();
-            let Some(digest) = name.to_str().and_then(Sha256Digest::from_hex) else {
+            let Some(digest) = name.to_str().and_then(|n| n.parse::<Sha256>().ok()) else {
                 continue;
             };
             if let Some(entry) = self.get(&digest)? {
@@ -149,7 +148,7 @@ impl BaseCache {
     }
 
     /// Removes the image with `digest` (and its sidecar). Returns whether it was there.
-    pub fn remove(&self, digest: &Sha256Digest) -> Result<bool> {
+    pub fn remove(&self, digest: &Sha256) -> Result<bool> {
         let path = self.entry_path(digest);
         let existed = match fs::remove_file(&path) {
             Ok(()) => true,
@@ -160,41 +159,36 @@ impl BaseCache {
         Ok(existed)
     }
 
-    fn sidecar_path(&self, digest: &Sha256Digest) -> PathBuf {
+    fn sidecar_path(&self, digest: &Sha256) -> PathBuf {
         self.dir.join(format!("{}.json", digest.to_hex()))
     }
 
-    fn read_sidecar(&self, digest: &Sha256Digest) -> Option<Sidecar> {
+    fn read_sidecar(&self, digest: &Sha256) -> Option<Sidecar> {
         let text = fs::read(self.sidecar_path(digest)).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    pub(crate) fn part_path(&self, digest: &Sha256Digest) -> PathBuf {
+    pub(crate) fn part_path(&self, digest: &Sha256) -> PathBuf {
         self.dir
             .join(PARTIAL)
             .join(format!("{}.part", digest.to_hex()))
     }
 
-    pub(crate) fn part_record_path(&self, digest: &Sha256Digest) -> PathBuf {
+    pub(crate) fn part_record_path(&self, digest: &Sha256) -> PathBuf {
         self.dir
             .join(PARTIAL)
             .join(format!("{}.part.json", digest.to_hex()))
     }
 
     /// Deletes a partial download and its resume record.
-    pub(crate) fn discard_partial(&self, digest: &Sha256Digest) {
+    pub(crate) fn discard_partial(&self, digest: &Sha256) {
         let _ = fs::remove_file(self.part_path(digest));
         let _ = fs::remove_file(self.part_record_path(digest));
     }
 
     /// Moves a verified, fsynced partial download into the cache: sidecar first, then the image,
     /// each by rename, then fsync of the directory.
-    pub(crate) fn publish(
-        &self,
-        digest: &Sha256Digest,
-        source: &str,
-        size: u64,
-    ) -> Result<PathBuf> {
+    pub(crate) fn publish(&self, digest: &Sha256, source: &str, size: u64) -> Result<PathBuf> {
         let sidecar = Sidecar {
             source: source.to_owned(),
             size,
@@ -215,7 +209,7 @@ impl BaseCache {
     fn sums_base(&self, url: &str) -> PathBuf {
         self.dir
             .join(SUMS)
-            .join(Sha256Digest::of(url.as_bytes()).to_hex())
+            .join(Sha256::of(url.as_bytes()).to_hex())
     }
 
     /// Saves the text of a SHA256SUMS list fetched from `url`.
@@ -246,7 +240,7 @@ impl BaseCache {
     /// Takes the lock for `digest`, waiting (cancellably) while another fetch holds it.
     pub(crate) async fn lock(
         &self,
-        digest: &Sha256Digest,
+        digest: &Sha256,
         progress: &(dyn Fn(FetchEvent) + Send + Sync),
         cancel: &CancellationToken,
     ) -> Result<DigestLock> {
@@ -291,25 +285,13 @@ pub(crate) struct DigestLock {
     _file: File,
 }
 
-/// Writes `bytes` to a temporary file beside `path`, fsyncs it and renames it over `path`.
+/// [`digest::write_atomic`], with the cache's error.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(Error::cache_io("create temp in", dir))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(Error::cache_io("write", tmp.path().to_owned()))?;
-    tmp.persist(path)
-        .map_err(|e| Error::cache_io("rename", path)(e.error))?;
-    sync_dir(dir)
+    digest::write_atomic(path, bytes).map_err(Error::cache_io("write", path))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::cache_io("fsync", dir))
+    digest::fsync_dir(dir).map_err(Error::cache_io("fsync", dir))
 }
 
 fn set_read_only(path: &Path) -> std::io::Result<()> {
@@ -351,7 +333,7 @@ mod tests {
         let cache = BaseCache::open(tmp.path()).unwrap();
         assert!(cache.list().unwrap().is_empty());
         let data = b"image bytes";
-        let digest = Sha256Digest::of(data);
+        let digest = Sha256::of(data);
         fs::write(cache.part_path(&digest), data).unwrap();
         let path = cache
             .publish(&digest, "https://h/x.img", data.len() as u64)

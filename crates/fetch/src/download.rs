@@ -17,24 +17,25 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use digest::Hasher;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, ETAG, HeaderMap, IF_RANGE, LAST_MODIFIED, RANGE};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::digest::{Sha256Digest, hash_file_into};
 use crate::error::{Error, Result};
 use crate::events::{FetchEvent, HashPurpose, RestartReason};
+use crate::hash::hash_file_into;
 use crate::http::{Failure, with_retries};
 use crate::options::FetchOptions;
 use crate::source::redact;
+use digest::Sha256;
 
 /// A finished download on disk (fsynced), not yet verified.
 pub(crate) struct Downloaded {
-    pub(crate) digest: Sha256Digest,
+    pub(crate) digest: Sha256,
     pub(crate) size: u64,
     /// Bytes reused from an earlier run's partial download (0 if none).
     pub(crate) resumed_from: u64,
@@ -62,7 +63,7 @@ struct PartRecord {
 
 /// The hash of the bytes in the `.part` file so far.
 struct HashState {
-    hasher: Sha256,
+    hasher: Hasher,
     position: u64,
 }
 
@@ -81,14 +82,14 @@ pub(crate) async fn download(
     cancel: &CancellationToken,
 ) -> Result<Downloaded> {
     let mut state = HashState {
-        hasher: Sha256::new(),
+        hasher: Hasher::new(),
         position: 0,
     };
     let mut first_offset = None;
     let job = Job {
         client,
         url,
-        url_sha256: Sha256Digest::of(url.as_str().as_bytes()).to_hex(),
+        url_sha256: Sha256::of(url.as_str().as_bytes()).to_hex(),
         files,
         progress,
         cancel,
@@ -120,7 +121,7 @@ impl Job<'_> {
         &self,
         state: &mut HashState,
         first_offset: &mut Option<u64>,
-    ) -> Attempt<(Sha256Digest, u64)> {
+    ) -> Attempt<(Sha256, u64)> {
         let no_progress = |f| (f, false);
         let io = |action, path: &Path| {
             let path = path.to_owned();
@@ -138,7 +139,7 @@ impl Job<'_> {
                 .await
                 .map_err(|e| no_progress(Failure::fatal(e)))?;
             let hasher = std::mem::take(&mut state.hasher);
-            return Ok((Sha256Digest::from_hasher(hasher), total));
+            return Ok((hasher.finish(), total));
         }
 
         let mut request = self.client.get(self.url.clone());
@@ -206,7 +207,7 @@ impl Job<'_> {
 
         let file = if start == 0 {
             *state = HashState {
-                hasher: Sha256::new(),
+                hasher: Hasher::new(),
                 position: 0,
             };
             *first_offset = Some(0);
@@ -290,7 +291,7 @@ impl Job<'_> {
             })?;
         let hasher = std::mem::take(&mut state.hasher);
         state.position = 0;
-        Ok((Sha256Digest::from_hasher(hasher), done))
+        Ok((hasher.finish(), done))
     }
 
     /// The partial download's length and record, when the record is for this URL.
@@ -325,7 +326,7 @@ impl Job<'_> {
         let (hasher, _) = hash_file_into(
             &self.files.part,
             Some(len),
-            Sha256::new(),
+            Hasher::new(),
             &progress,
             self.cancel,
         )
@@ -378,11 +379,11 @@ struct Sink {
     to_writer: mpsc::Sender<Bytes>,
     to_hasher: mpsc::Sender<Bytes>,
     writer: tokio::task::JoinHandle<std::io::Result<File>>,
-    hasher: tokio::task::JoinHandle<Sha256>,
+    hasher: tokio::task::JoinHandle<Hasher>,
 }
 
 impl Sink {
-    fn spawn(file: File, mut hasher: Sha256) -> Self {
+    fn spawn(file: File, mut hasher: Hasher) -> Self {
         let (to_writer, mut writer_rx) = mpsc::channel::<Bytes>(QUEUE);
         let (to_hasher, mut hasher_rx) = mpsc::channel::<Bytes>(QUEUE);
         let writer = tokio::task::spawn_blocking(move || {
@@ -414,7 +415,7 @@ impl Sink {
     }
 
     /// Waits for both threads: the hasher (fed exactly what was pushed) and the flushed file.
-    async fn finish(self) -> (Sha256, std::io::Result<File>) {
+    async fn finish(self) -> (Hasher, std::io::Result<File>) {
         drop(self.to_writer);
         drop(self.to_hasher);
         let written = match self.writer.await {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::digest::Sha256Digest;
+use digest::Sha256;
 
 /// Everything that can go wrong while resolving, fetching or caching a base image.
 ///
@@ -138,16 +138,16 @@ pub enum Error {
         /// The image location (redacted).
         location: String,
         /// The digest the checksum spec asked for.
-        expected: Sha256Digest,
+        expected: Sha256,
         /// The digest of what was received or found.
-        actual: Sha256Digest,
+        actual: Sha256,
     },
 
     /// `--offline` and the image is not in the cache.
     #[error("offline: sha256:{digest} ({location}) is not in the cache {}", cache.display())]
     OfflineMiss {
         /// The expected digest.
-        digest: Sha256Digest,
+        digest: Sha256,
         /// The image location (redacted).
         location: String,
         /// The cache directory searched.

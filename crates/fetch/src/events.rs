@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::digest::Sha256Digest;
+use digest::Sha256;
 
 /// Something that happened during a fetch, in order. `Downloading` and `Hashing` come at most
 /// about ten times a second per phase, plus a final one at 100 %.
@@ -13,21 +13,21 @@ pub enum FetchEvent {
     /// The expected digest is known.
     DigestResolved {
         /// The digest the image must have.
-        digest: Sha256Digest,
+        digest: Sha256,
         /// Where it came from.
         origin: DigestOrigin,
     },
     /// The image is already in the cache: nothing is downloaded.
     CacheHit {
         /// The digest.
-        digest: Sha256Digest,
+        digest: Sha256,
         /// The cache entry.
         path: PathBuf,
     },
     /// Another fetch (this process or another) holds the lock for this digest; waiting for it.
     WaitingForLock {
         /// The digest being fetched elsewhere.
-        digest: Sha256Digest,
+        digest: Sha256,
     },
     /// Hashing bytes already on disk.
     Hashing {
@@ -71,7 +71,7 @@ pub enum FetchEvent {
     /// The image has the expected digest.
     Verified {
         /// The digest.
-        digest: Sha256Digest,
+        digest: Sha256,
         /// Its size in bytes.
         size: u64,
     },

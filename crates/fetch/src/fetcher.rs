@@ -2,19 +2,20 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use digest::Hasher;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::cache::BaseCache;
-use crate::digest::{Sha256Digest, hash_file_into};
 use crate::download::{PartFiles, download};
 use crate::error::{Error, Result};
 use crate::events::{DigestOrigin, FetchEvent, HashPurpose, RestartReason};
+use crate::hash::hash_file_into;
 use crate::http;
 use crate::options::FetchOptions;
 use crate::source::{BaseSource, ExpectedDigest, Location, redact};
 use crate::sums::{self, LookupError};
+use digest::Sha256;
 
 /// No real SHA256SUMS list comes near this.
 const SUMS_LIMIT: u64 = 4 << 20;
@@ -25,7 +26,7 @@ pub struct CachedBase {
     /// The image: a cache entry, or the local file itself for local sources.
     pub path: PathBuf,
     /// Its SHA-256 (equal to the expected digest).
-    pub digest: Sha256Digest,
+    pub digest: Sha256,
     /// Its size in bytes.
     pub size: u64,
     /// Where it came from.
@@ -106,7 +107,7 @@ impl BaseCache {
     async fn cached(
         &self,
         source: &BaseSource,
-        expected: Sha256Digest,
+        expected: Sha256,
         opts: &FetchOptions,
         progress: Progress<'_>,
         cancel: &CancellationToken,
@@ -124,8 +125,8 @@ impl BaseCache {
                 });
             };
             let (hasher, _) =
-                hash_file_into(&entry.path, None, Sha256::new(), &report, cancel).await?;
-            let actual = Sha256Digest::from_hasher(hasher);
+                hash_file_into(&entry.path, None, Hasher::new(), &report, cancel).await?;
+            let actual = hasher.finish();
             if actual != expected {
                 return Err(Error::Mismatch {
                     location: entry.path.display().to_string(),
@@ -153,7 +154,7 @@ impl BaseCache {
         client: &reqwest::Client,
         url: &Url,
         source: &BaseSource,
-        expected: Sha256Digest,
+        expected: Sha256,
         opts: &FetchOptions,
         progress: Progress<'_>,
         cancel: &CancellationToken,
@@ -217,7 +218,7 @@ impl BaseCache {
         opts: &FetchOptions,
         progress: Progress<'_>,
         cancel: &CancellationToken,
-    ) -> Result<(Sha256Digest, DigestOrigin)> {
+    ) -> Result<(Sha256, DigestOrigin)> {
         let list = match &source.checksum {
             ExpectedDigest::Sha256(digest) => return Ok((*digest, DigestOrigin::Inline)),
             ExpectedDigest::SumsFile(list) => list,
@@ -300,7 +301,7 @@ fn read_local_sums(path: &Path) -> Result<Vec<u8>> {
 async fn check_local(
     path: &Path,
     source: &BaseSource,
-    expected: Sha256Digest,
+    expected: Sha256,
     progress: Progress<'_>,
     cancel: &CancellationToken,
 ) -> Result<CachedBase> {
@@ -317,8 +318,8 @@ async fn check_local(
             total,
         });
     };
-    let (hasher, size) = hash_file_into(path, None, Sha256::new(), &report, cancel).await?;
-    let actual = Sha256Digest::from_hasher(hasher);
+    let (hasher, size) = hash_file_into(path, None, Hasher::new(), &report, cancel).await?;
+    let actual = hasher.finish();
     if actual != expected {
         return Err(Error::Mismatch {
             location: path.display().to_string(),

@@ -50,11 +50,11 @@
 #![warn(missing_docs)]
 
 mod cache;
-mod digest;
 mod download;
 mod error;
 mod events;
 mod fetcher;
+mod hash;
 mod http;
 mod options;
 mod source;
@@ -66,7 +66,8 @@ pub mod bench;
 pub mod testserver;
 
 pub use cache::{BaseCache, CacheEntry};
-pub use digest::Sha256Digest;
+/// The digest type is the workspace's `digest` crate's, re-exported for callers of this crate.
+pub use digest::Sha256;
 pub use error::{Error, Result};
 pub use events::{DigestOrigin, FetchEvent, HashPurpose, RestartReason};
 pub use fetcher::{CachedBase, Outcome, Progress};

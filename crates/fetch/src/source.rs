@@ -6,8 +6,8 @@ use std::str::FromStr;
 
 use url::Url;
 
-use crate::digest::Sha256Digest;
 use crate::error::{Error, Result};
+use digest::Sha256;
 
 /// Where a file lives: on an HTTP(S) server or on the local file system.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +76,7 @@ impl FromStr for Location {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExpectedDigest {
     /// Given inline: `sha256:<hex>`.
-    Sha256(Sha256Digest),
+    Sha256(Sha256),
     /// Looked up by file name in a SHA256SUMS list: `file:<url or path>`.
     SumsFile(Location),
 }
@@ -88,10 +88,13 @@ impl FromStr for ExpectedDigest {
     /// `file:https://cloud-images.ubuntu.com/jammy/current/SHA256SUMS`).
     fn from_str(spec: &str) -> Result<Self> {
         if let Some(hex) = spec.strip_prefix("sha256:") {
-            let digest = Sha256Digest::from_hex(hex).ok_or_else(|| Error::BadChecksum {
-                spec: spec.to_owned(),
-                reason: "expected sha256: followed by 64 hex digits",
-            })?;
+            let digest = hex
+                .parse::<Sha256>()
+                .ok()
+                .ok_or_else(|| Error::BadChecksum {
+                    spec: spec.to_owned(),
+                    reason: "expected sha256: followed by 64 hex digits",
+                })?;
             return Ok(Self::Sha256(digest));
         }
         // `file:///x` is itself a file URL; `file:https://…` and `file:/x` name the list.

@@ -10,7 +10,7 @@
 //! malformed: they are ignored unless they mention the name looked up, which is then an error
 //! (better than silently missing the entry).
 
-use crate::digest::Sha256Digest;
+use digest::Sha256;
 
 /// Why a lookup found no usable digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +24,8 @@ pub enum LookupError {
 }
 
 /// Finds the digest for `name` in the text of a SHA256SUMS list.
-pub fn lookup(text: &str, name: &str) -> Result<Sha256Digest, LookupError> {
-    let mut found: Option<Sha256Digest> = None;
+pub fn lookup(text: &str, name: &str) -> Result<Sha256, LookupError> {
+    let mut found: Option<Sha256> = None;
     let mut malformed_mention = None;
     for (index, raw) in text.lines().enumerate() {
         let line = raw.trim_end_matches('\r');
@@ -56,17 +56,17 @@ pub fn lookup(text: &str, name: &str) -> Result<Sha256Digest, LookupError> {
 }
 
 /// Parses one line into (digest, file name), or `None` when it is not a checksum line.
-fn parse_line(line: &str) -> Option<(Sha256Digest, String)> {
+fn parse_line(line: &str) -> Option<(Sha256, String)> {
     if let Some(rest) = line.strip_prefix("SHA256 (") {
         let (name, hex) = rest.rsplit_once(") = ")?;
-        return Some((Sha256Digest::from_hex(hex.trim_end())?, name.to_owned()));
+        return Some((hex.trim_end().parse::<Sha256>().ok()?, name.to_owned()));
     }
     let (escaped, line) = match line.strip_prefix('\\') {
         Some(rest) => (true, rest),
         None => (false, line),
     };
     let hex = line.get(..64)?;
-    let digest = Sha256Digest::from_hex(hex)?;
+    let digest = hex.parse::<Sha256>().ok()?;
     let rest = line[64..].strip_prefix(' ')?;
     let name = rest
         .strip_prefix('*')
@@ -109,8 +109,8 @@ mod tests {
     const A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
-    fn d(hex: &str) -> Sha256Digest {
-        Sha256Digest::from_hex(hex).unwrap()
+    fn d(hex: &str) -> Sha256 {
+        hex.parse::<Sha256>().ok().unwrap()
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use fetch::testserver::{Resource, TestServer};
 use fetch::{
     BaseCache, BaseSource, DigestOrigin, Error, ExpectedDigest, FetchEvent, FetchOptions, Location,
-    Outcome, RestartReason, Sha256Digest,
+    Outcome, RestartReason, Sha256,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +33,7 @@ fn opts() -> FetchOptions {
     }
 }
 
-fn inline(url: &str, digest: Sha256Digest) -> BaseSource {
+fn inline(url: &str, digest: Sha256) -> BaseSource {
     BaseSource {
         location: Location::parse(url).unwrap(),
         checksum: ExpectedDigest::Sha256(digest),
@@ -88,7 +88,7 @@ fn partial_files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn part_path(dir: &Path, digest: &Sha256Digest) -> PathBuf {
+fn part_path(dir: &Path, digest: &Sha256) -> PathBuf {
     dir.join(".partial").join(format!("{digest}.part"))
 }
 
@@ -96,7 +96,7 @@ fn part_path(dir: &Path, digest: &Sha256Digest) -> PathBuf {
 async fn full_download_lands_in_the_cache_verified() {
     let server = TestServer::start().unwrap();
     let body = data(3 << 20, 1);
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/img/base.img", Resource::bytes(body.clone()));
     let tmp = tempfile::tempdir().unwrap();
     let cache = BaseCache::open(tmp.path()).unwrap();
@@ -149,7 +149,7 @@ async fn a_cut_download_resumes_in_a_later_run_fetching_only_the_rest() {
     let server = TestServer::start().unwrap();
     let body = data(4 << 20, 2);
     let len = body.len() as u64;
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/base.img", Resource::bytes(body.clone()));
     let tmp = tempfile::tempdir().unwrap();
     let cache = BaseCache::open(tmp.path()).unwrap();
@@ -207,7 +207,7 @@ async fn cuts_within_one_fetch_are_retried_with_range() {
     let server = TestServer::start().unwrap();
     let body = data(3 << 20, 3);
     let len = body.len() as u64;
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/base.img", Resource::bytes(body.clone()));
     let tmp = tempfile::tempdir().unwrap();
     let cache = BaseCache::open(tmp.path()).unwrap();
@@ -254,7 +254,7 @@ async fn a_server_without_range_support_restarts_from_zero() {
     server.set_ranges(false);
     let body = data(2 << 20, 4);
     let len = body.len() as u64;
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/base.img", Resource::bytes(body.clone()));
     let tmp = tempfile::tempdir().unwrap();
     let cache = BaseCache::open(tmp.path()).unwrap();
@@ -286,7 +286,7 @@ async fn a_changed_etag_makes_if_range_fetch_everything() {
     let server = TestServer::start().unwrap();
     let body = data(2 << 20, 5);
     let len = body.len() as u64;
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/base.img", Resource::bytes(body.clone()));
     let tmp = tempfile::tempdir().unwrap();
     let cache = BaseCache::open(tmp.path()).unwrap();
@@ -321,7 +321,7 @@ async fn a_bad_partial_without_validators_is_redone_once_from_scratch() {
     let server = TestServer::start().unwrap();
     let body = data(2 << 20, 6);
     let len = body.len() as u64;
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     let mut plain = Resource::bytes(body.clone());
     plain.etag = None;
     server.put("/base.img", plain);
@@ -357,8 +357,8 @@ async fn a_bad_partial_without_validators_is_redone_once_from_scratch() {
 async fn a_checksum_mismatch_names_both_digests_and_caches_nothing() {
     let server = TestServer::start().unwrap();
     let body = data(1 << 20, 7);
-    let actual = Sha256Digest::of(&body);
-    let expected = Sha256Digest::of(b"something else");
+    let actual = Sha256::of(&body);
+    let expected = Sha256::of(b"something else");
     server.put("/base.img", Resource::bytes(body));
     let tmp = tempfile::tempdir().unwrap();
     let cache = BaseCache::open(tmp.path()).unwrap();
@@ -403,8 +403,8 @@ fn sums_source(server: &TestServer, image: &str) -> BaseSource {
 async fn sha256sums_list_gives_the_digest_and_a_hit_costs_only_that_request() {
     let server = TestServer::start().unwrap();
     let body = data(1 << 20, 8);
-    let digest = Sha256Digest::of(&body);
-    let other = Sha256Digest::of(b"other");
+    let digest = Sha256::of(&body);
+    let other = Sha256::of(b"other");
     server.put(
         "/dir/jammy-server-cloudimg-amd64.img",
         Resource::bytes(body.clone()),
@@ -455,7 +455,7 @@ async fn sha256sums_list_gives_the_digest_and_a_hit_costs_only_that_request() {
 async fn a_local_sums_list_in_text_mode_form_works_too() {
     let server = TestServer::start().unwrap();
     let body = data(1 << 20, 9);
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/x/noble.img", Resource::bytes(body));
     let tmp = tempfile::tempdir().unwrap();
     let list = tmp.path().join("SHA256SUMS");
@@ -504,7 +504,7 @@ async fn a_sums_list_without_the_file_is_a_clear_error_and_downloads_nothing() {
 async fn a_cache_hit_with_an_inline_digest_makes_no_request() {
     let server = TestServer::start().unwrap();
     let body = data(1 << 20, 10);
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/base.img", Resource::bytes(body));
     let tmp = tempfile::tempdir().unwrap();
     let cache = BaseCache::open(tmp.path()).unwrap();
@@ -534,7 +534,7 @@ async fn a_cache_hit_with_an_inline_digest_makes_no_request() {
 async fn offline_uses_only_the_cache() {
     let server = TestServer::start().unwrap();
     let body = data(1 << 20, 11);
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/dir/base.img", Resource::bytes(body));
     server.put(
         "/dir/SHA256SUMS",
@@ -590,7 +590,7 @@ async fn offline_uses_only_the_cache() {
 async fn two_concurrent_fetches_download_once() {
     let server = TestServer::start().unwrap();
     let body = data(2 << 20, 12);
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/base.img", Resource::bytes(body.clone()));
     server.throttle(Some(Duration::from_millis(2)));
     let tmp = tempfile::tempdir().unwrap();
@@ -627,7 +627,7 @@ async fn two_concurrent_fetches_download_once() {
 async fn five_xx_is_retried_and_4xx_is_not() {
     let server = TestServer::start().unwrap();
     let body = data(100_000, 13);
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/base.img", Resource::bytes(body));
     let tmp = tempfile::tempdir().unwrap();
     let cache = BaseCache::open(tmp.path()).unwrap();
@@ -654,7 +654,7 @@ async fn five_xx_is_retried_and_4xx_is_not() {
     // Same digest is already cached: the inline hit needs no request, even with a failing server.
     assert!(err.is_ok());
 
-    let missing = Sha256Digest::of(b"missing");
+    let missing = Sha256::of(b"missing");
     server.fail_next(0, 500);
     let secret_url = server
         .url("/nope.img")
@@ -693,14 +693,9 @@ async fn connection_errors_are_retried_then_reported_without_credentials() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = BaseCache::open(tmp.path()).unwrap();
     let events = Events::default();
-    let err = run(
-        &cache,
-        &inline(&url, Sha256Digest::of(b"x")),
-        &opts(),
-        &events,
-    )
-    .await
-    .unwrap_err();
+    let err = run(&cache, &inline(&url, Sha256::of(b"x")), &opts(), &events)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Http { .. }), "{err:?}");
     assert_eq!(events.retries(), 3);
     let mut chain = format!("{err} {err:?}");
@@ -722,7 +717,7 @@ async fn connection_errors_are_retried_then_reported_without_credentials() {
 async fn local_bases_are_hashed_in_place_not_copied() {
     let tmp = tempfile::tempdir().unwrap();
     let body = data(2 << 20, 14);
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     let image = tmp.path().join("local base.img");
     std::fs::write(&image, &body).unwrap();
     let cache = BaseCache::open(tmp.path().join("cache")).unwrap();
@@ -788,7 +783,7 @@ async fn local_bases_are_hashed_in_place_not_copied() {
 async fn cancelling_keeps_the_partial_for_a_later_resume() {
     let server = TestServer::start().unwrap();
     let body = data(4 << 20, 15);
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/base.img", Resource::bytes(body.clone()));
     server.throttle(Some(Duration::from_millis(5)));
     let tmp = tempfile::tempdir().unwrap();
@@ -825,7 +820,7 @@ async fn a_complete_partial_from_a_crashed_run_is_verified_without_a_request() {
     let server = TestServer::start().unwrap();
     let body = data(1 << 20, 16);
     let len = body.len() as u64;
-    let digest = Sha256Digest::of(&body);
+    let digest = Sha256::of(&body);
     server.put("/base.img", Resource::bytes(body.clone()));
     let tmp = tempfile::tempdir().unwrap();
     let cache = BaseCache::open(tmp.path()).unwrap();

@@ -113,7 +113,7 @@ pub enum CliError {
     Fetch(#[from] fetch::Error),
     /// `imgbake verify` could not read the image.
     #[error("cannot verify the image")]
-    Verify(#[source] exporter::Error),
+    Verify(#[source] inspect::Error),
     /// `imgbake export` failed.
     #[error("export failed")]
     Export(#[source] exporter::Error),

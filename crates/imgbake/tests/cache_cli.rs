@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 
 use assert_cmd::Command;
-use checkpoint::{CheckpointStore, LayerKey, PublishRequest};
 use serde_json::Value;
+use test_support::checkpoints::{CacheKey, ChainSpec, CheckpointStore, LayerSpec};
 
 fn imgbake(cache: &Path) -> Command {
     let mut cmd = Command::cargo_bin("imgbake").unwrap();
@@ -31,7 +31,7 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-fn key(n: u32) -> LayerKey {
+fn key(n: u32) -> CacheKey {
     format!("{n:064x}").parse().unwrap()
 }
 
@@ -57,7 +57,7 @@ impl Cache {
         let made_s = made.to_str().unwrap();
         run("qemu-img", &["create", "-q", "-f", "qcow2", made_s, "1G"]);
         run("qemu-io", &["-c", "write -P 0x11 0 2M", made_s]);
-        let digest = fetch::Sha256Digest::of(&std::fs::read(&made).unwrap());
+        let digest = fetch::Sha256::of(&std::fs::read(&made).unwrap());
         let base = base_dir.join(digest.to_hex());
         std::fs::rename(&made, &base).unwrap();
         Cache {
@@ -74,49 +74,16 @@ impl Cache {
     /// Publishes a chain of layers for `recipe` (one per `(key, step id, MiB written)`), the
     /// first backed by the base image. Returns the layer files.
     fn chain(&self, recipe: &str, root: u32, steps: &[(u32, &str, u32)]) -> Vec<PathBuf> {
-        let store = CheckpointStore::open(&self.store_dir()).unwrap();
-        let mut lease = store.lease().unwrap();
-        let root_key = key(root);
-        let mut backing = self.base.clone();
-        let mut parent: Option<LayerKey> = None;
-        let mut files = Vec::new();
-        for (n, step, mib) in steps {
-            let k = key(*n);
-            let path = lease.layer_path(&k);
-            let p = path.to_str().unwrap();
-            run(
-                "qemu-img",
-                &[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-F",
-                    "qcow2",
-                    "-b",
-                    backing.to_str().unwrap(),
-                    p,
-                ],
-            );
-            run("qemu-io", &["-c", &format!("write -P 0x22 4M {mib}M"), p]);
-            let published = lease
-                .publish(&PublishRequest {
-                    key: &k,
-                    parent: parent.as_ref(),
-                    root: &root_key,
-                    backing: &backing,
-                    recipe,
-                    step_id: step,
-                    step_name: &format!("{step}-step"),
-                })
-                .unwrap();
-            assert!(published.is_some());
-            files.push(path.clone());
-            parent = Some(k);
-            backing = path;
-        }
-        lease.finish();
-        files
+        let layers: Vec<LayerSpec> = steps
+            .iter()
+            .map(|(n, step, mib)| LayerSpec {
+                key: key(*n),
+                step_id: (*step).to_owned(),
+                step_name: format!("{step}-step"),
+                write_mib: Some(*mib),
+            })
+            .collect();
+        publish_chain(self, recipe, &key(root), &layers)
     }
 
     /// Makes the layer `n` look `days` old (its record's timestamp).
@@ -452,7 +419,7 @@ fn recipe_on(cache: &Cache, dir: &Path) -> PathBuf {
 }
 
 /// The checkpoint keys `imgbake plan` shows for a recipe.
-fn planned_keys(cache: &Cache, recipe: &Path) -> Vec<LayerKey> {
+fn planned_keys(cache: &Cache, recipe: &Path) -> Vec<CacheKey> {
     let out = imgbake(&cache.root)
         .args(["plan", "--json"])
         .arg(recipe)
@@ -474,46 +441,35 @@ fn planned_keys(cache: &Cache, recipe: &Path) -> Vec<LayerKey> {
 }
 
 /// Publishes a chain under the given keys (the first backed by the base).
-fn chain_with_keys(cache: &Cache, recipe: &str, keys: &[LayerKey]) -> Vec<PathBuf> {
-    let store = CheckpointStore::open(&cache.store_dir()).unwrap();
-    let mut lease = store.lease().unwrap();
-    let (mut backing, mut parent, mut files) = (cache.base.clone(), None::<LayerKey>, Vec::new());
-    for (i, k) in keys.iter().enumerate() {
-        let path = lease.layer_path(k);
-        let p = path.to_str().unwrap();
-        run(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                "qcow2",
-                "-b",
-                backing.to_str().unwrap(),
-                p,
-            ],
-        );
-        let step = format!("{:02}", i + 1);
-        lease
-            .publish(&PublishRequest {
-                key: k,
-                parent: parent.as_ref(),
-                root: &key(999),
-                backing: &backing,
-                recipe,
-                step_id: &step,
-                step_name: &step,
-            })
-            .unwrap()
-            .unwrap();
-        files.push(path.clone());
-        parent = Some(k.clone());
-        backing = path;
-    }
-    lease.finish();
-    files
+fn chain_with_keys(cache: &Cache, recipe: &str, keys: &[CacheKey]) -> Vec<PathBuf> {
+    let layers: Vec<LayerSpec> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| LayerSpec {
+            key: *k,
+            step_id: format!("{:02}", i + 1),
+            step_name: format!("{:02}", i + 1),
+            write_mib: None,
+        })
+        .collect();
+    publish_chain(cache, recipe, &key(999), &layers)
+}
+
+/// Publishes `layers` as one chain in the cache's store, the first backed by its base image.
+fn publish_chain(
+    cache: &Cache,
+    recipe: &str,
+    root: &CacheKey,
+    layers: &[LayerSpec],
+) -> Vec<PathBuf> {
+    let store_dir = cache.store_dir();
+    let chain = ChainSpec {
+        store_dir: &store_dir,
+        base: &cache.base,
+        recipe,
+        root,
+    };
+    test_support::checkpoints::publish_chain(&chain, layers)
 }
 
 #[test]
@@ -568,7 +524,7 @@ fn gc_with_recipes_removes_what_they_no_longer_produce_and_leaves_other_recipes_
         .iter()
         .map(|l| l["key"].as_str().unwrap())
         .collect();
-    assert_eq!(doomed, [today[1].as_str()]);
+    assert_eq!(doomed, [today[1].to_string().as_str()]);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use checkpoint::CheckpointStore;
+use checkpoint::{ChainSecrets, CheckpointStore};
 use provisioner::BuildKeys;
 use recipe::{BaseIdentity, Recipe, Step};
 use tokio::sync::mpsc::UnboundedSender;
@@ -87,7 +87,7 @@ pub struct BakeSummary {
     /// The run record.
     pub run: RunRecord,
     /// The offline verification report of the exported image.
-    pub verify: exporter::VerifyReport,
+    pub verify: inspect::VerifyReport,
     /// The boot test of the exported image, with `test_after_export`.
     pub test: Option<crate::ImageTestReport>,
 }
@@ -171,15 +171,15 @@ pub async fn bake(
             reason: discarded.to_string(),
         });
     }
-    let chain_dir = store.chain_dir(&plan.root_key())?;
-    let keys = match chain_keys(&chain_dir, !start.reused.is_empty()) {
+    let secrets = store.chain_secrets(&plan.chain.root)?;
+    let keys = match chain_keys(&secrets, !start.reused.is_empty()) {
         Ok(keys) => keys,
         Err(reason) => {
             events.emit(BakeEvent::Warning { message: reason });
             start.reused.clear();
-            chain_keys(&chain_dir, false).map_err(|reason| Error::Io {
+            chain_keys(&secrets, false).map_err(|reason| Error::Io {
                 action: "store the build keys in",
-                path: chain_dir.clone(),
+                path: secrets.dir().to_path_buf(),
                 source: std::io::Error::other(reason),
             })?
         }
@@ -236,7 +236,7 @@ pub async fn bake(
                 start: &start,
                 base: &base.path,
                 keys: Arc::new(keys),
-                chain_dir: &chain_dir,
+                secrets: &secrets,
                 run_dir: run_dir.path(),
                 lease: &mut lease,
             };
@@ -252,7 +252,7 @@ pub async fn bake(
 
     let mut summary =
         crate::outputs::write_outputs(&mut build, &base, &final_image, facts.as_ref()).await?;
-    lease.finish();
+    lease.finish()?;
     if request.test_after_export {
         let test = crate::image_test::ImageTestRequest {
             image: summary.qcow2.clone(),
@@ -317,31 +317,29 @@ pub(crate) async fn fetch_base(
     Ok(base)
 }
 
-/// The SSH keys a chain's guests were seeded with. A chain with reused layers must use the keys it
-/// was made with; a fresh chain makes them once (a concurrent build may win, then its keys are
-/// used).
-fn chain_keys(chain_dir: &Path, must_exist: bool) -> std::result::Result<BuildKeys, String> {
-    let dir = chain_dir.join("keys");
-    if dir.is_dir() {
-        return BuildKeys::load(&dir).map_err(|e| {
-            format!("the checkpoint chain's SSH keys are unreadable ({e}); starting from the base")
-        });
+/// The SSH keys a chain's guests were seeded with, kept in the store's chain secrets. A chain
+/// with reused layers must use the keys it was made with; a fresh chain makes them once (a
+/// concurrent build may win, then its keys are used).
+fn chain_keys(secrets: &ChainSecrets, must_exist: bool) -> std::result::Result<BuildKeys, String> {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        format!("the checkpoint chain's SSH keys are unreadable ({e}); starting from the base")
+    };
+    match secrets.load() {
+        Ok(Some(files)) => {
+            return BuildKeys::from_files(&files, secrets.dir()).map_err(|e| unreadable(&e));
+        }
+        Err(e) => return Err(unreadable(&e)),
+        Ok(None) if must_exist => {
+            return Err(
+                "the checkpoint chain has lost its SSH keys; starting from the base".into(),
+            );
+        }
+        Ok(None) => {}
     }
-    if must_exist {
-        return Err("the checkpoint chain has lost its SSH keys; starting from the base".into());
-    }
-    let keys = BuildKeys::generate();
-    // A private temp dir (tempfile makes it 0700 with a unique name), renamed into place whole.
-    let tmp = tempfile::Builder::new()
-        .prefix("keys.tmp-")
-        .tempdir_in(chain_dir)
+    let files = secrets
+        .create_or_load(|| BuildKeys::generate().to_files())
         .map_err(|e| e.to_string())?;
-    keys.save(tmp.path()).map_err(|e| e.to_string())?;
-    match std::fs::rename(tmp.path(), &dir) {
-        Ok(()) => Ok(keys),
-        // Another build made the chain's keys first: use theirs (the temp dir is dropped).
-        Err(_) => BuildKeys::load(&dir).map_err(|e| e.to_string()),
-    }
+    BuildKeys::from_files(&files, secrets.dir()).map_err(|e| e.to_string())
 }
 
 pub(crate) fn elapsed_secs(since: Instant) -> f64 {

@@ -106,6 +106,13 @@ pub enum Error {
         #[source]
         source: exporter::Error,
     },
+    /// The offline verification could not read the exported image.
+    #[error("verify")]
+    Verify {
+        /// The cause.
+        #[source]
+        source: inspect::Error,
+    },
     /// A file of the build could not be written.
     #[error("cannot {action} {}", path.display())]
     Io {
@@ -161,6 +168,11 @@ impl From<fetch::Error> for Error {
 impl From<exporter::Error> for Error {
     fn from(source: exporter::Error) -> Self {
         Error::Export { source }
+    }
+}
+impl From<inspect::Error> for Error {
+    fn from(source: inspect::Error) -> Self {
+        Error::Verify { source }
     }
 }
 impl From<seed::SeedError> for Error {

@@ -334,12 +334,12 @@ pub(crate) struct ImageBefore {
 
 /// Reads [`ImageBefore`] offline. The only place this module reads the image's files.
 fn read_image(path: &Path) -> Result<ImageBefore> {
-    let disk = exporter::Disk::open(path)?;
+    let disk = inspect::Disk::open(path)?;
     let format = match disk.format() {
-        exporter::ImageFormat::Raw => BaseFormat::Raw,
-        exporter::ImageFormat::Qcow2 => BaseFormat::Qcow2,
+        inspect::ImageFormat::Raw => BaseFormat::Raw,
+        inspect::ImageFormat::Qcow2 => BaseFormat::Qcow2,
     };
-    let fs = exporter::ImageFs::open(&disk)?;
+    let fs = inspect::ImageFs::open(&disk)?;
     let mut host_keys = Vec::new();
     for entry in fs.list("/etc/ssh")? {
         if entry.is_dir || !entry.name.starts_with("ssh_host_") {
@@ -601,7 +601,7 @@ pub fn nvidia_row(options_lines: &str, want: u32) -> TestRow {
                 "modprobe -c has no `options nvidia … NVreg_EnableGpuFirmware=`; expected {want}"
             ),
         ),
-        Some(v) if exporter::modprobe::parse_uint(v) == Some(want) => {
+        Some(v) if inspect::modprobe::parse_uint(v) == Some(want) => {
             TestRow::pass(NAME, format!("modprobe -c: NVreg_EnableGpuFirmware={v}"))
         }
         Some(v) => TestRow::fail(

@@ -30,6 +30,7 @@
 
 mod boot;
 mod build;
+pub mod cache;
 mod error;
 mod events;
 pub mod image_test;
@@ -50,5 +51,5 @@ pub use image_test::{
 pub use plan::{BuildPlan, StartPoint, StartRequest, expectations, seed_fingerprint};
 pub use run::{RunRecord, StepRecord, StepStatus};
 
-/// The user the seed creates and imgbake logs in as; `99-cleanup` removes it.
+/// The user the seed creates and imgbake logs in as; the seal after the last step removes it.
 pub const BUILD_USER: &str = "imgbake";

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use provisioner::GuestFacts;
 use recipe::ExportFormat;
-use tokio_util::sync::CancellationToken;
 
 use crate::build::{BakeSummary, Build, elapsed_secs};
 use crate::error::io_err;
@@ -34,7 +33,14 @@ pub(crate) async fn write_outputs(
             what: format!("writing {}", qcow2.display()),
             fraction: None,
         });
-        flatten(final_image, &qcow2, cancel).await?;
+        exporter::flatten(&exporter::FlattenRequest::new(final_image, &qcow2), cancel)
+            .await
+            .map_err(|e| match e {
+                exporter::Error::Cancelled { .. } => Error::Interrupted {
+                    last_checkpoint: None,
+                },
+                e => e.into(),
+            })?;
         events.emit(BakeEvent::OutputWritten {
             path: qcow2.clone(),
         });
@@ -62,13 +68,17 @@ pub(crate) async fn write_outputs(
     let exported = exporter::export(&export, tx, cancel).await;
     let _ = forward.await;
     let exported = exported?;
-    let mut sums: Vec<(String, exporter::Sha256)> = exported
+    let mut sums: Vec<(String, digest::Sha256)> = exported
         .files
         .iter()
         .map(|f| (file_name(&f.path), f.sha256))
         .collect();
     if !compressed_qcow2 {
-        let digest = exporter::sha256_file(&qcow2, &mut |_, _| {}, cancel)?;
+        let path = qcow2.clone();
+        let digest = tokio::task::spawn_blocking(move || digest::hash_file(&path))
+            .await
+            .map_err(|e| io_err("hash", &qcow2)(std::io::Error::other(e)))?
+            .map_err(|e| io_err("hash", &qcow2)(std::io::Error::other(e)))?;
         sums.push((file_name(&qcow2), digest));
     }
     let sha256sums = exporter::write_sha256sums(dir, &sums)?;
@@ -91,7 +101,7 @@ pub(crate) async fn write_outputs(
     let expectations = crate::plan::expectations(recipe);
     let raw_for_verify = raw.clone();
     let report =
-        tokio::task::spawn_blocking(move || exporter::verify(&raw_for_verify, &expectations))
+        tokio::task::spawn_blocking(move || inspect::verify(&raw_for_verify, &expectations))
             .await
             .map_err(|e| io_err("verify", &raw)(std::io::Error::other(e)))??;
 
@@ -113,7 +123,7 @@ pub(crate) async fn write_outputs(
         vars: recipe.vars.clone(),
         base: exporter::BaseImage {
             url: base.source.redacted(),
-            sha256: exporter::Sha256(base.digest.0),
+            sha256: base.digest,
         },
         steps,
         imgbake_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -156,41 +166,6 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// `qemu-img convert -O qcow2` of a chain into one standalone file, via a temp name.
-async fn flatten(source: &Path, target: &Path, cancel: &CancellationToken) -> Result<()> {
-    let tmp = target.with_extension("qcow2.partial");
-    let mut child = tokio::process::Command::new("qemu-img")
-        .args(["convert", "-O", "qcow2"])
-        .arg(source)
-        .arg(&tmp)
-        .kill_on_drop(true)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(io_err("run qemu-img convert for", target))?;
-    let stderr = child.stderr.take();
-    let status = tokio::select! {
-        status = child.wait() => status.map_err(io_err("run qemu-img convert for", target))?,
-        () = cancel.cancelled() => {
-            let _ = child.kill().await;
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::Interrupted { last_checkpoint: None });
-        }
-    };
-    if !status.success() {
-        let mut text = String::new();
-        if let Some(mut stderr) = stderr {
-            use tokio::io::AsyncReadExt;
-            let _ = stderr.read_to_string(&mut text).await;
-        }
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err("write", target)(std::io::Error::other(format!(
-            "qemu-img convert exited with {status}: {}",
-            text.trim()
-        ))));
-    }
-    std::fs::rename(&tmp, target).map_err(io_err("rename", target))
 }
 
 /// Now, as RFC 3339 in UTC to the second (`2026-12-01T10:00:00Z`).

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use checkpoint::{CheckpointStore, Discarded, Layer, LayerKey};
+use checkpoint::{CacheKey, CheckpointStore, Discarded, Layer};
 use provisioner::BuildKeys;
 use recipe::{BaseIdentity, CheckpointChain, Recipe, StepId};
 
@@ -94,13 +94,13 @@ impl BuildPlan {
     }
 
     /// The store key before step one.
-    pub fn root_key(&self) -> LayerKey {
-        layer_key(&self.chain.root)
+    pub fn root_key(&self) -> CacheKey {
+        self.chain.root
     }
 
     /// The store key after each step, in step order.
-    pub fn step_keys(&self) -> Vec<LayerKey> {
-        self.chain.steps.iter().map(|(_, k)| layer_key(k)).collect()
+    pub fn step_keys(&self) -> Vec<CacheKey> {
+        self.chain.steps.iter().map(|(_, k)| *k).collect()
     }
 
     /// The chain's cloud-init instance id: a guest resumed from a checkpoint must not run
@@ -161,9 +161,9 @@ pub fn seed_fingerprint(recipe: &Recipe) -> digest::Sha256 {
 }
 
 /// What the exported image of `recipe` is verified against offline.
-pub fn expectations(recipe: &Recipe) -> exporter::Expectations {
+pub fn expectations(recipe: &Recipe) -> inspect::Expectations {
     let nvidia = recipe.verify.nvidia.as_ref();
-    exporter::Expectations {
+    inspect::Expectations {
         enable_gpu_firmware: nvidia.and_then(|n| n.enable_gpu_firmware),
         driver_branch: nvidia.and_then(|n| n.driver_branch.clone()),
         hygiene: recipe.verify.hygiene,
@@ -171,12 +171,6 @@ pub fn expectations(recipe: &Recipe) -> exporter::Expectations {
     }
 }
 
-pub(crate) fn base_digest(base: &fetch::CachedBase) -> recipe::Sha256 {
-    recipe::Sha256::from_bytes(base.digest.0)
-}
-
-pub(crate) fn layer_key(key: &recipe::CacheKey) -> LayerKey {
-    key.to_string()
-        .parse()
-        .expect("a recipe cache key is 64 hex digits")
+pub(crate) fn base_digest(base: &fetch::CachedBase) -> digest::Sha256 {
+    base.digest
 }

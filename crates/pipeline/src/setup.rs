@@ -19,9 +19,7 @@ pub fn base_source(base: &recipe::Base) -> fetch::BaseSource {
     fetch::BaseSource {
         location: location(&base.location),
         checksum: match &base.checksum {
-            recipe::Checksum::Sha256(d) => {
-                fetch::ExpectedDigest::Sha256(fetch::Sha256Digest(*d.as_bytes()))
-            }
+            recipe::Checksum::Sha256(d) => fetch::ExpectedDigest::Sha256(*d),
             recipe::Checksum::SumsFile(list) => fetch::ExpectedDigest::SumsFile(location(list)),
         },
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use checkpoint::{LayerKey, PublishRequest, RunLease};
+use checkpoint::{CacheKey, ChainSecrets, PublishRequest, RunLease};
 use provisioner::{BuildKeys, GuestFacts, GuestSession, StepOptions, StepOutcome, StepSpec};
 use qemu_driver::Vm;
 use recipe::{Recipe, Step};
@@ -28,7 +28,7 @@ pub(crate) struct VmSetup<'x, 'l> {
     pub start: &'x StartPoint,
     pub base: &'x Path,
     pub keys: Arc<BuildKeys>,
-    pub chain_dir: &'x Path,
+    pub secrets: &'x ChainSecrets,
     pub run_dir: &'x Path,
     pub lease: &'x mut RunLease<'l>,
 }
@@ -86,7 +86,7 @@ pub(crate) async fn build_in_vm(
         progress: Progress {
             current: disk,
             backing_of_current: backing,
-            parent: start.reused.last().map(|l| l.meta.key.clone()),
+            parent: start.reused.last().map(|l| l.meta.key),
             last_published: start.last_step(),
             final_top: setup.run_dir.join("final.qcow2"),
         },
@@ -104,7 +104,7 @@ pub(crate) async fn build_in_vm(
         if let (Error::StepFailed(_), true) = (&e, runner.build.request.keep_on_failure) {
             let access = DebugAccess {
                 keys: &setup.keys,
-                chain_dir: setup.chain_dir,
+                secrets: setup.secrets,
                 run_dir: setup.run_dir,
             };
             keep_for_debugging(&vm, runner.build, &access).await;
@@ -135,7 +135,7 @@ pub(crate) async fn build_in_vm(
 struct Progress {
     current: PathBuf,
     backing_of_current: PathBuf,
-    parent: Option<LayerKey>,
+    parent: Option<CacheKey>,
     last_published: Option<String>,
     /// The top image after the last step (in the private run dir; never published).
     final_top: PathBuf,
@@ -147,8 +147,8 @@ struct StepRunner<'s, 'a, 'l> {
     lease: &'s mut RunLease<'l>,
     session: GuestSession,
     started: Instant,
-    root: LayerKey,
-    step_keys: Vec<LayerKey>,
+    root: CacheKey,
+    step_keys: Vec<CacheKey>,
     progress: Progress,
     /// The build user's public key (its stub in root's `authorized_keys` is sealed away).
     user_public_key: String,
@@ -285,7 +285,7 @@ impl StepRunner<'_, '_, '_> {
         if published.is_some() {
             self.progress.last_published = Some(step_id);
         }
-        self.progress.parent = Some(key.clone());
+        self.progress.parent = Some(*key);
         self.progress.backing_of_current = std::mem::replace(&mut self.progress.current, next);
         Ok(())
     }
@@ -315,7 +315,7 @@ fn step_spec(recipe: &Recipe, step: &Step) -> StepSpec {
 /// What a person needs to log in to a kept VM.
 struct DebugAccess<'x> {
     keys: &'x BuildKeys,
-    chain_dir: &'x Path,
+    secrets: &'x ChainSecrets,
     run_dir: &'x Path,
 }
 
@@ -323,7 +323,7 @@ struct DebugAccess<'x> {
 /// request (or the VM to go away).
 async fn keep_for_debugging(vm: &Vm, build: &Build<'_>, access: &DebugAccess<'_>) {
     let (events, cancel) = (&build.events, build.cancel);
-    let key = BuildKeys::user_key_path(&access.chain_dir.join("keys"));
+    let key = access.secrets.path(BuildKeys::USER_KEY_FILE);
     match crate::setup::write_known_hosts(access.run_dir, vm.ssh_addr(), access.keys) {
         Ok(known_hosts) => events.emit(BakeEvent::KeptForDebugging {
             ssh_command: crate::setup::ssh_command(vm.ssh_addr(), &key, &known_hosts),

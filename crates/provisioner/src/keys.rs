@@ -1,10 +1,10 @@
 //! Per-build SSH keys: the user key imgbake logs in with and the host key it puts in the seed
 //! (and then pins).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
@@ -13,7 +13,8 @@ use russh::keys::{PrivateKey, PublicKey};
 
 use crate::{Error, Result};
 
-/// File names used by [`BuildKeys::save`] / [`BuildKeys::load`].
+/// File names used by [`BuildKeys::to_files`] / [`BuildKeys::save`] and read back by
+/// [`BuildKeys::from_files`] / [`BuildKeys::load`].
 const USER_KEY_FILE: &str = "user_ed25519";
 const HOST_KEY_FILE: &str = "host_ed25519";
 
@@ -84,7 +85,41 @@ impl BuildKeys {
 
     /// Path of the user's private key file inside a directory written by [`BuildKeys::save`].
     pub fn user_key_path(dir: &Path) -> PathBuf {
-        dir.join(USER_KEY_FILE)
+        dir.join(Self::USER_KEY_FILE)
+    }
+
+    /// The name of the user's private key among [`BuildKeys::to_files`].
+    pub const USER_KEY_FILE: &str = USER_KEY_FILE;
+
+    /// Both key pairs as files: private keys (OpenSSH PEM) as `user_ed25519` / `host_ed25519`,
+    /// public keys (one OpenSSH line) as `*.pub`. Store them privately (0600): they are secrets.
+    pub fn to_files(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        for (name, key) in [(USER_KEY_FILE, &self.user), (HOST_KEY_FILE, &self.host)] {
+            files.insert(name.to_owned(), private_openssh(key).into_bytes());
+            let public = format!("{}\n", public_openssh(key.public_key()));
+            files.insert(format!("{name}.pub"), public.into_bytes());
+        }
+        files
+    }
+
+    /// Reads the key pairs back from [`BuildKeys::to_files`]'s files (only the private ones are
+    /// needed). `origin` is where they were stored, for error messages.
+    pub fn from_files(files: &BTreeMap<String, Vec<u8>>, origin: &Path) -> Result<Self> {
+        let key = |name: &str| {
+            let path = origin.join(name);
+            match files.get(name) {
+                Some(bytes) => parse_ed25519(bytes, &path),
+                None => Err(Error::KeyIo {
+                    path,
+                    source: std::io::ErrorKind::NotFound.into(),
+                }),
+            }
+        };
+        Ok(Self {
+            user: key(USER_KEY_FILE)?,
+            host: key(HOST_KEY_FILE)?,
+        })
     }
 
     /// Writes both key pairs to `dir` (created with mode 0700 if missing): private keys with
@@ -106,20 +141,27 @@ impl BuildKeys {
                 source,
             }
         })?;
-        for (name, key) in [(USER_KEY_FILE, &self.user), (HOST_KEY_FILE, &self.host)] {
-            write_private(&dir.join(name), private_openssh(key).as_bytes())?;
-            let public = format!("{}\n", public_openssh(key.public_key()));
-            write_private(&dir.join(format!("{name}.pub")), public.as_bytes())?;
+        for (name, bytes) in self.to_files() {
+            write_private(&dir.join(name), &bytes)?;
         }
         Ok(())
     }
 
     /// Reads the key pairs written by [`BuildKeys::save`].
     pub fn load(dir: &Path) -> Result<Self> {
-        Ok(Self {
-            user: read_ed25519(&dir.join(USER_KEY_FILE))?,
-            host: read_ed25519(&dir.join(HOST_KEY_FILE))?,
-        })
+        let mut files = BTreeMap::new();
+        for name in [USER_KEY_FILE, HOST_KEY_FILE] {
+            let path = dir.join(name);
+            match fs::read(&path) {
+                Ok(bytes) => {
+                    files.insert(name.to_owned(), bytes);
+                }
+                // `from_files` reports it, in the order the keys are decoded.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(Error::KeyIo { path, source }),
+            }
+        }
+        Self::from_files(&files, dir)
     }
 }
 
@@ -159,31 +201,16 @@ fn private_openssh(key: &PrivateKey) -> String {
         .to_string()
 }
 
+/// An atomic write (the temp file is 0600 and keeps that mode when renamed into place).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_err = |source| Error::KeyIo {
+    digest::write_atomic(path, bytes).map_err(|source| Error::KeyIo {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err)?;
-    file.write_all(bytes).map_err(io_err)?;
-    file.sync_all().map_err(io_err)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err)
+    })
 }
 
-fn read_ed25519(path: &Path) -> Result<PrivateKey> {
-    let text = fs::read_to_string(path).map_err(|source| Error::KeyIo {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let key = PrivateKey::from_openssh(text.as_bytes()).map_err(|source| Error::KeyDecode {
+fn parse_ed25519(bytes: &[u8], path: &Path) -> Result<PrivateKey> {
+    let key = PrivateKey::from_openssh(bytes).map_err(|source| Error::KeyDecode {
         path: path.to_path_buf(),
         source,
     })?;
@@ -250,6 +277,35 @@ mod tests {
         assert_eq!(loaded.host_private_openssh(), keys.host_private_openssh());
         // Saving again over existing files works (rename replaces).
         loaded.save(&dir).unwrap();
+        for name in ["user_ed25519", "host_ed25519.pub"] {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name} after a second save");
+        }
+    }
+
+    #[test]
+    fn files_round_trip_and_name_what_is_missing() {
+        let keys = BuildKeys::generate();
+        let files = keys.to_files();
+        let names: Vec<&str> = files.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "host_ed25519",
+                "host_ed25519.pub",
+                "user_ed25519",
+                "user_ed25519.pub"
+            ]
+        );
+        let back = BuildKeys::from_files(&files, Path::new("/chain/keys")).unwrap();
+        assert_eq!(back.user_private_openssh(), keys.user_private_openssh());
+        assert_eq!(back.host_public_openssh(), keys.host_public_openssh());
+        let mut partial = files.clone();
+        partial.remove(BuildKeys::USER_KEY_FILE);
+        let err = BuildKeys::from_files(&partial, Path::new("/chain/keys")).unwrap_err();
+        assert!(
+            err.to_string().contains("/chain/keys/user_ed25519"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -343,7 +343,7 @@ pub async fn run_step(
     );
 
     let mut attempt = 0;
-    let (exit, last_lines) = loop {
+    let (exit, last_lines, rebooting_itself) = loop {
         attempt += 1;
         events(StepEvent::Started {
             id: id.clone(),
@@ -396,12 +396,14 @@ pub async fn run_step(
             }
         };
         log.line(&format!("# imgbake: step {id} attempt {attempt}: {exit}"));
-        // Killed by a signal during a reboot step: the guest is going down (shutdown kills
-        // it); the boot id check after reconnecting tells whether it really rebooted.
-        let rebooting_itself =
-            step.reboot && matches!(&exit, StepExit::Status(ExitStatus::Signal { .. }));
+        // Killed by a signal during a reboot step: either the guest is going down (shutdown
+        // kills it; the boot id check after reconnecting tells whether it really rebooted), or
+        // something else killed it (the OOM killer during a driver install) — a failure.
+        let rebooting_itself = step.reboot
+            && matches!(&exit, StepExit::Status(ExitStatus::Signal { .. }))
+            && guest_going_down(session, cancel).await;
         if exit.success() || rebooting_itself || attempt >= attempts {
-            break (exit, last);
+            break (exit, last, rebooting_itself);
         }
         let pause = Duration::from_secs(2u64.saturating_pow(attempt).min(30));
         events(StepEvent::Retrying {
@@ -421,8 +423,7 @@ pub async fn run_step(
     };
     log.finish()?;
 
-    let ok = exit.success()
-        || (step.reboot && matches!(exit, StepExit::Status(ExitStatus::Signal { .. })));
+    let ok = exit.success() || rebooting_itself;
     if !ok {
         remove_step_files(session, dir, &[&script_path, &env_path], cancel).await;
         events(StepEvent::Finished {
@@ -460,6 +461,27 @@ pub async fn run_step(
         duration: started.elapsed(),
         rebooted: step.reboot,
     }))
+}
+
+/// After a reboot step's script died from a signal: is the guest shutting down? A dropped
+/// connection or systemd saying `stopping` means yes; a guest that answers anything else is
+/// up and running, so the signal came from elsewhere.
+async fn guest_going_down(session: &GuestSession, cancel: &CancellationToken) -> bool {
+    if session.is_closed() {
+        return true;
+    }
+    match session
+        .exec_capture(
+            "systemctl is-system-running",
+            Duration::from_secs(20),
+            cancel,
+        )
+        .await
+    {
+        Ok(captured) => captured.stdout.trim() == "stopping",
+        // No answer (connection dropped, timed out mid-shutdown): it is going down.
+        Err(_) => true,
+    }
 }
 
 /// Best effort: the step's files, then the directory if empty.

@@ -21,7 +21,7 @@ pub enum AccelChoice {
 pub enum Accel {
     /// Hardware virtualisation through `/dev/kvm`.
     Kvm,
-    /// QEMU's software emulation (`-accel tcg,thread=multi -cpu max`).
+    /// QEMU's software emulation (`-accel tcg,thread=multi,tb-size=128 -cpu max`).
     Tcg,
 }
 

@@ -16,12 +16,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use sha2::Digest as _;
-
 use crate::Recipe;
-use crate::digest::{CacheKey, Sha256};
 use crate::model::{BaseLocation, Step, StepId};
 use crate::vars::{env_name, script_references};
+use digest::{CacheKey, Hasher, Sha256};
 
 /// What is known about the base image when keys are computed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,21 +73,21 @@ impl CheckpointChain {
     }
 }
 
-struct KeyHasher(sha2::Sha256);
+struct KeyHasher(Hasher);
 
 impl KeyHasher {
     fn new(domain: &str) -> KeyHasher {
-        let mut h = KeyHasher(sha2::Sha256::new());
+        let mut h = KeyHasher(Hasher::new());
         h.field(domain.as_bytes());
         h
     }
     fn field(&mut self, bytes: &[u8]) -> &mut Self {
-        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
         self.0.update(bytes);
         self
     }
     fn finish(self) -> CacheKey {
-        CacheKey(Sha256::from_bytes(self.0.finalize().into()))
+        CacheKey(self.0.finish())
     }
 }
 

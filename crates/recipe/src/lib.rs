@@ -40,7 +40,6 @@
 //! ```
 #![warn(missing_docs)]
 
-mod digest;
 mod error;
 pub mod keys;
 mod load;
@@ -55,6 +54,8 @@ mod vars;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The digest and key types are the workspace's `digest` crate's, re-exported so recipe users
+/// need not name that crate.
 pub use digest::{BadSha256, CacheKey, Sha256};
 pub use error::{Diagnostic, DiagnosticKind, Error, Position, Result};
 pub use keys::{BaseIdentity, CheckpointChain};

@@ -119,7 +119,7 @@ fn is_blank(text: &str) -> bool {
 }
 
 /// The spot of a top-level `key:` line.
-fn top_level_key(src: &Source<'_>, key: &str) -> Option<Spot> {
+pub(crate) fn top_level_key(src: &Source<'_>, key: &str) -> Option<Spot> {
     let mut offset = 0;
     for line in src.text.split_inclusive('\n') {
         if let Some(rest) = line.strip_prefix(key)

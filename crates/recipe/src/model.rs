@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::digest::Sha256;
 use crate::units::ByteSize;
+use digest::Sha256;
 
 /// Where the base image (or its SHA256SUMS file) comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -342,6 +342,18 @@ impl Resolver<'_> {
     }
 
     fn steps(&mut self, raw: &[serde_saphyr::Spanned<RawStep>]) -> Option<Vec<Step>> {
+        if raw.is_empty() {
+            // A build with no step has nothing to checkpoint or export from.
+            let at = crate::load::top_level_key(self.src, "steps")
+                .unwrap_or_else(|| self.src.spot_at_byte(0, 1));
+            self.push(
+                K::BadValue,
+                at,
+                "`steps` is empty: a recipe needs at least one step",
+                Some("list the scripts to run, e.g. `steps: [scripts/01-update.sh]`".into()),
+            );
+            return None;
+        }
         let mut steps = Vec::with_capacity(raw.len());
         let mut seen: Vec<(StepId, String, u64)> = Vec::new();
         let mut ok = true;

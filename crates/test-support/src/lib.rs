@@ -12,6 +12,8 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod checkpoints;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 

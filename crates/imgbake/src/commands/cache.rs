@@ -2,23 +2,24 @@
 //!
 //! The cache root (`--cache-dir`, `IMGBAKE_CACHE_DIR`, default `$XDG_CACHE_HOME/imgbake`) holds
 //! `base/` (verified base images, [`fetch::BaseCache`]) and `checkpoints/` (per-step qcow2
-//! layers, [`checkpoint::CheckpointStore`]). Space is reported as allocated blocks: images are
+//! layers, [`pipeline::cache`]). Space is reported as allocated blocks: images are
 //! sparse, and a layer holds only its step's writes while naming its backing by path, so summing
 //! the files counts shared backing once.
 //!
 //! `gc` and `rm` take the store's lock exclusively and refuse while a build holds it. Their
-//! `--dry-run` asks the checkpoint crate itself what it would remove, on a scratch copy of the
-//! store's records, so the preview can never disagree with the real run.
+//! `--dry-run` prints the checkpoint store's own plan (through [`pipeline::cache`]), the same plan
+//! the real run applies, so the preview can never disagree with it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use checkpoint::{CheckpointStore, GcPolicy, LayerInfo, LayerKey};
 use clap::{ArgGroup, Args, Subcommand};
 use indicatif::HumanBytes;
+use pipeline::cache::{LayerInfo, Removal as StoreRemoval};
+use recipe::CacheKey;
 use serde::Serialize;
 
 use crate::cli::VarArgs;
@@ -217,13 +218,7 @@ pub fn run(args: &CacheArgs, out: &Output) -> Result<ExitStatus, CliError> {
         Ok(status) => Ok(status),
         Err(Failure::Cli(e)) => Err(e),
         Err(Failure::Store(e)) => {
-            let hint = match &e {
-                checkpoint::Error::Busy { .. } => Some(
-                    "wait until the running build finishes (or stop it), then run this again"
-                        .into(),
-                ),
-                _ => None,
-            };
+            let hint = pipeline::cache::store_hint(&e);
             let _ = report::write_error(&mut io::stderr().lock(), &e, hint, out.stderr());
             Ok(ExitStatus::Failure)
         }
@@ -251,7 +246,7 @@ enum Failure {
     #[error(transparent)]
     Cli(CliError),
     #[error(transparent)]
-    Store(checkpoint::Error),
+    Store(pipeline::cache::StoreError),
     #[error(transparent)]
     Base(fetch::Error),
     /// The base digest of a recipe given to `gc` is unknown, so its keys are too.
@@ -273,8 +268,8 @@ impl From<recipe::Error> for Failure {
         Failure::Cli(CliError::Recipe(e))
     }
 }
-impl From<checkpoint::Error> for Failure {
-    fn from(e: checkpoint::Error) -> Self {
+impl From<pipeline::cache::StoreError> for Failure {
+    fn from(e: pipeline::cache::StoreError) -> Self {
         Failure::Store(e)
     }
 }
@@ -296,14 +291,10 @@ fn list(root: &Path) -> Result<Listing, Failure> {
         base_images: Vec::new(),
         total: Total::default(),
     };
-    let store_dir = root.join("checkpoints");
-    if store_dir.join("layers").is_dir() {
-        let store = CheckpointStore::open(&store_dir)?;
-        listing.checkpoints = store.list()?.iter().map(CheckpointRow::from).collect();
-        let usage = store.usage()?;
-        listing.total.checkpoints_allocated = usage.allocated;
-        listing.total.apparent += usage.apparent;
-    }
+    let (layers, usage) = pipeline::cache::list(root)?;
+    listing.checkpoints = layers.iter().map(CheckpointRow::from).collect();
+    listing.total.checkpoints_allocated = usage.allocated;
+    listing.total.apparent += usage.apparent;
     let base_dir = root.join("base");
     if base_dir.is_dir() {
         for entry in fetch::BaseCache::open(&base_dir)?.list()? {
@@ -473,35 +464,13 @@ fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failu
         let chain = live_chain(&recipe, root)?;
         recipes.push((recipe.name, chain));
     }
-    let mut policy = GcPolicy {
+    let request = pipeline::cache::GcRequest {
         keep_per_step: args.keep,
         older_than: args.older_than,
-        live_keys: None,
+        live_recipes: recipes,
+        dry_run: args.dry_run,
     };
-    let store_dir = root.join("checkpoints");
-    let removal = if !store_dir.join("layers").is_dir() {
-        Removal {
-            dry_run: args.dry_run,
-            removed: Vec::new(),
-            freed: 0,
-            discarded: Vec::new(),
-        }
-    } else if args.dry_run {
-        let store = CheckpointStore::open(&store_dir)?;
-        policy.live_keys = live_keys(&store, &recipes)?;
-        would_remove(&store, |scratch| scratch.gc(&policy))?
-    } else {
-        let store = CheckpointStore::open_exclusive(&store_dir)?;
-        policy.live_keys = live_keys(&store, &recipes)?;
-        // No build runs while we hold the lock, so every unpublished layer file is a leftover.
-        let discarded = store.sweep_incomplete()?;
-        let removed = store.gc(&policy)?;
-        removal(
-            false,
-            &removed,
-            discarded.iter().map(ToString::to_string).collect(),
-        )
-    };
+    let removal = removal(pipeline::cache::gc(root, &request)?);
     print_removal(&removal, args.json, out)?;
     Ok(ExitStatus::Success)
 }
@@ -509,7 +478,7 @@ fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failu
 /// The checkpoint keys a build of `recipe` makes today, computed as `pipeline::bake` does:
 /// the base image's digest (from the recipe, else the cache, without touching the network) and
 /// the seed fingerprint.
-fn live_chain(recipe: &recipe::Recipe, root: &Path) -> Result<BTreeSet<LayerKey>, Failure> {
+fn live_chain(recipe: &recipe::Recipe, root: &Path) -> Result<BTreeSet<CacheKey>, Failure> {
     let runtime = crate::commands::runtime()?;
     let plan = runtime
         .block_on(pipeline::BuildPlan::offline(recipe, root))
@@ -524,62 +493,16 @@ fn live_chain(recipe: &recipe::Recipe, root: &Path) -> Result<BTreeSet<LayerKey>
     Ok(plan.step_keys().into_iter().collect())
 }
 
-/// Keys gc must keep for `recipes`: their chains as of today, plus every layer of a recipe not
-/// named (those are not this gc's business). `None` without recipes.
-fn live_keys(
-    store: &CheckpointStore,
-    recipes: &[(String, BTreeSet<LayerKey>)],
-) -> Result<Option<BTreeSet<LayerKey>>, Failure> {
-    if recipes.is_empty() {
-        return Ok(None);
-    }
-    let named: BTreeSet<&str> = recipes.iter().map(|(name, _)| name.as_str()).collect();
-    let mut live: BTreeSet<LayerKey> = recipes.iter().flat_map(|(_, keys)| keys.clone()).collect();
-    live.extend(
-        store
-            .list()?
-            .into_iter()
-            .filter(|l| !named.contains(l.meta.recipe.as_str()))
-            .map(|l| l.meta.key),
-    );
-    Ok(Some(live))
-}
-
 fn remove(root: &Path, args: &RmArgs, out: &Output) -> Result<ExitStatus, Failure> {
     let store_dir = root.join("checkpoints");
-    let store = if !store_dir.join("layers").is_dir() {
-        None
-    } else if args.dry_run {
-        Some(CheckpointStore::open(&store_dir)?)
-    } else {
-        Some(CheckpointStore::open_exclusive(&store_dir)?)
-    };
-    let known: BTreeSet<String> = match &store {
-        Some(store) => store.list()?.into_iter().map(|l| l.meta.recipe).collect(),
-        None => BTreeSet::new(),
-    };
+    let found = pipeline::cache::remove_recipes(root, &args.recipes, args.dry_run)?;
+    let known = found.known;
     let unknown: Vec<&String> = args
         .recipes
         .iter()
         .filter(|r| !known.contains(*r))
         .collect();
-    let removal = match &store {
-        None => removal(args.dry_run, &[], Vec::new()),
-        Some(store) if args.dry_run => would_remove(store, |scratch| {
-            let mut all = Vec::new();
-            for recipe in &args.recipes {
-                all.extend(scratch.remove_recipe(recipe)?);
-            }
-            Ok(all)
-        })?,
-        Some(store) => {
-            let mut removed = Vec::new();
-            for recipe in &args.recipes {
-                removed.extend(store.remove_recipe(recipe)?);
-            }
-            removal(false, &removed, Vec::new())
-        }
-    };
+    let removal = removal(found.removal);
     print_removal(&removal, args.json, out)?;
     if unknown.is_empty() {
         return Ok(ExitStatus::Success);
@@ -605,50 +528,13 @@ fn remove(root: &Path, args: &RmArgs, out: &Output) -> Result<ExitStatus, Failur
     Ok(ExitStatus::Failure)
 }
 
-fn removal(dry_run: bool, removed: &[LayerInfo], discarded: Vec<String>) -> Removal {
+fn removal(store: StoreRemoval) -> Removal {
     Removal {
-        dry_run,
-        freed: removed.iter().map(|l| l.allocated).sum(),
-        removed: removed.iter().map(CheckpointRow::from).collect(),
-        discarded,
+        dry_run: store.dry_run,
+        freed: store.freed,
+        removed: store.removed.iter().map(CheckpointRow::from).collect(),
+        discarded: store.discarded,
     }
-}
-
-/// What `op` would remove from `store`, found by running it on a scratch store holding copies
-/// of the records only (no layer files), so the checkpoint crate's own rules decide.
-fn would_remove(
-    store: &CheckpointStore,
-    op: impl FnOnce(&CheckpointStore) -> checkpoint::Result<Vec<LayerInfo>>,
-) -> Result<Removal, Failure> {
-    let real: BTreeMap<LayerKey, LayerInfo> = store
-        .list()?
-        .into_iter()
-        .map(|l| (l.meta.key.clone(), l))
-        .collect();
-    let scratch_dir = tempfile::Builder::new()
-        .prefix("imgbake-cache-dry-run-")
-        .tempdir()
-        .map_err(|e| scratch_err(std::env::temp_dir(), e))?;
-    let scratch = CheckpointStore::open_exclusive(scratch_dir.path())?;
-    let layers = scratch_dir.path().join("layers");
-    for key in real.keys() {
-        let name = format!("{key}.json");
-        std::fs::copy(store.root().join("layers").join(&name), layers.join(&name))
-            .map_err(|e| scratch_err(layers.join(&name), e))?;
-    }
-    let doomed: Vec<LayerInfo> = op(&scratch)?
-        .iter()
-        .filter_map(|l| real.get(&l.meta.key).cloned())
-        .collect();
-    Ok(removal(true, &doomed, Vec::new()))
-}
-
-fn scratch_err(path: PathBuf, source: io::Error) -> Failure {
-    Failure::Store(checkpoint::Error::Io {
-        action: "prepare the dry run in",
-        path,
-        source,
-    })
 }
 
 fn print_removal(removal: &Removal, json: bool, out: &Output) -> Result<(), Failure> {

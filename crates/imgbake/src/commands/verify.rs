@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use exporter::Expectations;
+use inspect::Expectations;
 
 use crate::cli::VarArgs;
 use crate::output::Output;
@@ -61,7 +61,7 @@ pub struct VerifyArgs {
 }
 
 fn parse_firmware(s: &str) -> Result<u32, String> {
-    exporter::modprobe::parse_uint(s)
+    inspect::modprobe::parse_uint(s)
         .ok_or_else(|| format!("`{s}` is not a number (use e.g. 1, 18 or 0x11)"))
 }
 
@@ -80,7 +80,7 @@ pub fn run(args: &VerifyArgs, _out: &Output) -> Result<ExitStatus, CliError> {
     if args.no_hygiene {
         expect.hygiene = false;
     }
-    let verified = exporter::verify(&args.image, &expect).map_err(CliError::Verify)?;
+    let verified = inspect::verify(&args.image, &expect).map_err(CliError::Verify)?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut stdout, &verified).map_err(CliError::Json)?;

@@ -562,15 +562,15 @@ pub fn signal(pid: u32, name: &str) {
 
 /// Reads files out of a disk image offline (RAW, or qcow2 through its backing chain).
 pub struct GuestDisk {
-    fs: exporter::ImageFs,
+    fs: inspect::ImageFs,
     path: PathBuf,
 }
 
 impl GuestDisk {
     pub fn open(image: &Path) -> GuestDisk {
         let disk =
-            exporter::Disk::open(image).unwrap_or_else(|e| panic!("open {}: {e}", image.display()));
-        let fs = exporter::ImageFs::open(&disk)
+            inspect::Disk::open(image).unwrap_or_else(|e| panic!("open {}: {e}", image.display()));
+        let fs = inspect::ImageFs::open(&disk)
             .unwrap_or_else(|e| panic!("find the root filesystem of {}: {e}", image.display()));
         GuestDisk {
             fs,

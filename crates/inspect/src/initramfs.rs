@@ -136,3 +136,72 @@ fn read_compressed<R: Read>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn cpio(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, data) in files {
+            let mut w = cpio::newc::Builder::new(name)
+                .mode(0o100644)
+                .write(&mut out, data.len() as u32);
+            w.write_all(data).unwrap();
+            w.finish().unwrap();
+        }
+        cpio::newc::trailer(&mut out).unwrap();
+        out
+    }
+
+    /// An early uncompressed archive, padding, then a zstd main archive.
+    fn image() -> Vec<u8> {
+        let mut bytes = cpio(&[("kernel/x86/microcode/GenuineIntel.bin", b"ucode")]);
+        bytes.extend([0u8; 512]);
+        let main = cpio(&[
+            (
+                "etc/modprobe.d/nvidia.conf",
+                b"options nvidia NVreg_EnableGpuFirmware=1\n",
+            ),
+            (
+                "usr/lib/modules/6.8.0/updates/dkms/nvidia.ko.zst",
+                b"module",
+            ),
+        ]);
+        bytes.extend(zstd::encode_all(main.as_slice(), 3).unwrap());
+        bytes
+    }
+
+    #[test]
+    fn reads_early_and_compressed_segments() {
+        let c = read_initramfs(image().as_slice()).unwrap();
+        assert_eq!(c.segments, 2);
+        assert_eq!(c.compressions, ["none", "zstd"]);
+        assert_eq!(
+            c.nvidia_modules,
+            ["usr/lib/modules/6.8.0/updates/dkms/nvidia.ko.zst"]
+        );
+        assert_eq!(
+            c.modprobe_files["etc/modprobe.d/nvidia.conf"],
+            "options nvidia NVreg_EnableGpuFirmware=1\n"
+        );
+    }
+
+    #[test]
+    fn truncated_or_corrupted_initramfs_never_panics() {
+        let bytes = image();
+        for len in 0..bytes.len() {
+            let _ = read_initramfs(&bytes[..len]);
+        }
+        for at in (0..bytes.len()).step_by(7) {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut bad = bytes.clone();
+                bad[at] ^= flip;
+                let _ = read_initramfs(bad.as_slice());
+            }
+        }
+        assert!(read_initramfs(&b"garbage"[..]).is_err());
+        assert!(read_initramfs(&[0u8; 100][..]).unwrap().segments == 0);
+    }
+}

@@ -7,17 +7,31 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
+/// The most a compressed module may expand to; the real nvidia.ko is ~100 MB, so this only
+/// stops a crafted file from exhausting memory.
+const MAX_MODULE: u64 = 1 << 30;
+
+/// Reads all of `r`, up to [`MAX_MODULE`] bytes.
+fn read_bounded(r: impl Read, kind: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    r.take(MAX_MODULE + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("bad {kind} data: {e}"))?;
+    if out.len() as u64 > MAX_MODULE {
+        return Err(format!("{kind} data expands beyond {MAX_MODULE} bytes"));
+    }
+    Ok(out)
+}
+
 /// Decompresses a module by its file name's suffix. `.ko.xz` is not supported (no xz decoder
 /// in the dependency set); Ubuntu uses zstd.
 pub fn decompress(name: &str, data: Vec<u8>) -> Result<Vec<u8>, String> {
     if name.ends_with(".zst") {
-        zstd::decode_all(data.as_slice()).map_err(|e| format!("bad zstd data: {e}"))
+        let decoder = zstd::stream::read::Decoder::new(data.as_slice())
+            .map_err(|e| format!("bad zstd data: {e}"))?;
+        read_bounded(decoder, "zstd")
     } else if name.ends_with(".gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(data.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| format!("bad gzip data: {e}"))?;
-        Ok(out)
+        read_bounded(flate2::read::GzDecoder::new(data.as_slice()), "gzip")
     } else if name.ends_with(".xz") {
         Err("xz-compressed modules are not supported".into())
     } else {
@@ -25,14 +39,18 @@ pub fn decompress(name: &str, data: Vec<u8>) -> Result<Vec<u8>, String> {
     }
 }
 
+// Offsets come from the file itself: every addition is checked, every slice taken with `get`.
+fn bytes_at<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
+    b.get(off..off.checked_add(N)?)?.try_into().ok()
+}
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(bytes_at(b, off)?))
 }
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(bytes_at(b, off)?))
 }
 fn u64_at(b: &[u8], off: usize) -> Option<usize> {
-    usize::try_from(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?)).ok()
+    usize::try_from(u64::from_le_bytes(bytes_at(b, off)?)).ok()
 }
 
 /// Returns the bytes of the section called `wanted` in an ELF64 little-endian file.
@@ -48,15 +66,15 @@ fn section<'a>(elf: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
         let base = shoff.checked_add(i.checked_mul(shentsize)?)?;
         Some((
             u32_at(elf, base)?,
-            u64_at(elf, base + 0x18)?,
-            u64_at(elf, base + 0x20)?,
+            u64_at(elf, base.checked_add(0x18)?)?,
+            u64_at(elf, base.checked_add(0x20)?)?,
         ))
     };
     let (_, str_off, str_size) = header(shstrndx)?;
     let names = elf.get(str_off..str_off.checked_add(str_size)?)?;
     (0..shnum).find_map(|i| {
         let (name_off, off, size) = header(i)?;
-        let name = names.get(name_off as usize..)?;
+        let name = names.get(usize::try_from(name_off).ok()?..)?;
         let end = name.iter().position(|&c| c == 0)?;
         (&name[..end] == wanted.as_bytes()).then(|| elf.get(off..off.checked_add(size)?))?
     })
@@ -139,5 +157,36 @@ mod tests {
         let mut elf = fake_module(b"version=1\0");
         elf[0x28] = 0xff; // section headers out of range
         assert!(modinfo(&elf).is_none());
+    }
+
+    #[test]
+    fn crafted_and_truncated_modules_never_panic() {
+        let elf = fake_module(b"version=565.57.01\0license=NVIDIA\0");
+        for len in 0..elf.len() {
+            let _ = modinfo(&elf[..len]);
+        }
+        // Every header field set to extremes: offsets near usize::MAX must not overflow.
+        for field in [0x28, 0x3a, 0x3c, 0x3e] {
+            for fill in [0x00, 0x7f, 0xff] {
+                let mut bad = elf.clone();
+                let width = if field == 0x28 { 8 } else { 2 };
+                bad[field..field + width].fill(fill);
+                let _ = modinfo(&bad);
+            }
+        }
+        let shoff = elf.len() - 3 * 64;
+        for header in 0..3 {
+            for off in [0x18, 0x20] {
+                let mut bad = elf.clone();
+                let at = shoff + header * 64 + off;
+                bad[at..at + 8].fill(0xff);
+                let _ = modinfo(&bad);
+            }
+        }
+        let zst = zstd::encode_all(elf.as_slice(), 3).unwrap();
+        for len in 0..zst.len() {
+            let _ = decompress("nvidia.ko.zst", zst[..len].to_vec());
+            let _ = decompress("nvidia.ko.gz", zst[..len].to_vec());
+        }
     }
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{DRIVER, Guest, KERNEL, Spec, ubuntu};
-use exporter::{Expectations, SettingStatus, Verdict, VerifyReport, verify};
+use inspect::{Expectations, SettingStatus, Verdict, VerifyReport, verify};
 
 fn expect_fw(v: u32) -> Expectations {
     Expectations {
@@ -220,7 +220,7 @@ fn open_modules_ignore_zero() {
         ..Spec::default()
     });
     let r = run_verify(&g, &expect_fw(0));
-    assert_eq!(r.driver.flavour, exporter::ModuleFlavour::Open);
+    assert_eq!(r.driver.flavour, inspect::ModuleFlavour::Open);
     let c = r.check("gpu-firmware").unwrap();
     assert_eq!(c.verdict, Verdict::Fail);
     assert!(
@@ -241,7 +241,7 @@ fn driver_and_firmware_files() {
     };
     let r = run_verify(&ubuntu(&Spec::default()), &expect);
     assert_eq!(r.driver.version.as_deref(), Some(DRIVER));
-    assert_eq!(r.driver.flavour, exporter::ModuleFlavour::Proprietary);
+    assert_eq!(r.driver.flavour, inspect::ModuleFlavour::Proprietary);
     assert_eq!(verdict(&r, "driver"), Verdict::Pass, "{r}");
     assert_eq!(verdict(&r, "firmware-files"), Verdict::Pass);
     assert_eq!(
@@ -458,7 +458,7 @@ fn dirty_hygiene() {
     assert!(
         r.checks
             .iter()
-            .filter(|c| c.id.starts_with("hygiene/"))
+            .filter(|c| c.id.as_str().starts_with("hygiene/"))
             .all(|c| c.verdict == Verdict::Pass),
         "{r}"
     );

@@ -7,7 +7,7 @@ use std::fs;
 use std::process::Command;
 
 use common::{Spec, run, ubuntu};
-use exporter::{Error, Expectations, ImageFormat, Verdict, verify};
+use inspect::{Error, Expectations, ImageFormat, Verdict, verify};
 
 fn expect1() -> Expectations {
     Expectations {

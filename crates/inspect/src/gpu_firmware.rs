@@ -17,9 +17,9 @@ pub const REGISTRY_KEY: &str = "EnableGpuFirmware";
 /// Explains a value: bits 0–3 are the mode, bit 4 the CPU fallback, bits 5–7 reserved policy.
 ///
 /// ```
-/// assert_eq!(exporter::describe_gpu_firmware(1), "1 = GSP forced on, no fallback");
+/// assert_eq!(inspect::describe_gpu_firmware(1), "1 = GSP forced on, no fallback");
 /// assert_eq!(
-///     exporter::describe_gpu_firmware(18),
+///     inspect::describe_gpu_firmware(18),
 ///     "18 = driver default: default policy + CPU fallback"
 /// );
 /// ```
