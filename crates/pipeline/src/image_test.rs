@@ -169,7 +169,15 @@ pub(crate) async fn test_image_with(
     events: &Emitter,
     cancel: &Cancel,
 ) -> Result<ImageTestReport> {
-    let before = read_image(&request.image)?;
+    // inspect runs its own small runtime for qcow2 reads: keep it off this one's threads.
+    let image_path = request.image.clone();
+    let before = tokio::task::spawn_blocking(move || read_image(&image_path))
+        .await
+        .map_err(|e| Error::Io {
+            action: "read",
+            path: request.image.clone(),
+            source: std::io::Error::other(e),
+        })??;
     let suffix: u64 = rand::random();
     let hostname = format!("imgbake-test-{:06x}", suffix & 0xff_ffff);
     let instance_id = format!("imgbake-test-{suffix:016x}");
