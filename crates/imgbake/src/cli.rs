@@ -100,6 +100,9 @@ pub enum Command {
     /// Boot a recipe's base image with a fresh overlay and the seed, for poking around over ssh
     #[command(long_about = crate::commands::boot::LONG_ABOUT, after_long_help = crate::commands::boot::AFTER_HELP)]
     Boot(crate::commands::boot::BootArgs),
+    /// Boot an exported image as a new machine (fresh seed, throwaway overlay) and check it
+    #[command(long_about = crate::commands::test::LONG_ABOUT, after_long_help = crate::commands::test::AFTER_HELP)]
+    Test(crate::commands::test::TestArgs),
 }
 
 /// `--var NAME=VALUE` and the `IMGBAKE_VAR_<name>` environment variables, shared by every

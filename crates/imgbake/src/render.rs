@@ -152,6 +152,15 @@ impl BakeRenderer {
             BakeEvent::Warning { message } => paint.hint(&format!("warning: {message}")),
             BakeEvent::GuestReady { ssh_command, .. } => format!("guest up: {ssh_command}"),
             BakeEvent::VmStopped { why } => format!("the vm stopped: {why}"),
+            BakeEvent::TestStarted { image, instance_id, hostname } => paint.bold(&format!(
+                "boot test of {}: fresh seed (instance {instance_id}, hostname {hostname}, user {}, no host key)",
+                image.display(),
+                pipeline::TEST_USER
+            )),
+            BakeEvent::TestRow { row } => {
+                let text = format!("test: {} — {}: {}", row.name, row.verdict, row.detail);
+                if row.verdict == pipeline::RowVerdict::Pass { paint.ok(&text) } else { paint.error(&text) }
+            }
         })
     }
 }
@@ -188,9 +197,42 @@ pub fn print_summary(summary: &BakeSummary, out: Output) {
             .join(format!("{}.raw", summary.run.recipe))
             .display()
     );
+    if let Some(test) = &summary.test {
+        let verdict = if test.passed {
+            paint.ok("passed")
+        } else {
+            paint.error("FAILED")
+        };
+        let _ = writeln!(err, "  boot test: {verdict}");
+        let _ = write_test_table(&mut err, test, paint);
+    }
     for file in std::iter::once(&summary.qcow2).chain(&summary.files) {
         let _ = writeln!(err, "  {}", file.display());
     }
+}
+
+/// The boot test's rows as a table: check, verdict, detail.
+pub fn write_test_table(
+    w: &mut dyn Write,
+    report: &pipeline::ImageTestReport,
+    paint: crate::output::Paint,
+) -> std::io::Result<()> {
+    let width = report
+        .rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    for row in &report.rows {
+        let verdict = format!("{:<4}", row.verdict.to_string());
+        let verdict = if row.verdict == pipeline::RowVerdict::Pass {
+            paint.ok(&verdict)
+        } else {
+            paint.error(&verdict)
+        };
+        writeln!(w, "  {:<width$}  {verdict}  {}", row.name, row.detail)?;
+    }
+    Ok(())
 }
 
 fn bytes(n: u64) -> String {

@@ -27,6 +27,8 @@ pub enum ExitStatus {
     VmFailed,
     /// 6: the image failed offline verification.
     VerifyFailed,
+    /// 7: the image failed its boot test (`imgbake test`, `recipe --test`).
+    TestFailed,
     /// 129: stopped by SIGHUP (the terminal went away).
     HungUp,
     /// 130: interrupted (Ctrl-C, SIGINT).
@@ -45,6 +47,7 @@ impl ExitStatus {
             ExitStatus::StepFailed => 4,
             ExitStatus::VmFailed => 5,
             ExitStatus::VerifyFailed => 6,
+            ExitStatus::TestFailed => 7,
             ExitStatus::HungUp => 129,
             ExitStatus::Interrupted => 130,
             ExitStatus::Terminated => 143,
@@ -70,6 +73,7 @@ macro_rules! exit_status_help {
             "    4  a build step failed (its last lines, log and how to resume are printed)\n",
             "    5  the build VM or guest failed (QEMU exited, KVM error, SSH or cloud-init)\n",
             "    6  the image failed offline verification\n",
+            "    7  the image failed its boot test (the failed checks are named)\n",
             "  129  stopped by SIGHUP; 130 by Ctrl-C (SIGINT); 143 by SIGTERM (finished steps keep\n",
             "       their checkpoints; a second signal kills QEMU at once)\n",
         )
@@ -113,6 +117,12 @@ pub enum CliError {
     /// `imgbake export` failed.
     #[error("export failed")]
     Export(#[source] exporter::Error),
+    /// The image booted (or tried to) and failed checks of `imgbake test`.
+    #[error("the image failed its boot test: {}", failed.join(", "))]
+    TestFailed {
+        /// The failed rows' names.
+        failed: Vec<String>,
+    },
 }
 
 impl CliError {
@@ -128,6 +138,7 @@ impl CliError {
                 ExitStatus::Usage
             }
             CliError::Fetch(fetch::Error::Cancelled) => crate::signals::interrupted_status(),
+            CliError::TestFailed { .. } => ExitStatus::TestFailed,
             CliError::Stdout(_)
             | CliError::Json(_)
             | CliError::Runtime(_)
@@ -154,6 +165,11 @@ impl CliError {
                 "check the source with `qemu-img info` and that the output directory is writable"
                     .into(),
             ),
+            CliError::TestFailed { failed } => Some(if failed.iter().any(|f| f == "boot") {
+                "the guest never answered over SSH as a new machine; boot it with `imgbake boot` or read the serial log".into()
+            } else {
+                "each FAIL row above says why; fix the recipe's cleanup step (imgbake verify IMAGE shows what the image carries offline) and rebuild".into()
+            }),
             CliError::Stdout(_) | CliError::Json(_) | CliError::Runtime(_) => None,
         }
     }

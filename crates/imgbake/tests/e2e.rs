@@ -33,7 +33,8 @@ fn smoke_recipe_builds_and_every_step_is_on_the_output_disk() {
     let _vm = vm_lock();
     let sandbox = Sandbox::new("smoke");
     let recipe = test_support::workspace_root().join("fixtures/recipes/smoke.yaml");
-    let run = sandbox.recipe(&recipe, &["--json"], LONG_BUILD);
+    // `--test` (issue 13) boots the exported image once more as a new machine and checks it.
+    let run = sandbox.recipe(&recipe, &["--json", "--test"], LONG_BUILD);
     run.expect_code(0, "smoke build");
     sandbox.assert_no_qemu_left("smoke build");
 
@@ -216,6 +217,191 @@ fn smoke_recipe_builds_and_every_step_is_on_the_output_disk() {
         event_secs("ssh_ready"),
         event_secs("cloud_init_done"),
     );
+
+    // Issue 13: the boot test after export passed, and the same image with SSH host keys
+    // written into it fails, naming the host key.
+    assert_boot_test_passed(&run);
+    assert_baked_host_keys_fail_the_boot_test(&sandbox, &raw, &recipe);
+}
+
+/// The rows every boot test of the smoke image has (the recipe verifies NVIDIA settings and
+/// has two `test:` commands).
+const BOOT_TEST_ROWS: [&str; 9] = [
+    "ssh host key",
+    "cloud-init",
+    "machine-id",
+    "hostname",
+    "build user",
+    "build leftovers",
+    "nvidia option",
+    "test 1",
+    "test 2",
+];
+
+/// `recipe --test`: one `test_row` event per check, all passing, after the outputs.
+fn assert_boot_test_passed(run: &Finished) {
+    let started = run.events_named("test_started");
+    assert_eq!(started.len(), 1, "one test_started event");
+    let hostname = started[0]["hostname"].as_str().unwrap();
+    assert!(hostname.starts_with("imgbake-test-"), "{}", started[0]);
+    let rows = run.events_named("test_row");
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|e| e["row"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BOOT_TEST_ROWS, "boot test rows");
+    for row in &rows {
+        assert_eq!(row["row"]["verdict"], "pass", "{row}");
+    }
+    let host_key = &rows[0]["row"]["detail"];
+    assert!(
+        host_key
+            .as_str()
+            .unwrap()
+            .contains("generated on this boot"),
+        "{host_key}"
+    );
+    let index = |name: &str| run.events.iter().position(|e| e["event"] == name).unwrap();
+    assert!(
+        index("output_written") < index("test_started"),
+        "the test runs after export"
+    );
+    let test_secs = run.events.last().unwrap()["elapsed_secs"].as_f64().unwrap()
+        - started[0]["elapsed_secs"].as_f64().unwrap();
+    eprintln!("TIMING boot test after export (recipe --test): {test_secs:.1}s");
+}
+
+/// Writes an ed25519 host key pair into a copy of the RAW (offline: `debugfs -w` on the root
+/// partition at its offset) and checks that `imgbake test` fails with exit 7, naming the host
+/// key row and only it.
+fn assert_baked_host_keys_fail_the_boot_test(sandbox: &Sandbox, raw: &Path, recipe: &Path) {
+    let baked = sandbox.root().join("baked.raw");
+    let copy = Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(raw)
+        .arg(&baked)
+        .status()
+        .unwrap();
+    assert!(copy.success(), "cp {}", raw.display());
+    let keys = sandbox.root().join("hostkeys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = keys.join("ssh_host_ed25519_key");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "baked", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(keygen.success(), "ssh-keygen");
+    let offset = root_partition_offset(&baked);
+    let script = keys.join("debugfs.cmd");
+    std::fs::write(
+        &script,
+        format!(
+            "cd /etc/ssh
+             write {key} ssh_host_ed25519_key
+             write {key}.pub ssh_host_ed25519_key.pub
+             sif ssh_host_ed25519_key uid 0
+sif ssh_host_ed25519_key gid 0
+             sif ssh_host_ed25519_key.pub uid 0
+sif ssh_host_ed25519_key.pub gid 0
+",
+            key = key.display()
+        ),
+    )
+    .unwrap();
+    let debugfs = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(format!("{}?offset={offset}", baked.display()))
+        .output()
+        .unwrap();
+    assert!(
+        debugfs.status.success(),
+        "debugfs: {}",
+        String::from_utf8_lossy(&debugfs.stderr)
+    );
+    let disk = GuestDisk::open(&baked);
+    assert!(
+        disk.exists("/etc/ssh/ssh_host_ed25519_key.pub"),
+        "debugfs wrote the key into the copy"
+    );
+
+    let test = sandbox
+        .start(&[
+            "test".into(),
+            baked.display().to_string(),
+            "--recipe".into(),
+            recipe.display().to_string(),
+            "--accel".into(),
+            "tcg".into(),
+            "--json".into(),
+        ])
+        .finish(SHORT_BUILD);
+    test.expect_code(7, "imgbake test of the image with baked host keys");
+    sandbox.assert_no_qemu_left("imgbake test");
+    assert!(
+        test.stderr
+            .contains("error: the image failed its boot test: ssh host key\n"),
+        "stderr names the failed row:\n{}",
+        test.stderr
+    );
+    assert!(test.stderr.contains("try: "), "{}", test.stderr);
+    let report: Value = serde_json::from_str(&test.stdout).expect("test --json prints JSON");
+    assert_eq!(report["passed"], false, "{report}");
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, BOOT_TEST_ROWS, "{report}");
+    for row in rows {
+        let expected = if row["name"] == "ssh host key" {
+            "fail"
+        } else {
+            "pass"
+        };
+        assert_eq!(row["verdict"], expected, "{row}");
+    }
+    let detail = rows[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("host key baked into the image")
+            && detail.contains("/etc/ssh/ssh_host_ed25519_key.pub"),
+        "{detail}"
+    );
+    // The image under test was only read.
+    assert!(
+        GuestDisk::open(&baked).exists("/etc/ssh/ssh_host_ed25519_key.pub"),
+        "the tested image was modified"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&sandbox.run)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("imgbake-test-"))
+        .collect();
+    assert!(leftovers.is_empty(), "run dir left: {leftovers:?}");
+    eprintln!(
+        "TIMING imgbake test (baked host keys, RAW): wall {:.1}s",
+        test.wall.as_secs_f64()
+    );
+    let _ = std::fs::remove_file(&baked);
+}
+
+/// The byte offset of the largest partition (the root filesystem), from `sfdisk --json`.
+fn root_partition_offset(image: &Path) -> u64 {
+    let out = Command::new("sfdisk")
+        .arg("--json")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sfdisk --json {}", image.display());
+    let table: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let table = &table["partitiontable"];
+    let sector = table["sectorsize"].as_u64().unwrap_or(512);
+    let root = table["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|p| p["size"].as_u64().unwrap_or(0))
+        .expect("a partition");
+    root["start"].as_u64().unwrap() * sector
 }
 
 fn assert_smoke_effects(disk: &GuestDisk, what: &str) {

@@ -36,8 +36,28 @@ pub struct BootRequest {
     pub config: VmConfig,
     /// The keys the seed was written with.
     pub keys: Arc<BuildKeys>,
+    /// Whom to log in as and which host key to accept.
+    pub login: Login,
     /// How long SSH and cloud-init each get.
     pub boot_timeout: Duration,
+}
+
+/// Whom [`boot`] logs in as, and how it checks the host key.
+pub struct Login {
+    /// The user the seed created.
+    pub user: String,
+    /// Pinned for builds; trusted on first use for `imgbake test`.
+    pub host_key: provisioner::HostKeyPolicy,
+}
+
+impl Login {
+    /// The build user, host key pinned.
+    pub fn build() -> Self {
+        Login {
+            user: crate::BUILD_USER.to_owned(),
+            host_key: provisioner::HostKeyPolicy::Pinned,
+        }
+    }
 }
 
 /// Starts QEMU (restarting once under TCG if `auto` picked KVM and KVM failed), waits for SSH
@@ -50,6 +70,7 @@ pub(crate) async fn boot(
     let BootRequest {
         config,
         keys,
+        login,
         boot_timeout,
     } = request;
     let started = Instant::now();
@@ -69,9 +90,10 @@ pub(crate) async fn boot(
         });
         let target = SshTarget {
             addr: vm.ssh_addr(),
-            user: crate::BUILD_USER.to_owned(),
+            user: login.user.clone(),
             keys: keys.clone(),
             privilege: provisioner::Privilege::Sudo,
+            host_key: login.host_key,
         };
         let deadline = tokio::time::Instant::now() + boot_timeout;
         let session = provisioner::wait_for_ssh(&target, deadline, cancel).await?;
@@ -187,6 +209,7 @@ pub async fn boot_interactive(
         BootRequest {
             config: crate::setup::vm_config(recipe, &disk, &dir.join("vm"), seed),
             keys: keys.clone(),
+            login: Login::build(),
             boot_timeout: recipe.vm.boot_timeout,
         },
         &events,

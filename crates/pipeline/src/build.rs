@@ -35,6 +35,9 @@ pub struct BakeRequest {
     pub offline: bool,
     /// On a failed step, keep the VM running for `ssh` until cancelled.
     pub keep_on_failure: bool,
+    /// After the outputs are written, boot the exported image with a fresh seed and check it
+    /// (`imgbake recipe --test`; see [`crate::test_image`]).
+    pub test_after_export: bool,
 }
 
 impl BakeRequest {
@@ -49,6 +52,7 @@ impl BakeRequest {
             start: StartRequest::Reuse,
             offline: false,
             keep_on_failure: false,
+            test_after_export: false,
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct BakeSummary {
     pub run: RunRecord,
     /// The offline verification report of the exported image.
     pub verify: inspect::VerifyReport,
+    /// The boot test of the exported image, with `test_after_export`.
+    pub test: Option<crate::ImageTestReport>,
 }
 
 /// The context of one build in progress, shared by its stages.
@@ -244,9 +250,20 @@ pub async fn bake(
         }
     };
 
-    let summary =
+    let mut summary =
         crate::outputs::write_outputs(&mut build, &base, &final_image, facts.as_ref()).await?;
     lease.finish()?;
+    if request.test_after_export {
+        let test = crate::image_test::ImageTestRequest {
+            image: summary.qcow2.clone(),
+            recipe: Some(recipe.clone()),
+            accel: None,
+            runtime_dir: request.runtime_dir.clone(),
+            serial_log: Some(build.logs_dir.join("test-serial.log")),
+        };
+        summary.test =
+            Some(crate::image_test::test_image_with(&test, &build.events, &cancel).await?);
+    }
     Ok(summary)
 }
 

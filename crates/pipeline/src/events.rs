@@ -69,6 +69,20 @@ pub enum BakeEvent {
         /// Seconds since QEMU started.
         after_secs: f64,
     },
+    /// `imgbake test` (or `recipe --test`) is booting an image with a fresh seed.
+    TestStarted {
+        /// The image under test.
+        image: PathBuf,
+        /// The test seed's instance id.
+        instance_id: String,
+        /// The test seed's hostname.
+        hostname: String,
+    },
+    /// One check of the booted image was decided.
+    TestRow {
+        /// The check.
+        row: crate::TestRow,
+    },
     /// A step started.
     StepStarted {
         /// Step id.

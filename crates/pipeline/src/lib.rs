@@ -9,7 +9,9 @@
 //! computed once for builds, `imgbake plan` and `imgbake cache gc`), [`StartRequest`] /
 //! [`StartPoint`] (reuse, resume, fresh), [`BakeEvent`], [`RunRecord`] (`run.json`),
 //! [`BakeSummary`], [`Error`]. [`boot_interactive`] boots a recipe's base the way a build does,
-//! for `imgbake boot`.
+//! for `imgbake boot`. [`test_image`] boots an exported image as a new machine and checks it
+//! ([`ImageTestRequest`] → [`ImageTestReport`] of [`TestRow`]s), for `imgbake test` and
+//! `imgbake recipe --test`.
 //!
 //! Modules, in the order a build passes through them: `plan` → `build` (fetch, reuse, the
 //! [`Build`](build) context) → `boot` → `steps` → `outputs`; `events`, `run` and `setup` are
@@ -31,6 +33,7 @@ mod build;
 pub mod cache;
 mod error;
 mod events;
+pub mod image_test;
 mod outputs;
 pub mod plan;
 mod run;
@@ -42,6 +45,9 @@ pub use boot::{InteractiveBoot, boot_interactive};
 pub use build::{BakeRequest, BakeSummary, Cancel, bake, default_runtime_dir};
 pub use error::{Error, Result, StepFailure};
 pub use events::{BakeEvent, OutputStream};
+pub use image_test::{
+    ImageTestReport, ImageTestRequest, RowVerdict, TEST_USER, TestRow, test_image,
+};
 pub use plan::{BuildPlan, StartPoint, StartRequest, expectations, seed_fingerprint};
 pub use run::{RunRecord, StepRecord, StepStatus};
 

@@ -158,6 +158,7 @@ pub(crate) async fn write_outputs(
         files,
         run: build.run.clone(),
         verify: report,
+        test: None,
     })
 }
 

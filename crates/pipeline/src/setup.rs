@@ -33,10 +33,10 @@ pub fn seed_config(recipe: &Recipe, instance_id: &str, keys: &BuildKeys) -> Seed
         hostname: hostname(&recipe.name),
         build_user: crate::BUILD_USER.to_owned(),
         user_authorized_key: keys.user_public_openssh(),
-        host_key: HostKeyPair {
+        host_key: Some(HostKeyPair {
             private_openssh: keys.host_private_openssh(),
             public_openssh: keys.host_public_openssh(),
-        },
+        }),
         network: NetworkConfig::None,
         extra_cloud_config: BTreeMap::new(),
     }

@@ -58,6 +58,7 @@ pub(crate) async fn build_in_vm(
         BootRequest {
             config: vm_config(recipe, &disk, setup.run_dir, seed_path),
             keys: setup.keys.clone(),
+            login: crate::boot::Login::build(),
             boot_timeout: recipe.vm.boot_timeout,
         },
         &build.events,

@@ -3,7 +3,8 @@
 //! - [`BuildKeys`]: the per-build ed25519 user key and the host key imgbake puts in the seed.
 //! - [`wait_for_ssh`] → [`GuestSession`]: poll `127.0.0.1:<port>` with backoff until the guest's
 //!   sshd answers **with our host key** (anything else: [`Error::HostKeyMismatch`]) and accepts
-//!   the user key.
+//!   the user key. [`HostKeyPolicy::TrustOnFirstUse`] instead accepts and reports the first key
+//!   (`imgbake test`, whose guest makes its own keys).
 //! - [`GuestSession::cloud_init_wait`] → [`CloudInitOutcome`]: finished / finished with errors /
 //!   never ran.
 //! - [`GuestSession::exec`] streams a command's output line by line ([`OutputLine`]) and returns
@@ -27,6 +28,7 @@
 //!     user: "imgbake".into(),
 //!     keys,
 //!     privilege: Privilege::Sudo,
+//!     host_key: HostKeyPolicy::Pinned,
 //! };
 //! let cancel = CancellationToken::new();
 //! let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
@@ -73,8 +75,8 @@ pub use facts::{GuestFacts, parse_os_release};
 pub use keys::BuildKeys;
 pub use seal::{SealSpec, seal};
 pub use session::{
-    Captured, GuestSession, HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_MAX, KILL_GRACE,
-    SshTarget,
+    Captured, GuestSession, HANDSHAKE_TIMEOUT, HostKeyPolicy, KEEPALIVE_INTERVAL, KEEPALIVE_MAX,
+    KILL_GRACE, SshTarget,
 };
 pub use shell::{Privilege, is_secret_name};
 pub use step::{

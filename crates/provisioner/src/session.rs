@@ -1,4 +1,5 @@
-//! [`GuestSession`]: one authenticated SSH connection to the guest, host key pinned.
+//! [`GuestSession`]: one authenticated SSH connection to the guest, host key pinned (or, for
+//! `imgbake test`'s freshly keyed guest, trusted on first use and reported: [`HostKeyPolicy`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,13 +41,31 @@ pub struct SshTarget {
     pub keys: Arc<BuildKeys>,
     /// How root commands (steps, uploads into root-owned places, reboot) are run.
     pub privilege: Privilege,
+    /// Which host key to accept: the build's pinned one unless said otherwise.
+    pub host_key: HostKeyPolicy,
 }
 
-/// The russh client handler: pins the host key.
+/// Which SSH host key a connection accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Only [`BuildKeys::host_public`], the key the seed installed; anything else is
+    /// [`Error::HostKeyMismatch`]. Every build uses this.
+    #[default]
+    Pinned,
+    /// The first plain public key the server offers (trust on first use), reported by
+    /// [`GuestSession::host_key_openssh`]. Only for a guest that generates its own keys on this
+    /// boot (`imgbake test`), where there is nothing to pin and the key itself is the finding.
+    TrustOnFirstUse,
+}
+
+/// The russh client handler: checks the host key against the [`HostKeyPolicy`].
 pub(crate) struct PinnedHostKey {
     expected: PublicKey,
+    policy: HostKeyPolicy,
     /// The key the server showed when it was not the expected one.
     rejected: Arc<Mutex<Option<String>>>,
+    /// The key that was accepted.
+    accepted: Arc<Mutex<Option<PublicKey>>>,
 }
 
 impl client::Handler for PinnedHostKey {
@@ -57,16 +76,21 @@ impl client::Handler for PinnedHostKey {
         server_key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         // A certificate is refused even when it certifies our key: the seed installs a plain
-        // host key, so a certificate means something else answers.
+        // host key (or cloud-init generates plain ones), so a certificate means something else
+        // answers.
         let (shown, matches) = match server_key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => {
-                (key.key_data(), key.key_data() == self.expected.key_data())
-            }
+            PublicKeyOrCertificate::PublicKey { key, .. } => (
+                key.key_data(),
+                self.policy == HostKeyPolicy::TrustOnFirstUse
+                    || key.key_data() == self.expected.key_data(),
+            ),
             PublicKeyOrCertificate::Certificate(cert) => (cert.public_key(), false),
         };
-        if !matches {
-            let seen = fingerprint(&PublicKey::from(shown.clone()));
-            *self.rejected.lock().unwrap_or_else(|e| e.into_inner()) = Some(seen);
+        let shown = PublicKey::from(shown.clone());
+        if matches {
+            *self.accepted.lock().unwrap_or_else(|e| e.into_inner()) = Some(shown);
+        } else {
+            *self.rejected.lock().unwrap_or_else(|e| e.into_inner()) = Some(fingerprint(&shown));
         }
         Ok(matches)
     }
@@ -79,6 +103,8 @@ impl client::Handler for PinnedHostKey {
 pub struct GuestSession {
     handle: Handle<PinnedHostKey>,
     target: SshTarget,
+    /// The host key the server authenticated with.
+    host_key: PublicKey,
 }
 
 impl std::fmt::Debug for GuestSession {
@@ -181,9 +207,12 @@ impl GuestSession {
             Ok(Err(source)) => return Err(Error::Connect { addr, source }),
         }
         let rejected = Arc::new(Mutex::new(None));
+        let accepted = Arc::new(Mutex::new(None));
         let handler = PinnedHostKey {
             expected: target.keys.host_public().clone(),
+            policy: target.host_key,
             rejected: rejected.clone(),
+            accepted: accepted.clone(),
         };
         let config = Arc::new(client::Config {
             keepalive_interval: Some(KEEPALIVE_INTERVAL),
@@ -223,6 +252,12 @@ impl GuestSession {
             Ok(Ok((handle, true))) => Ok(Self {
                 handle,
                 target: target.clone(),
+                // russh checks the host key before authentication can succeed.
+                host_key: accepted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .unwrap_or_else(|| target.keys.host_public().clone()),
             }),
         }
     }
@@ -230,6 +265,19 @@ impl GuestSession {
     /// Where this session is connected, to reconnect after a reboot.
     pub fn target(&self) -> &SshTarget {
         &self.target
+    }
+
+    /// The host key the server authenticated with, one OpenSSH line without comment
+    /// (`ssh-ed25519 AAAA…`); empty if it cannot be encoded.
+    pub fn host_key_openssh(&self) -> String {
+        let mut key = self.host_key.clone();
+        key.set_comment("");
+        key.to_openssh().unwrap_or_default()
+    }
+
+    /// `SHA256:…` fingerprint of the host key the server authenticated with.
+    pub fn host_key_fingerprint(&self) -> String {
+        fingerprint(&self.host_key)
     }
 
     /// Whether the connection has ended.

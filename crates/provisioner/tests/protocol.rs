@@ -83,6 +83,7 @@ async fn serve(keys: &BuildKeys) -> SshTarget {
         user: "builder".into(),
         keys: Arc::new(keys.clone()),
         privilege: Privilege::Root,
+        host_key: provisioner::HostKeyPolicy::Pinned,
     }
 }
 

@@ -164,12 +164,39 @@ async fn wrong_host_key_is_refused_at_once() {
 }
 
 #[tokio::test]
+async fn trust_on_first_use_accepts_and_reports_the_offered_key() {
+    if !tools_present() {
+        return;
+    }
+    let ours = Arc::new(BuildKeys::generate());
+    let served = BuildKeys::generate();
+    let sshd = Sshd::start_with(ours.clone(), &served, test_support::free_port());
+    let mut target = sshd.target();
+    target.host_key = provisioner::HostKeyPolicy::TrustOnFirstUse;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let session = wait_for_ssh(&target, deadline, &cancel()).await.unwrap();
+    let served_line = served.host_public_openssh();
+    let served_key: Vec<&str> = served_line.split(' ').take(2).collect();
+    assert_eq!(session.host_key_openssh(), served_key.join(" "));
+    assert_eq!(session.host_key_fingerprint(), served.host_fingerprint());
+    assert_ne!(session.host_key_fingerprint(), ours.host_fingerprint());
+    // Pinned (the default) still refuses the same server.
+    let pinned = sshd.target();
+    assert_eq!(pinned.host_key, provisioner::HostKeyPolicy::default());
+    let err = wait_for_ssh(&pinned, deadline, &cancel())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::HostKeyMismatch { .. }), "{err:?}");
+}
+
+#[tokio::test]
 async fn only_loopback_addresses_are_accepted() {
     let target = SshTarget {
         addr: "192.0.2.1:22".parse().unwrap(),
         user: "x".into(),
         keys: Arc::new(BuildKeys::generate()),
         privilege: Privilege::Sudo,
+        host_key: provisioner::HostKeyPolicy::Pinned,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let err = wait_for_ssh(&target, deadline, &cancel())
@@ -190,6 +217,7 @@ async fn wait_for_ssh_catches_a_late_sshd_and_times_out_on_none() {
         user: common::whoami(),
         keys: keys.clone(),
         privilege: Privilege::Sudo,
+        host_key: provisioner::HostKeyPolicy::Pinned,
     };
     // Nothing listens: refused until the deadline, which names the last failure.
     let short = tokio::time::Instant::now() + Duration::from_millis(1200);
@@ -233,6 +261,7 @@ async fn wait_for_ssh_stops_when_cancelled() {
         user: "x".into(),
         keys: Arc::new(BuildKeys::generate()),
         privilege: Privilege::Sudo,
+        host_key: provisioner::HostKeyPolicy::Pinned,
     };
     let token = cancel();
     token.cancel();

@@ -81,6 +81,26 @@ async fn create_renamed(
 /// an absolute path. A size smaller than the base is refused. Written to a temp name, then
 /// renamed.
 pub async fn create(base: &Path, overlay: &Path, size: Option<u64>) -> Result<()> {
+    create_on(base, BaseFormat::Qcow2, overlay, size).await
+}
+
+/// The format of an overlay's backing file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaseFormat {
+    /// qcow2 (bases, checkpoints).
+    Qcow2,
+    /// RAW (an exported image under `imgbake test`).
+    Raw,
+}
+
+/// [`create`] on a base of either format: `imgbake test` boots an exported RAW image
+/// read-only through a qcow2 overlay.
+pub async fn create_on(
+    base: &Path,
+    format: BaseFormat,
+    overlay: &Path,
+    size: Option<u64>,
+) -> Result<()> {
     let base = std::path::absolute(base).map_err(|source| Error::RunDir {
         path: base.to_path_buf(),
         source,
@@ -105,7 +125,11 @@ pub async fn create(base: &Path, overlay: &Path, size: Option<u64>) -> Result<()
         "-b".into(),
         base.clone().into_os_string(),
         "-F".into(),
-        "qcow2".into(),
+        match format {
+            BaseFormat::Qcow2 => "qcow2",
+            BaseFormat::Raw => "raw",
+        }
+        .into(),
     ];
     let action = format!("create overlay {} on {}", overlay.display(), base.display());
     create_renamed(action, overlay, args, size).await

@@ -105,6 +105,9 @@ pub struct Recipe {
     pub verify: VerifySpec,
     /// Facts for the region API payload.
     pub payload: PayloadSpec,
+    /// `test:`: shell commands `imgbake test` runs as root in the booted image, in order;
+    /// each must exit 0. Not part of any checkpoint key (they never touch the build).
+    pub test: Vec<String>,
 }
 
 impl Recipe {

@@ -57,14 +57,23 @@ pub(crate) fn resolve(
     let export = r.export(raw.export.as_ref());
     let verify = r.verify(raw.verify.as_ref());
     let payload = r.payload(raw.payload.as_ref(), name.as_deref());
+    let test = r.test(raw.test.as_deref());
 
     let mut diags = std::mem::take(&mut r.diags);
     if !diags.is_empty() {
         diags.sort_by_key(|d| d.position);
         return Err(diags);
     }
-    let (Some(name), Some(base), Some(vm), Some(steps), Some(export), Some(verify), Some(payload)) =
-        (name, base, vm, steps, export, verify, payload)
+    let (
+        Some(name),
+        Some(base),
+        Some(vm),
+        Some(steps),
+        Some(export),
+        Some(verify),
+        Some(payload),
+        Some(test),
+    ) = (name, base, vm, steps, export, verify, payload, test)
     else {
         // Every `None` above pushed a diagnostic, so this is unreachable; say so rather
         // than panic.
@@ -88,6 +97,7 @@ pub(crate) fn resolve(
         export,
         verify,
         payload,
+        test,
     })
 }
 
@@ -755,6 +765,31 @@ impl Resolver<'_> {
             nvidia: nvidia?,
             hygiene: hygiene?,
         })
+    }
+
+    /// `test:`: each command with its vars expanded; an empty command is an error.
+    fn test(&mut self, raw: Option<&[S]>) -> Option<Vec<String>> {
+        let mut commands = Vec::new();
+        let mut ok = true;
+        for (i, s) in raw.unwrap_or_default().iter().enumerate() {
+            let key = format!("test[{i}]");
+            let command = self.value(&key, s, |v| {
+                if v.trim().is_empty() {
+                    Err((
+                        K::BadValue,
+                        "is empty".to_owned(),
+                        Some("write a shell command that exits 0 when the image is good, e.g. `\"systemctl is-active ssh\"`".into()),
+                    ))
+                } else {
+                    Ok(v.to_owned())
+                }
+            });
+            match command {
+                Some(c) => commands.push(c),
+                None => ok = false,
+            }
+        }
+        ok.then_some(commands)
     }
 
     fn payload(

@@ -93,6 +93,33 @@ pub(crate) fn render(
     Ok(out)
 }
 
+/// The user-data template without the pinned host key: the `ssh_genkeytypes: []` line and the
+/// `ssh_keys:` block go, so cloud-init's defaults (delete any baked keys, generate the
+/// distribution's key types) apply as on an instance's first boot.
+pub(crate) fn without_host_key(template: &str) -> Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let (mut genkeys, mut keys) = (false, false);
+    let mut in_keys = false;
+    for line in template.split_inclusive('\n') {
+        if in_keys && line.starts_with("  ") {
+            continue;
+        }
+        in_keys = false;
+        match line.trim_end() {
+            "ssh_genkeytypes: []" => genkeys = true,
+            "ssh_keys:" => (keys, in_keys) = (true, true),
+            _ => out.push_str(line),
+        }
+    }
+    if !(genkeys && keys) {
+        return Err(SeedError::Template {
+            template: "user-data.yaml",
+            problem: "no `ssh_genkeytypes: []` line or `ssh_keys:` block to leave out".into(),
+        });
+    }
+    Ok(out)
+}
+
 /// The top-level keys a cloud-config document sets (lines `key:` at column 0).
 pub(crate) fn top_level_keys(yaml: &str) -> impl Iterator<Item = &str> {
     yaml.lines().filter_map(|line| {
@@ -185,6 +212,16 @@ mod tests {
         assert_eq!(back, nasty);
         let back: String = serde_saphyr::from_str(&json).unwrap();
         assert_eq!(back, nasty);
+    }
+
+    #[test]
+    fn the_host_key_block_can_be_left_out() {
+        let cut = without_host_key(USER_DATA).unwrap();
+        assert!(!cut.contains("host_key_private") && !cut.contains("host_key_public"));
+        let keys: Vec<&str> = top_level_keys(&cut).collect();
+        assert!(!keys.contains(&"ssh_keys") && !keys.contains(&"ssh_genkeytypes"));
+        assert!(keys.contains(&"ssh_deletekeys") && keys.contains(&"users"));
+        assert!(without_host_key("users: []\n").is_err());
     }
 
     #[test]

@@ -13,10 +13,10 @@ fn config() -> SeedConfig {
         hostname: "imgbake-build".into(),
         build_user: "imgbake".into(),
         user_authorized_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUser imgbake@build".into(),
-        host_key: HostKeyPair {
+        host_key: Some(HostKeyPair {
             private_openssh: PRIVATE.into(),
             public_openssh: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost".into(),
-        },
+        }),
         network: NetworkConfig::DhcpByMac("52:54:00:12:34:56".parse().unwrap()),
         extra_cloud_config: BTreeMap::new(),
     }
@@ -35,7 +35,8 @@ fn two_builds_are_identical() {
 fn different_keys_give_different_bytes() {
     let a = build_iso(&config()).unwrap();
     let mut other = config();
-    other.host_key.public_openssh = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther".into();
+    other.host_key.as_mut().unwrap().public_openssh =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther".into();
     assert_ne!(a, build_iso(&other).unwrap());
     let mut other = config();
     other.user_authorized_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUser2".into();
@@ -63,10 +64,10 @@ fn fingerprint_ignores_keys_and_instance_id() {
     let mut other = config();
     other.instance_id = "imgbake-9999".into();
     other.user_authorized_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUser2".into();
-    other.host_key = HostKeyPair {
+    other.host_key = Some(HostKeyPair {
         private_openssh: PRIVATE.replace("xx=", "yy="),
         public_openssh: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther".into(),
-    };
+    });
     assert_eq!(base, fingerprint(&other));
     assert_eq!(base.to_string().len(), 64);
 }
@@ -114,7 +115,7 @@ fn user_data_is_cloud_config_with_the_keys_exactly() {
     assert_eq!(doc["ssh_keys"]["ed25519_private"], PRIVATE);
     assert_eq!(
         doc["ssh_keys"]["ed25519_public"],
-        cfg.host_key.public_openssh
+        cfg.host_key.as_ref().unwrap().public_openssh
     );
     assert_eq!(doc["ssh_genkeytypes"], json!([]));
     assert_eq!(doc["ssh_deletekeys"], true);
@@ -126,7 +127,7 @@ fn user_data_is_cloud_config_with_the_keys_exactly() {
 #[test]
 fn private_key_gets_a_final_newline() {
     let mut cfg = config();
-    cfg.host_key.private_openssh = PRIVATE.trim_end().into();
+    cfg.host_key.as_mut().unwrap().private_openssh = PRIVATE.trim_end().into();
     let doc = yaml(&render(&cfg).unwrap().user_data);
     assert_eq!(doc["ssh_keys"]["ed25519_private"], PRIVATE);
 }
@@ -202,13 +203,14 @@ fn bad_fields_are_rejected_without_echoing_them() {
             c.user_authorized_key = "ssh-ed25519 AAAA\nssh-rsa BBBB".into()
         }),
         ("host_key.public_openssh", |c| {
-            c.host_key.public_openssh = "ssh-rsa AAAA".into()
+            c.host_key.as_mut().unwrap().public_openssh = "ssh-rsa AAAA".into()
         }),
         ("host_key.private_openssh", |c| {
-            c.host_key.private_openssh = "secret-bytes".into()
+            c.host_key.as_mut().unwrap().private_openssh = "secret-bytes".into()
         }),
         ("host_key.private_openssh", |c| {
-            c.host_key.private_openssh = PRIVATE.replace("-----END OPENSSH PRIVATE KEY-----\n", "")
+            c.host_key.as_mut().unwrap().private_openssh =
+                PRIVATE.replace("-----END OPENSSH PRIVATE KEY-----\n", "")
         }),
     ];
     for (field, change) in cases {
@@ -291,4 +293,27 @@ fn oversized_extra_config_is_an_error_not_a_panic() {
         ),
         "{err:?}"
     );
+}
+
+#[test]
+fn without_a_host_key_cloud_init_generates_them() {
+    let pinned = render(&config()).unwrap();
+    let mut cfg = config();
+    cfg.host_key = None;
+    let files = render(&cfg).unwrap();
+    let doc = yaml(&files.user_data);
+    assert!(doc.get("ssh_keys").is_none(), "{}", files.user_data);
+    assert!(doc.get("ssh_genkeytypes").is_none(), "{}", files.user_data);
+    assert_eq!(doc["ssh_deletekeys"], true);
+    assert_eq!(doc["users"][0]["name"], "imgbake");
+    assert!(!files.user_data.contains("PRIVATE KEY"));
+    // The rest of the document is the pinned one's.
+    let mut pinned_doc = yaml(&pinned.user_data);
+    let map = pinned_doc.as_object_mut().unwrap();
+    map.remove("ssh_keys");
+    map.remove("ssh_genkeytypes");
+    assert_eq!(doc, pinned_doc);
+    assert_eq!(files.meta_data, pinned.meta_data);
+    // A different guest, so a different fingerprint; the pinned one is unchanged.
+    assert_ne!(fingerprint(&cfg), fingerprint(&config()));
 }

@@ -107,10 +107,10 @@ fn fixture_guest_accepts_the_seed_and_serves_our_host_key() {
         hostname: "imgbake-seedtest".into(),
         build_user: "imgbake".into(),
         user_authorized_key: user_public,
-        host_key: HostKeyPair {
+        host_key: Some(HostKeyPair {
             private_openssh: host_private,
             public_openssh: host_public.clone(),
-        },
+        }),
         network: NetworkConfig::DhcpByMac(MAC.parse().unwrap()),
         extra_cloud_config: BTreeMap::new(),
     };

@@ -12,10 +12,10 @@ fn config() -> SeedConfig {
         hostname: "imgbake-build".into(),
         build_user: "imgbake".into(),
         user_authorized_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUser imgbake@test".into(),
-        host_key: HostKeyPair {
+        host_key: Some(HostKeyPair {
             private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1r\n-----END OPENSSH PRIVATE KEY-----\n".into(),
             public_openssh: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost".into(),
-        },
+        }),
         network: NetworkConfig::DhcpByMac("52:54:00:12:34:56".parse().unwrap()),
         extra_cloud_config: BTreeMap::new(),
     }

@@ -61,10 +61,10 @@ fn config() -> SeedConfig {
         build_user: "imgbake".into(),
         user_authorized_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUser key: #not-a-comment 'q' \"d\""
             .into(),
-        host_key: HostKeyPair {
+        host_key: Some(HostKeyPair {
             private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNz+/aC1r\nAAAA==\n-----END OPENSSH PRIVATE KEY-----\n".into(),
             public_openssh: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost+/= host".into(),
-        },
+        }),
         network: NetworkConfig::DhcpByMac("52:54:00:12:34:56".parse().unwrap()),
         extra_cloud_config: BTreeMap::new(),
     }
@@ -99,11 +99,11 @@ fn pyyaml_reads_every_value_back_exactly() {
     assert_eq!(user["users"][0]["lock_passwd"], true);
     assert_eq!(
         user["ssh_keys"]["ed25519_private"],
-        cfg.host_key.private_openssh
+        cfg.host_key.as_ref().unwrap().private_openssh
     );
     assert_eq!(
         user["ssh_keys"]["ed25519_public"],
-        cfg.host_key.public_openssh
+        cfg.host_key.as_ref().unwrap().public_openssh
     );
     assert_eq!(user["ssh_genkeytypes"], json!([]));
     assert_eq!(user["locale"], false);

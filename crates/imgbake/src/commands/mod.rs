@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod plan;
 pub mod recipe;
 pub mod register;
+pub mod test;
 pub mod upload;
 pub mod validate;
 pub mod verify;
@@ -29,6 +30,7 @@ pub fn run(command: Command, out: &Output) -> Result<ExitStatus, CliError> {
         Command::Register(args) => register::run(&args, out),
         Command::Cache(args) => cache::run(&args, out),
         Command::Boot(args) => boot::run(&args, out),
+        Command::Test(args) => test::run(&args, out),
     }
 }
 

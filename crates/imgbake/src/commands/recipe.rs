@@ -22,7 +22,7 @@ const AFTER_HELP: &str = concat!(
     "\n",
     "OUTPUT (in --output, default output/<recipe name>/):\n",
     "    <name>.qcow2, <name>.raw (sparse), SHA256SUMS, manifest.json, api-payload.json,\n",
-    "    run.json, logs/NN-<step>.log, logs/serial.log\n",
+    "    run.json, logs/NN-<step>.log, logs/serial.log (and logs/test-serial.log with --test)\n",
     "\n",
     "CTRL-C, SIGTERM, SIGHUP:\n",
     "    The first signal stops the running step and powers the guest off; checkpoints of\n",
@@ -65,6 +65,9 @@ pub struct RecipeArgs {
     /// Print one JSON object per event on stdout instead of the progress display
     #[arg(long)]
     pub json: bool,
+    /// After export, boot the image as a new machine and check it (as `imgbake test`)
+    #[arg(long)]
+    pub test: bool,
     /// Build this many recipes at once
     #[arg(long, short, default_value_t = 1, value_name = "N")]
     pub jobs: usize,
@@ -112,6 +115,7 @@ pub fn run(args: &RecipeArgs, out: &Output) -> Result<ExitStatus, CliError> {
             request.start = start.clone();
             request.offline = args.offline;
             request.keep_on_failure = args.keep_on_failure;
+            request.test_after_export = args.test;
             request
         })
         .collect();
@@ -126,8 +130,14 @@ pub fn run(args: &RecipeArgs, out: &Output) -> Result<ExitStatus, CliError> {
     let mut worst = ExitStatus::Success;
     for result in results {
         let status = match result {
-            Ok(summary) if summary.verify.passed => ExitStatus::Success,
-            Ok(_) => ExitStatus::VerifyFailed,
+            Ok(summary) if !summary.verify.passed => ExitStatus::VerifyFailed,
+            Ok(pipeline::BakeSummary {
+                test: Some(test), ..
+            }) if !test.passed => {
+                let failed = test.failed().into_iter().map(str::to_owned).collect();
+                crate::report::report(&CliError::TestFailed { failed }, out)
+            }
+            Ok(_) => ExitStatus::Success,
             Err(err) => crate::report::report(&CliError::Bake(Box::new(err)), out),
         };
         if status != ExitStatus::Success && worst == ExitStatus::Success {

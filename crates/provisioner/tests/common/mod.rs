@@ -106,6 +106,7 @@ impl Sshd {
             user: whoami(),
             keys: self.keys.clone(),
             privilege: Privilege::Sudo,
+            host_key: provisioner::HostKeyPolicy::Pinned,
         }
     }
 
