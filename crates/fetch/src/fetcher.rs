@@ -96,8 +96,14 @@ impl BaseCache {
                         cache: self.dir().to_owned(),
                     }),
                 Some(client) => {
-                    self.download_locked(&client, url, source, expected, opts, progress, &cancel)
-                        .await
+                    let wanted = Wanted {
+                        client: &client,
+                        url,
+                        source,
+                        expected,
+                        opts,
+                    };
+                    self.download_locked(&wanted, progress, &cancel).await
                 }
             },
         }
@@ -148,17 +154,19 @@ impl BaseCache {
         }))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn download_locked(
         &self,
-        client: &reqwest::Client,
-        url: &Url,
-        source: &BaseSource,
-        expected: Sha256,
-        opts: &FetchOptions,
+        wanted: &Wanted<'_>,
         progress: Progress<'_>,
         cancel: &CancellationToken,
     ) -> Result<CachedBase> {
+        let Wanted {
+            client,
+            url,
+            source,
+            expected,
+            opts,
+        } = *wanted;
         if let Some(hit) = self
             .cached(source, expected, opts, progress, cancel)
             .await?
@@ -338,4 +346,14 @@ async fn check_local(
         source: source.location.clone(),
         outcome: Outcome::LocalFile,
     })
+}
+
+/// One download: where from, what it must hash to, how.
+#[derive(Clone, Copy)]
+struct Wanted<'a> {
+    client: &'a reqwest::Client,
+    url: &'a Url,
+    source: &'a BaseSource,
+    expected: Sha256,
+    opts: &'a FetchOptions,
 }

@@ -111,6 +111,12 @@ pub enum CliError {
     /// Fetching a base image failed.
     #[error(transparent)]
     Fetch(#[from] fetch::Error),
+    /// The checkpoint store refused or failed (`imgbake cache`).
+    #[error(transparent)]
+    CacheStore(pipeline::cache::StoreError),
+    /// `imgbake cache gc RECIPE` cannot tell which checkpoints the recipe makes today.
+    #[error(transparent)]
+    GcKeys(Box<crate::commands::cache::Failure>),
     /// `imgbake verify` could not read the image.
     #[error("cannot verify the image")]
     Verify(#[source] inspect::Error),
@@ -145,7 +151,9 @@ impl CliError {
             | CliError::CacheDir(_)
             | CliError::Fetch(_)
             | CliError::Export(_)
-            | CliError::Verify(_) => ExitStatus::Failure,
+            | CliError::Verify(_)
+            | CliError::CacheStore(_)
+            | CliError::GcKeys(_) => ExitStatus::Failure,
         }
     }
 
@@ -157,6 +165,11 @@ impl CliError {
             CliError::ResumeWithSeveralRecipes => Some("resume one recipe at a time".into()),
             CliError::CacheDir(_) => Some("pass --cache-dir DIR or set IMGBAKE_CACHE_DIR".into()),
             CliError::Fetch(e) => fetch_hint(e),
+            CliError::CacheStore(e) => pipeline::cache::store_hint(e),
+            CliError::GcKeys(_) => Some(
+                "fetch its base image first (`imgbake fetch RECIPE`), or leave the recipe out"
+                    .into(),
+            ),
             CliError::Verify(_) => Some(
                 "check that IMAGE is a RAW or qcow2 disk image with a GPT/MBR and an ext4 root"
                     .into(),

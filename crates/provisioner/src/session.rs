@@ -115,6 +115,21 @@ impl std::fmt::Debug for GuestSession {
     }
 }
 
+/// One command for [`GuestSession::run`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Remote<'a> {
+    /// The shell command.
+    pub cmd: &'a str,
+    /// Bytes fed to its stdin.
+    pub stdin: Option<&'a [u8]>,
+    /// Run it with the session's privilege prefix (`sudo -n`).
+    pub root: bool,
+    /// How long it may take.
+    pub limit: Duration,
+    /// What it is, for errors.
+    pub what: &'a str,
+}
+
 /// What a captured command produced.
 #[derive(Clone, Debug)]
 pub struct Captured {
@@ -310,8 +325,14 @@ impl GuestSession {
         on_output: impl FnMut(OutputLine),
     ) -> Result<ExitStatus> {
         let script = format!("{}{cmd}", shell::export_lines(env)?);
-        self.run(&script, None, false, timeout, cancel, on_output, cmd)
-            .await
+        let command = Remote {
+            cmd: &script,
+            stdin: None,
+            root: false,
+            limit: timeout,
+            what: cmd,
+        };
+        self.run(&command, cancel, on_output).await
     }
 
     /// Runs `cmd` and collects its output (for short helper commands).
@@ -345,23 +366,22 @@ impl GuestSession {
     ) -> Result<Captured> {
         let mut stdout = String::new();
         let mut stderr = String::new();
+        let command = Remote {
+            cmd,
+            stdin,
+            root,
+            limit: timeout,
+            what: cmd,
+        };
         let status = self
-            .run(
-                cmd,
-                stdin,
-                root,
-                timeout,
-                cancel,
-                |line| {
-                    let buf = match line.stream {
-                        Stream::Stdout => &mut stdout,
-                        Stream::Stderr => &mut stderr,
-                    };
-                    buf.push_str(&line.line);
-                    buf.push('\n');
-                },
-                cmd,
-            )
+            .run(&command, cancel, |line| {
+                let buf = match line.stream {
+                    Stream::Stdout => &mut stdout,
+                    Stream::Stderr => &mut stderr,
+                };
+                buf.push_str(&line.line);
+                buf.push('\n');
+            })
             .await?;
         Ok(Captured {
             status,
@@ -434,17 +454,19 @@ impl GuestSession {
     /// `printf pgid >&2; [sudo -n] sh -c CMD` so that the process group is known (OpenSSH
     /// starts each session command as a session leader, so `$$` is its process group) and can
     /// be killed on timeout or cancel.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run(
         &self,
-        cmd: &str,
-        stdin: Option<&[u8]>,
-        root: bool,
-        limit: Duration,
+        command: &Remote<'_>,
         cancel: &CancellationToken,
         mut on_output: impl FnMut(OutputLine),
-        what: &str,
     ) -> Result<ExitStatus> {
+        let Remote {
+            cmd,
+            stdin,
+            root,
+            limit,
+            what,
+        } = *command;
         let inner = shell::quote(cmd).ok_or_else(|| Error::BadEnvValue {
             name: "command".into(),
         })?;

@@ -361,28 +361,28 @@ pub async fn run_step(
             .upload(env_file.as_bytes(), &env_path, 0o600, cancel)
             .await?;
         let mut last = VecDeque::with_capacity(LAST_LINES);
+        let what = format!("step {id}");
+        let remote = crate::session::Remote {
+            cmd: &command,
+            stdin: None,
+            root: true,
+            limit: step.timeout,
+            what: &what,
+        };
         let result = session
-            .run(
-                &command,
-                None,
-                true,
-                step.timeout,
-                cancel,
-                |out| {
-                    let line = masker.mask(out.line);
-                    log.line(&line);
-                    if last.len() == LAST_LINES {
-                        last.pop_front();
-                    }
-                    last.push_back(line.clone());
-                    events(StepEvent::Output {
-                        id: id.clone(),
-                        stream: out.stream,
-                        line,
-                    });
-                },
-                &format!("step {id}"),
-            )
+            .run(&remote, cancel, |out| {
+                let line = masker.mask(out.line);
+                log.line(&line);
+                if last.len() == LAST_LINES {
+                    last.pop_front();
+                }
+                last.push_back(line.clone());
+                events(StepEvent::Output {
+                    id: id.clone(),
+                    stream: out.stream,
+                    line,
+                });
+            })
             .await;
         let exit = match result {
             Ok(status) => StepExit::Status(status),

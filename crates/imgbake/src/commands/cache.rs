@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::cli::VarArgs;
 use crate::output::Output;
-use crate::report::{self, CliError, ExitStatus, exit_status_help, stdout_err};
+use crate::report::{CliError, ExitStatus, exit_status_help, stdout_err};
 
 pub const LONG_ABOUT: &str = "\
 Show and clean imgbake's cache: the per-step checkpoints of earlier builds and the verified \
@@ -214,35 +214,17 @@ pub fn run(args: &CacheArgs, out: &Output) -> Result<ExitStatus, CliError> {
         CacheCommand::Gc(gc) => collect(&root, gc, out),
         CacheCommand::Rm(rm) => remove(&root, rm, out),
     };
-    match result {
-        Ok(status) => Ok(status),
-        Err(Failure::Cli(e)) => Err(e),
-        Err(Failure::Store(e)) => {
-            let hint = pipeline::cache::store_hint(&e);
-            let _ = report::write_error(&mut io::stderr().lock(), &e, hint, out.stderr());
-            Ok(ExitStatus::Failure)
-        }
-        Err(Failure::Base(e)) => {
-            let _ = report::write_error(&mut io::stderr().lock(), &e, None, out.stderr());
-            Ok(ExitStatus::Failure)
-        }
-        Err(e @ Failure::Keys { .. }) => {
-            let hint =
-                "fetch its base image first (`imgbake fetch RECIPE`), or leave the recipe out";
-            let _ = report::write_error(
-                &mut io::stderr().lock(),
-                &e,
-                Some(hint.into()),
-                out.stderr(),
-            );
-            Ok(ExitStatus::Failure)
-        }
-    }
+    result.map_err(|failure| match failure {
+        Failure::Cli(e) => e,
+        Failure::Store(e) => CliError::CacheStore(e),
+        Failure::Base(e) => CliError::Fetch(e),
+        e @ Failure::Keys { .. } => CliError::GcKeys(Box::new(e)),
+    })
 }
 
 /// The ways a cache command fails; the store's and fetch's errors are printed with their chain.
 #[derive(Debug, thiserror::Error)]
-enum Failure {
+pub enum Failure {
     #[error(transparent)]
     Cli(CliError),
     #[error(transparent)]

@@ -51,15 +51,3 @@ pub fn default_cache_dir() -> Result<std::path::PathBuf, CliError> {
         .map(std::path::Path::to_path_buf)
         .unwrap_or(base))
 }
-
-/// A token cancelled by the first Ctrl-C (spawns the listener; call inside the runtime).
-pub fn cancel_on_ctrl_c() -> tokio_util::sync::CancellationToken {
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let on_ctrl_c = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_ctrl_c.cancel();
-        }
-    });
-    cancel
-}

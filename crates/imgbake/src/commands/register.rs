@@ -139,7 +139,8 @@ pub fn run(args: &RegisterArgs, out: &Output) -> Result<ExitStatus, CliError> {
         eprintln!("{}", paint.dim(&line));
     };
     let result = runtime.block_on(async {
-        let cancel = super::cancel_on_ctrl_c();
+        let signals = crate::signals::Signals::listen(crate::signals::announce_nothing);
+        let cancel = signals.token();
         let done = registrar
             .register_with_events(&payload, &progress, &cancel)
             .await?;

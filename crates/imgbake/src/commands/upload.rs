@@ -133,7 +133,8 @@ pub fn run(args: &UploadArgs, out: &Output) -> Result<ExitStatus, CliError> {
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let result = runtime.block_on(async {
-        let cancel = super::cancel_on_ctrl_c();
+        let signals = crate::signals::Signals::listen(crate::signals::announce_nothing);
+        let cancel = signals.token();
         let pb = bar.clone();
         let events = move |event: UploadEvent| render(&pb, event);
         let outcome = uploader

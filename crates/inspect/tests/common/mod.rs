@@ -263,8 +263,13 @@ pub fn nvidia_bytes() -> Option<NvidiaBytes> {
             .unwrap_or_else(|| panic!("manifest {k}"))
             .to_string()
     };
+    // `modules.<package>.path`, one per flavour (xtask nvidia-bytes' manifest).
+    let module = manifest["modules"]["nvidia-kernel-dkms"]["path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("manifest modules.nvidia-kernel-dkms.path"))
+        .to_string();
     Some(NvidiaBytes {
-        module: dir.join(field("module")),
+        module: dir.join(module),
         firmware: dir.join(field("firmware_dir")),
         version: field("driver_version"),
         kernel: field("kernel_release"),
