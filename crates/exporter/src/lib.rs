@@ -32,7 +32,7 @@ pub use export::{
 };
 pub use flatten::{FlattenRequest, flatten};
 pub use manifest::{BaseImage, ManifestInput, StepRecord, write_manifest};
-pub use payload::{GpuSpec, PayloadSpec, build_payload, write_payload};
+pub use payload::{GpuSpec, PayloadSpec, build_payload, semver, write_payload};
 
 /// Writes `bytes` to `path` atomically, mapping a failure to [`Error::Write`].
 pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {

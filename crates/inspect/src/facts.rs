@@ -117,6 +117,10 @@ pub struct GuestFacts {
     pub nvidia_driver: Option<String>,
     /// The Kubernetes version (`v1.30.5`), from the kubelet/kubeadm/kubectl package.
     pub kubernetes: Option<String>,
+    /// `/etc/imgbake-versions` (`KUBERNETES_VERSION=v1.30.0`, …), written by the recipes;
+    /// empty when the file is absent.
+    #[serde(default)]
+    pub versions: BTreeMap<String, String>,
 }
 
 impl GuestFacts {
@@ -152,7 +156,8 @@ pub(crate) fn booted_kernel(fs: &ImageFs, kernels: &[String]) -> Result<Option<S
     Ok(kernels.last().cloned())
 }
 
-/// Reads os-release, dpkg status, the installed kernels and the Kubernetes version.
+/// Reads os-release, dpkg status, the installed kernels, the Kubernetes version and
+/// `/etc/imgbake-versions`.
 /// The NVIDIA driver version is filled in by the driver check.
 pub(crate) fn read_facts(fs: &ImageFs) -> Result<GuestFacts> {
     let os_release = match fs.read_text("/etc/os-release")? {
@@ -178,6 +183,11 @@ pub(crate) fn read_facts(fs: &ImageFs) -> Result<GuestFacts> {
         .iter()
         .find_map(|name| packages.iter().find(|p| p.name == *name))
         .map(|p| format!("v{}", p.upstream_version()));
+    // Same syntax as os-release: the recipes write it with `echo KEY=VALUE`.
+    let versions = fs
+        .read_text("/etc/imgbake-versions")?
+        .map(|t| OsRelease::parse(&t).fields)
+        .unwrap_or_default();
     Ok(GuestFacts {
         os_release,
         kernel,
@@ -185,6 +195,7 @@ pub(crate) fn read_facts(fs: &ImageFs) -> Result<GuestFacts> {
         packages,
         nvidia_driver: None,
         kubernetes,
+        versions,
     })
 }
 

@@ -685,3 +685,29 @@ fn open_module_zero_is_a_no_op_warning_and_per_device_overrides() {
         "{r}"
     );
 }
+
+#[test]
+fn facts_read_imgbake_versions_and_the_packages() {
+    if !common::tools() {
+        return;
+    }
+    let g = ubuntu(&Spec::default());
+    g.put(
+        "/etc/imgbake-versions",
+        "KUBERNETES_VERSION=v1.30.0\nNVIDIA_DRIVER_VERSION=565.57.01\n",
+    );
+    let r = run_verify(&g, &Expectations::default());
+    assert_eq!(r.facts.kubernetes.as_deref(), Some("v1.30.5"));
+    assert_eq!(
+        r.facts
+            .versions
+            .get("KUBERNETES_VERSION")
+            .map(String::as_str),
+        Some("v1.30.0")
+    );
+    assert_eq!(r.facts.versions.len(), 2);
+    assert_eq!(r.facts.nvidia_driver.as_deref(), Some(DRIVER));
+    // Without the file: no versions.
+    let r = run_verify(&ubuntu(&Spec::default()), &Expectations::default());
+    assert!(r.facts.versions.is_empty());
+}

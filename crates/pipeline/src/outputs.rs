@@ -143,7 +143,9 @@ pub(crate) async fn write_outputs(
         }),
         uri: None,
     };
-    let payload = exporter::write_payload(dir, &payload_spec, &image_facts)?;
+    // The payload's `gpu` says a driver is in the exported disk: only the offline facts of
+    // the RAW count, not what the live guest reported during the build.
+    let payload = exporter::write_payload(dir, &payload_spec, &report.facts)?;
 
     build.run.guest_cloud_init_finished_uptime_secs =
         crate::timing::cloud_init_finished_uptime(&build.logs_dir.join("serial.log"));

@@ -57,6 +57,10 @@ pub(crate) fn resolve(
     let export = r.export(raw.export.as_ref());
     let verify = r.verify(raw.verify.as_ref());
     let payload = r.payload(raw.payload.as_ref(), name.as_deref());
+    // Without `payload.name` the recipe's name is the image's name at the region API.
+    if name.is_some() && raw.payload.as_ref().is_none_or(|p| p.name.is_none()) {
+        r.value("name", &raw.name, |v| api_name(v, true));
+    }
     let test = r.test(raw.test.as_deref());
 
     let mut diags = std::mem::take(&mut r.diags);
@@ -806,7 +810,13 @@ impl Resolver<'_> {
             });
         };
         let name = match &raw.name {
-            Some(s) => self.name_like("payload.name", s),
+            Some(s) => self.value("payload.name", s, |v| {
+                if v.trim().is_empty() {
+                    Err((K::BadValue, "is empty".into(), hint_example("name")))
+                } else {
+                    api_name(v, false)
+                }
+            }),
             None => Some(default_name),
         };
         let virtualization = self.opt(
@@ -857,19 +867,48 @@ impl Resolver<'_> {
             gpu: gpu?,
         })
     }
-
-    fn name_like(&mut self, key: &str, s: &S) -> Option<String> {
-        self.value(key, s, |v| {
-            if v.trim().is_empty() {
-                Err((K::BadValue, "is empty".into(), hint_example("name")))
-            } else {
-                Ok(v.to_owned())
-            }
-        })
-    }
 }
 
 // ---- value parsers (pure) ------------------------------------------------------------------
+
+/// The region API's image name rule (`metadata.name`, pattern
+/// `^[0-9A-Za-z](?:[0-9A-Za-z-_.]{0,61}[0-9A-Za-z])?$`): checked here so a recipe the API
+/// would answer 400 fails at `validate`, not after an hour of baking. `recipe_name`: the
+/// value is the top-level `name` (so `payload.name` is a way out).
+fn api_name(v: &str, recipe_name: bool) -> Result<String, Reject> {
+    const MAX: usize = 63;
+    let len = v.chars().count();
+    let bad = v
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)));
+    let problem = if len > MAX {
+        Some(format!(
+            "is {len} characters; the region API takes at most {MAX}"
+        ))
+    } else if let Some(c) = bad {
+        Some(format!(
+            "`{v}` has `{c}`; the region API takes letters, digits, `-`, `_` and `.`"
+        ))
+    } else if !v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !v.ends_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        Some(format!(
+            "`{v}` must start and end with a letter or digit for the region API"
+        ))
+    } else {
+        None
+    };
+    let Some(message) = problem else {
+        return Ok(v.to_owned());
+    };
+    let mut hint = format!(
+        "use at most {MAX} letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit, e.g. `ubuntu-2204-nvidia-580`"
+    );
+    if recipe_name {
+        hint.push_str(", or give the image another name with `payload.name`");
+    }
+    Err((K::BadValue, message, Some(hint)))
+}
 
 fn io_reason(err: &std::io::Error) -> String {
     match err.kind() {
@@ -1058,6 +1097,20 @@ fn parse_checksum(v: &str, dir: &Path) -> Result<Checksum, Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_name_follows_the_region_api_pattern() {
+        let ok = |v: &str| api_name(v, true).is_ok();
+        assert!(ok("a"));
+        assert!(ok("ubuntu-22.04_nvidia-580"));
+        assert!(ok(&"a".repeat(63)));
+        assert!(!ok(&"a".repeat(64)));
+        assert!(!ok("-a"));
+        assert!(!ok("a."));
+        assert!(!ok("a b"));
+        assert!(!ok("ubuntu/2204"));
+        assert!(!ok(""));
+    }
     use std::path::PathBuf;
 
     #[test]
