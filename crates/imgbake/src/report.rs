@@ -157,6 +157,10 @@ impl CliError {
             CliError::ResumeWithSeveralRecipes => Some("resume one recipe at a time".into()),
             CliError::CacheDir(_) => Some("pass --cache-dir DIR or set IMGBAKE_CACHE_DIR".into()),
             CliError::Fetch(e) => fetch_hint(e),
+            CliError::Verify(inspect::Error::ReadLive { .. }) => Some(
+                "run on a GPU host with the nvidia module loaded, or point --proc at a directory laid out like /proc"
+                    .into(),
+            ),
             CliError::Verify(_) => Some(
                 "check that IMAGE is a RAW or qcow2 disk image with a GPT/MBR and an ext4 root"
                     .into(),

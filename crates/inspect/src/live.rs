@@ -46,7 +46,8 @@ pub enum LiveVerdict {
 
 impl fmt::Display for LiveVerdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // `pad`, not `write_str`, so the table's `{:<9}` widths apply.
+        f.pad(match self {
             LiveVerdict::Ok => "ok",
             LiveVerdict::Ignored => "ignored",
             LiveVerdict::Warn => "WARN",
@@ -69,7 +70,7 @@ pub enum GspState {
 
 impl fmt::Display for GspState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             GspState::On => "on",
             GspState::Off => "off",
             GspState::Unknown => "?",
