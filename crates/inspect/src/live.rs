@@ -28,6 +28,8 @@ pub struct LiveOptions {
     pub nvidia_smi: Option<String>,
     /// The required `NVreg_EnableGpuFirmware`; `None` checks the GPUs against the requested value.
     pub expect_gpu_firmware: Option<u32>,
+    /// The required driver branch (`565`): the loaded version must start with `565.`.
+    pub expect_driver_branch: Option<String>,
 }
 
 /// One row's outcome.
@@ -228,6 +230,19 @@ pub fn verify_live(opts: &LiveOptions) -> Result<LiveReport> {
     }
 
     let mut checks = Vec::new();
+    if let Some(want) = &opts.expect_driver_branch {
+        let version = driver.version.as_deref().unwrap_or("?");
+        let ok = version.split('.').next() == Some(want.as_str());
+        checks.push(LiveCheck {
+            check: "driver".into(),
+            verdict: if ok {
+                LiveVerdict::Ok
+            } else {
+                LiveVerdict::Fail
+            },
+            detail: format!("{version} loaded, branch {want} expected"),
+        });
+    }
     checks.push(option_check(open, requested, opts.expect_gpu_firmware));
     checks.push(firmware_check(&opts.root, &driver, requested, open)?);
     checks.push(modprobe_check(&opts.root, &opts.proc_dir, requested)?);

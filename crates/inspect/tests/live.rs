@@ -11,13 +11,18 @@ fn case_dir(case: &str) -> PathBuf {
 }
 
 fn run(case: &str, expect: Option<u32>) -> LiveReport {
-    let dir = case_dir(case);
+    run_in(&case_dir(case), expect, None)
+}
+
+fn run_in(dir: &std::path::Path, expect: Option<u32>, branch: Option<&str>) -> LiveReport {
+    let case = dir.display();
     let smi = std::fs::read_to_string(dir.join("nvidia-smi-q.txt")).ok();
     verify_live(&LiveOptions {
         proc_dir: dir.join("proc"),
         root: dir.join("root"),
         nvidia_smi: smi,
         expect_gpu_firmware: expect,
+        expect_driver_branch: branch.map(str::to_string),
     })
     .unwrap_or_else(|e| panic!("{case}: {e}"))
 }
@@ -180,7 +185,61 @@ fn missing_proc_is_an_error() {
         root: dir.path().to_path_buf(),
         nvidia_smi: None,
         expect_gpu_firmware: None,
+        expect_driver_branch: None,
     })
     .unwrap_err();
     assert!(err.to_string().contains("driver/nvidia/version"), "{err}");
+}
+
+#[test]
+fn driver_branch_is_checked() {
+    let dir = case_dir("535-open-gsp-8xh100");
+    let r = run_in(&dir, None, Some("535"));
+    assert!(r.passed, "{r}");
+    assert_eq!(check(&r, "driver").verdict, LiveVerdict::Ok);
+    let r = run_in(&dir, None, Some("565"));
+    assert!(!r.passed);
+    let d = check(&r, "driver");
+    assert_eq!(d.verdict, LiveVerdict::Fail);
+    assert_eq!(d.detail, "535.183.01 loaded, branch 565 expected");
+}
+
+/// A per-device `EnableGpuFirmware=0` for one GPU of the 8-GPU proprietary host: that GPU is
+/// judged against 0, the others against the global 1 (a mixed machine shows up per GPU).
+#[test]
+fn per_device_override_applies_to_its_gpu_only() {
+    let src = case_dir("565-proprietary-gsp-8xh100");
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&src, tmp.path());
+    let params = tmp.path().join("proc/driver/nvidia/params");
+    let text = std::fs::read_to_string(&params).unwrap().replace(
+        "RegistryDwordsPerDevice: \"\"",
+        "RegistryDwordsPerDevice: \"pci=0000:3b:00.0;EnableGpuFirmware=0\"",
+    );
+    std::fs::write(&params, text).unwrap();
+    let r = run_in(tmp.path(), None, None);
+    assert_eq!(
+        r.registry_dwords_per_device,
+        "pci=0000:3b:00.0;EnableGpuFirmware=0"
+    );
+    assert_eq!(r.gpus[0].requested, Some(1));
+    assert_eq!(r.gpus[0].verdict, LiveVerdict::Ok);
+    assert_eq!(r.gpus[1].bus, "0000:3b:00.0");
+    assert_eq!(r.gpus[1].requested, Some(0));
+    // It runs GSP although its override asks for GSP off: the override did not take.
+    assert_eq!(r.gpus[1].verdict, LiveVerdict::Fail);
+    assert!(!r.passed);
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
 }

@@ -171,6 +171,7 @@ fn run_live(args: &VerifyArgs, expect: &Expectations) -> Result<ExitStatus, CliE
         root: args.root.clone(),
         nvidia_smi,
         expect_gpu_firmware: expect.enable_gpu_firmware,
+        expect_driver_branch: expect.driver_branch.clone(),
     })
     .map_err(CliError::Verify)?;
     let mut stdout = std::io::stdout().lock();
