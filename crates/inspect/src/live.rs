@@ -64,10 +64,10 @@ impl fmt::Display for LiveVerdict {
 pub enum GspState {
     /// `GPU Firmware:` shows a version.
     On,
-    /// `GPU Firmware: N/A`.
+    /// `GPU Firmware: N/A` (firmware requested, GSP not running: the CPU fallback), or no
+    /// `GPU Firmware:` line (nv-procfs.c prints it only when the driver returns a non-empty
+    /// string, which it does only when it took the firmware path).
     Off,
-    /// No `GPU Firmware:` line.
-    Unknown,
 }
 
 impl fmt::Display for GspState {
@@ -75,7 +75,6 @@ impl fmt::Display for GspState {
         f.pad(match self {
             GspState::On => "on",
             GspState::Off => "off",
-            GspState::Unknown => "?",
         })
     }
 }
@@ -201,9 +200,8 @@ pub fn verify_live(opts: &LiveOptions) -> Result<LiveReport> {
             .find(|d| same_device(&d.device, &bus))
             .map_or(requested, |d| d.value);
         let gsp = match firmware.as_deref() {
-            Some("N/A") => GspState::Off,
+            Some("N/A") | None => GspState::Off,
             Some(_) => GspState::On,
-            None => GspState::Unknown,
         };
         let nvidia_smi_gsp = smi
             .iter()
@@ -216,6 +214,7 @@ pub fn verify_live(opts: &LiveOptions) -> Result<LiveReport> {
             expected: opts.expect_gpu_firmware,
             smi: nvidia_smi_gsp.as_deref(),
             version: driver.version.as_deref(),
+            firmware: firmware.as_deref(),
         });
         gpus.push(LiveGpu {
             bus,
@@ -397,6 +396,7 @@ struct GpuJudge<'a> {
     expected: Option<u32>,
     smi: Option<&'a str>,
     version: Option<&'a str>,
+    firmware: Option<&'a str>,
 }
 
 /// Whether GSP should run for `value`: `Some(false)` for mode 0 on the proprietary module,
@@ -430,7 +430,7 @@ fn judge_gpu(j: &GpuJudge<'_>) -> (LiveVerdict, String) {
     } else {
         "requested"
     };
-    if let (Some(smi), GspState::On | GspState::Off) = (j.smi, j.gsp) {
+    if let Some(smi) = j.smi {
         let smi_on = smi != "N/A";
         if smi_on != (j.gsp == GspState::On) {
             return (
@@ -447,10 +447,6 @@ fn judge_gpu(j: &GpuJudge<'_>) -> (LiveVerdict, String) {
     };
     let want = wants_gsp(j.open, value, j.version);
     match (j.gsp, want) {
-        (GspState::Unknown, _) => (
-            LiveVerdict::Warn,
-            "no `GPU Firmware:` line: this driver does not report the GSP state".into(),
-        ),
         (GspState::On, Some(true)) if j.open && value & 0xf == 0 => (
             LiveVerdict::Ignored,
             format!("option {value} ignored by the open module: GSP runs anyway"),
@@ -464,8 +460,9 @@ fn judge_gpu(j: &GpuJudge<'_>) -> (LiveVerdict, String) {
         (GspState::Off, Some(true)) => (
             LiveVerdict::Fail,
             format!(
-                "GSP expected ({against} {value}) but GPU Firmware: N/A: the driver fell back to \
-                 the CPU (firmware missing or not the loaded version's)"
+                "GSP expected ({against} {value}) but GPU Firmware: {}: the driver runs on \
+                 the CPU (firmware missing or not the loaded version's, or not requested)",
+                j.firmware.unwrap_or("(no line)")
             ),
         ),
         (GspState::On, Some(false)) => (

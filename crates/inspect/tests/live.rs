@@ -82,15 +82,17 @@ fn proprietary_535_gsp_off_as_asked() {
     assert_eq!(r.gpus.len(), 1);
     let g = &r.gpus[0];
     assert_eq!(g.model, "NVIDIA A100-SXM4-80GB");
-    assert_eq!(g.firmware.as_deref(), Some("N/A"));
+    // GSP not requested: the driver prints no `GPU Firmware:` line at all.
+    assert_eq!(g.firmware, None);
     assert_eq!(g.gsp, GspState::Off);
+    assert_eq!(g.nvidia_smi_gsp.as_deref(), Some("N/A"));
     assert_eq!(g.verdict, LiveVerdict::Ok);
     // Expecting GSP on from the same host names the GPU that runs without it.
     let r = run("535-proprietary-gsp-off-1xa100", Some(1));
     assert!(!r.passed);
     assert_eq!(r.gpus[0].verdict, LiveVerdict::Fail);
     assert!(
-        r.gpus[0].detail.contains("GPU Firmware: N/A"),
+        r.gpus[0].detail.contains("GPU Firmware: (no line)"),
         "{}",
         r.gpus[0].detail
     );
