@@ -84,7 +84,7 @@ pub enum Command {
     Plan(PlanArgs),
     /// Fetch recipes' base images into the verified cache (resumable, checked against sha256)
     Fetch(crate::commands::fetch::FetchArgs),
-    /// Verify an exported image offline: GPU firmware option, driver, initramfs, hygiene
+    /// Verify an exported image offline (GPU firmware option, driver, initramfs, hygiene), or a GPU host with --live
     Verify(VerifyArgs),
     /// Export a disk to sparse RAW (and compressed qcow2) with SHA256SUMS
     Export(ExportArgs),

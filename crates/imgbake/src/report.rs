@@ -170,6 +170,10 @@ impl CliError {
                 "fetch its base image first (`imgbake fetch RECIPE`), or leave the recipe out"
                     .into(),
             ),
+            CliError::Verify(inspect::Error::ReadLive { .. }) => Some(
+                "run on a GPU host with the nvidia module loaded, or point --proc at a directory laid out like /proc"
+                    .into(),
+            ),
             CliError::Verify(_) => Some(
                 "check that IMAGE is a RAW or qcow2 disk image with a GPT/MBR and an ext4 root"
                     .into(),

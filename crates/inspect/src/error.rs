@@ -8,6 +8,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A file of the running driver (`/proc/driver/nvidia/…`, `--nvidia-smi`) could not be
+    /// read for `verify --live`.
+    #[error("cannot read {path} (is the nvidia module loaded? --proc points at another /proc)")]
+    ReadLive {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// The image file could not be opened or probed.
     #[error("cannot open image {path}")]
     OpenImage {

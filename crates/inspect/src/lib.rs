@@ -11,6 +11,9 @@
 //!   the kernel command line and the initrd ([`initramfs`], cpio + zstd/gzip), resolved into a
 //!   [`Resolution`] and explained by [`describe_gpu_firmware`].
 //!
+//! Live: [`verify_live`] reads a running driver's `/proc/driver/nvidia` (and `nvidia-smi -q`)
+//! into a [`LiveReport`], one [`LiveGpu`] row per GPU with a [`LiveVerdict`].
+//!
 //! Checking: [`verify()`] runs every check against [`Expectations`] and returns a
 //! [`VerifyReport`]; each [`Check`] carries the [`CheckId`] of the rule that decided it (one
 //! file per rule under `src/checks/`). [`inspect()`] reads only the facts.
@@ -41,6 +44,7 @@ mod gpu_models;
 mod image;
 mod imagefs;
 pub mod initramfs;
+mod live;
 mod modinfo;
 pub mod modprobe;
 mod partition;
@@ -61,6 +65,9 @@ pub use gpu_firmware::{
 pub use gpu_models::{GpuFamily, family as gpu_family};
 pub use image::Image;
 pub use imagefs::{Entry, FsInfo, ImageFs, Layout};
+pub use live::{
+    GspState, LiveCheck, LiveDriver, LiveGpu, LiveOptions, LiveReport, LiveVerdict, verify_live,
+};
 pub use partition::{Partition, TableKind};
 pub use report::{Check, Expectations, GpuFirmwareReport, Verdict, VerifyReport};
 pub use settings::{GpuFirmwareSettings, Initrd};
