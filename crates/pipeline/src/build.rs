@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::io_err;
 use crate::events::{Emitter, secs};
-use crate::plan::{BuildPlan, StartPoint, StartRequest, base_digest};
+use crate::plan::{BuildPlan, StartPoint, StartRequest};
 use crate::run::{RunRecord, StepRecord, StepStatus};
 use crate::steps::VmSetup;
 use crate::{BakeEvent, Error, Result};
@@ -157,7 +157,7 @@ pub async fn bake(
         offline: request.offline,
     };
     let base = fetch_base(&fetch, &events, &cancel.graceful).await?;
-    let plan = BuildPlan::new(recipe, BaseIdentity::Digest(base_digest(&base)));
+    let plan = BuildPlan::new(recipe, BaseIdentity::Digest(base.digest));
 
     let store = CheckpointStore::open(&request.cache_dir.join("checkpoints"))?;
     for discarded in store.sweep_incomplete()? {

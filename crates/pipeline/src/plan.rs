@@ -81,7 +81,7 @@ impl BuildPlan {
                         tokio_util::sync::CancellationToken::new(),
                     )
                     .await?;
-                BaseIdentity::Digest(base_digest(&base))
+                BaseIdentity::Digest(base.digest)
             }
             known => known,
         };
@@ -129,12 +129,6 @@ impl BuildPlan {
                     .iter()
                     .position(|(step, _)| step == id)
                     .unwrap_or(self.chain.steps.len());
-                if index == 0 {
-                    return Ok(StartPoint {
-                        reused: Vec::new(),
-                        discarded: Vec::new(),
-                    });
-                }
                 let (mut reused, discarded) = store.reusable_prefix(&keys[..index])?;
                 if reused.len() < index {
                     return Err(Error::NoCheckpoint {
@@ -176,8 +170,4 @@ pub fn expectations(recipe: &Recipe) -> inspect::Expectations {
             .unwrap_or_default(),
         build_hostname: Some(crate::setup::hostname(&recipe.name)),
     }
-}
-
-pub(crate) fn base_digest(base: &fetch::CachedBase) -> digest::Sha256 {
-    base.digest
 }
