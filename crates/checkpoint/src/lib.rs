@@ -20,8 +20,8 @@
 //! the digest in it; anything else is thrown away and reported as a [`Discarded`] item.
 //!
 //! ```no_run
-//! use checkpoint::{CheckpointStore, LayerKey};
-//! # fn main() -> checkpoint::Result<()> {
+//! use checkpoint::{CacheKey, CheckpointStore};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = CheckpointStore::open("/var/cache/imgbake/checkpoints".as_ref())?;
 //! let key: CacheKey = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".parse()?;
 //! match store.lookup(&key)? {
