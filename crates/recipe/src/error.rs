@@ -45,6 +45,53 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `--secret-file` argument is not of the form `NAME=PATH`.
+    #[error("--secret-file `{arg}` is not of the form NAME=PATH ({reason})")]
+    BadSecretFileArg {
+        /// The argument as given.
+        arg: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A `--secret-file` names a secret that no recipe being built lists.
+    #[error("--secret-file {name}: no recipe lists a secret `{name}`")]
+    UnknownSecretFile {
+        /// The secret name given.
+        name: String,
+        /// The secrets the recipes list.
+        known: Vec<String>,
+    },
+    /// A secret the recipe lists has no value: its environment variable is unset and no
+    /// `--secret-file` names it.
+    #[error("secret {name} (listed in {}) is not set", recipe.display())]
+    SecretNotSet {
+        /// The secret's name.
+        name: String,
+        /// The recipe listing it.
+        recipe: PathBuf,
+    },
+    /// A secret's value cannot be used (empty, not UTF-8, or holding a NUL byte). The value
+    /// itself is never part of the message.
+    #[error("secret {name} from {from}: {reason}")]
+    BadSecretValue {
+        /// The secret's name.
+        name: String,
+        /// Where the value came from: "the environment" or the file.
+        from: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A `--secret-file` could not be read.
+    #[error("cannot read secret {name} from {}", path.display())]
+    SecretFile {
+        /// The secret's name.
+        name: String,
+        /// The file given.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A string that is not a step id (one or two digits).
     #[error("`{input}` is not a step id")]
     BadStepId {
@@ -79,6 +126,24 @@ impl Error {
             Error::BadEnvVar { .. } => Some(
                 "name it IMGBAKE_VAR_<var> with the var's name as in the recipe, e.g. IMGBAKE_VAR_ubuntu_version=24.04, or unset it".into(),
             ),
+            Error::BadSecretFileArg { .. } => Some(
+                "write --secret-file NAME=PATH, e.g. --secret-file GITHUB_TOKEN=/run/secrets/github-token".into(),
+            ),
+            Error::UnknownSecretFile { known, .. } if known.is_empty() => {
+                Some("the recipes list no `secrets:`; drop the --secret-file".into())
+            }
+            Error::UnknownSecretFile { known, .. } => {
+                Some(format!("the recipes' secrets are: {}", known.join(", ")))
+            }
+            Error::SecretNotSet { name, .. } => Some(format!(
+                "export {name} in imgbake's environment, or pass --secret-file {name}=PATH (never --var: the command line is visible to every user)"
+            )),
+            Error::BadSecretValue { name, .. } => Some(format!(
+                "set {name} to the secret's text (a file's one trailing newline is dropped)"
+            )),
+            Error::SecretFile { name, .. } => Some(format!(
+                "check the path and its permissions, or set {name} in the environment instead"
+            )),
             Error::BadStepId { .. } => {
                 Some("a step id is the two-digit prefix of the step's script, e.g. 04".into())
             }
@@ -155,6 +220,11 @@ pub enum DiagnosticKind {
     StepIdOrder,
     /// A `{{var}}` names a variable the recipe does not define.
     UndefinedVar,
+    /// A `secrets:` entry that is not an environment variable name, is listed twice, or
+    /// clashes with a var or a step's `env` key.
+    BadSecret,
+    /// A `--var` names one of the recipe's secrets (secrets never come from the command line).
+    SecretOnCommandLine,
     /// A `{{` without `}}`, or a `{{…}}` that does not hold a var name.
     BadTemplate,
     /// A `--var` names a variable the recipe does not define.
@@ -188,6 +258,8 @@ impl DiagnosticKind {
             DiagnosticKind::DuplicateStepId => "duplicate_step_id",
             DiagnosticKind::StepIdOrder => "step_id_order",
             DiagnosticKind::UndefinedVar => "undefined_var",
+            DiagnosticKind::BadSecret => "bad_secret",
+            DiagnosticKind::SecretOnCommandLine => "secret_on_command_line",
             DiagnosticKind::BadTemplate => "bad_template",
             DiagnosticKind::UnknownVarOverride => "unknown_var_override",
             DiagnosticKind::BadVarName => "bad_var_name",

@@ -3,13 +3,20 @@
 //! ```text
 //! root    = H("imgbake-checkpoint-root-v1", base identity, disk size, firmware, machine,
 //!             seed fingerprint)
-//! step(N) = H("imgbake-checkpoint-step-v1", key(N-1), script bytes, env, reboot)
+//! step(N) = H("imgbake-checkpoint-step-v1", key(N-1), script bytes, env, reboot
+//!             [, "secrets", secret names])
 //! ```
 //! where `env` is the sorted `NAME=value` list the script sees *and refers to*: the recipe vars
 //! whose env name appears in the script as `$NAME` or `${NAME…}`, plus every entry of the step's
 //! own `env:`. So a var change invalidates only the steps that use it (and those after them).
 //! `timeout` and `retries` do not change what ends up on the disk and are left out; `reboot`
 //! does (the checkpoint is taken after the reboot).
+//!
+//! Secrets count by **name** only: the names of the recipe's `secrets:` the script refers to
+//! (the same `$NAME` scan), never their values. Rotating a token must not rebuild the image, and
+//! a key derived from a value would be a hash of the secret sitting in every record and plan
+//! (`--no-cache` forces a rebuild when a new value should change the disk). The field is left
+//! out when a step refers to no secret, so recipes without secrets keep their keys.
 //!
 //! Every field is length-prefixed, so no two different inputs hash the same bytes.
 
@@ -124,6 +131,16 @@ impl Recipe {
         env
     }
 
+    /// The secrets a step's checkpoint key covers: the names of [`Recipe::secrets`] the script
+    /// refers to as `$NAME` or `${NAME…}` (names only, never values).
+    pub fn step_key_secrets(&self, step: &Step) -> Vec<String> {
+        self.secrets
+            .iter()
+            .filter(|name| script_references(&step.contents, name))
+            .cloned()
+            .collect()
+    }
+
     /// Computes the checkpoint chain (see the [module docs](crate::keys) for the rule).
     /// `seed_fingerprint` covers the cloud-init seed inputs that shape the disk (user name,
     /// user-data template…); pass the same bytes for the same seed.
@@ -155,6 +172,14 @@ impl Recipe {
                     h.field(k.as_bytes()).field(v.as_bytes());
                 }
                 h.field(&[u8::from(step.reboot)]);
+                let secrets = self.step_key_secrets(step);
+                if !secrets.is_empty() {
+                    h.field(b"secrets")
+                        .field(&(secrets.len() as u64).to_le_bytes());
+                    for name in &secrets {
+                        h.field(name.as_bytes());
+                    }
+                }
                 prev = h.finish();
                 (step.id, prev)
             })

@@ -11,11 +11,16 @@
 //!   `ubuntu_version` when nothing sets the codename;
 //! - [`Step`] and [`StepId`] — the ordered shell steps and their two-digit ids;
 //! - [`CheckpointChain`] / [`CacheKey`] — per-step checkpoint keys ([`keys`] has the rule);
+//! - [`SecretFile`], [`secret_values`] → [`SecretValues`] — the values of the recipe's
+//!   `secrets:` (from the environment or `--secret-file`, never the command line), as
+//!   [`SecretString`]s that cannot be printed by accident;
 //! - [`Error`] — every problem; [`Error::Invalid`] carries located [`Diagnostic`]s, each with
 //!   `file:line:col`, a snippet and a hint.
 //!
 //! Scripts see the recipe's vars as environment variables named by [`env_name`]
-//! (`nvidia_driver_branch` → `NVIDIA_DRIVER_BRANCH`); see [`Recipe::step_env`].
+//! (`nvidia_driver_branch` → `NVIDIA_DRIVER_BRANCH`); see [`Recipe::step_env`]. They see
+//! each secret under its own name too, but secrets travel apart from the env (see
+//! [`Recipe::secrets`]).
 //!
 //! ```
 //! use recipe::{BaseIdentity, Recipe, VarOverride};
@@ -50,6 +55,7 @@ mod load;
 mod model;
 mod raw;
 mod resolve;
+mod secrets;
 mod source;
 mod suggest;
 mod ubuntu;
@@ -67,6 +73,9 @@ pub use keys::{BaseIdentity, CheckpointChain};
 pub use model::{
     AccelChoice, Base, BaseLocation, Checksum, ExportFormat, ExportSpec, Firmware, GpuSpec,
     GpuVendor, NvidiaExpect, PayloadSpec, Step, StepId, VerifySpec, Virtualization, VmSpec,
+};
+pub use secrets::{
+    ExposeSecret, SecretFile, SecretString, SecretValues, check_secret_files, secret_values,
 };
 pub use ubuntu::{
     UBUNTU_CODENAME_VAR, UBUNTU_RELEASES, UBUNTU_VERSION_VAR, derived_from, ubuntu_codename,
@@ -105,6 +114,11 @@ pub struct Recipe {
     pub verify: VerifySpec,
     /// Facts for the region API payload.
     pub payload: PayloadSpec,
+    /// `secrets:`: the names of the secrets every step gets as environment variables, in
+    /// recipe order. The recipe holds names only; [`secret_values`] finds the values. A
+    /// step's checkpoint key covers the names it refers to, never the values
+    /// ([`keys`]).
+    pub secrets: Vec<String>,
     /// `test:`: shell commands `imgbake test` runs as root in the booted image, in order;
     /// each must exit 0. Not part of any checkpoint key (they never touch the build).
     pub test: Vec<String>,

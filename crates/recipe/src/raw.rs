@@ -28,6 +28,9 @@ pub(crate) struct RawRecipe {
     pub verify: Option<RawVerify>,
     #[serde(default)]
     pub payload: Option<RawPayload>,
+    /// Names of secrets the steps get as environment variables (values never in the recipe).
+    #[serde(default)]
+    pub secrets: Option<Vec<S>>,
     /// Shell commands `imgbake test` runs in the booted image; each must exit 0.
     #[serde(default)]
     pub test: Option<Vec<S>>,

@@ -28,6 +28,9 @@ struct Resolver<'a> {
     sources: BTreeMap<String, VarSource>,
     /// `IMGBAKE_VAR_…` names for vars this recipe does not have.
     ignored_env: Vec<String>,
+    /// The names of `secrets:` (valid or not: a `--var` for any of them is refused).
+    /// Each with where the recipe lists it.
+    secret_names: Vec<(String, Spot)>,
     diags: Vec<Diagnostic>,
 }
 
@@ -47,8 +50,10 @@ pub(crate) fn resolve(
         vars: BTreeMap::new(),
         sources: BTreeMap::new(),
         ignored_env: Vec::new(),
+        secret_names: Vec::new(),
         diags: Vec::new(),
     };
+    let secrets = r.secrets(raw.secrets.as_deref(), raw.vars.as_ref());
     r.vars(raw.vars.as_ref(), overrides);
     let name = r.name(&raw.name);
     let base = r.base(&raw.base.url, &raw.base.checksum);
@@ -77,7 +82,10 @@ pub(crate) fn resolve(
         Some(verify),
         Some(payload),
         Some(test),
-    ) = (name, base, vm, steps, export, verify, payload, test)
+        Some(secrets),
+    ) = (
+        name, base, vm, steps, export, verify, payload, test, secrets,
+    )
     else {
         // Every `None` above pushed a diagnostic, so this is unreachable; say so rather
         // than panic.
@@ -101,6 +109,7 @@ pub(crate) fn resolve(
         export,
         verify,
         payload,
+        secrets,
         test,
     })
 }
@@ -166,6 +175,38 @@ impl Resolver<'_> {
                 continue;
             }
             let spot = self.vars_spot(entries);
+            if let Some((secret, listed)) = self
+                .secret_names
+                .iter()
+                .find(|(s, _)| s.eq_ignore_ascii_case(&o.key))
+                .cloned()
+            {
+                self.push(
+                    K::SecretOnCommandLine,
+                    listed,
+                    format!("--var {}: `{secret}` is one of the recipe's secrets, and secrets are never taken from the command line (every user can read it)", o.key),
+                    Some(format!("set the environment variable {secret}, or pass --secret-file {secret}=PATH")),
+                );
+                continue;
+            }
+            if !is_var_name(&o.key) {
+                let lower = o.key.to_ascii_lowercase();
+                let hint = if known.contains(&lower) {
+                    format!("write --var {lower}=…")
+                } else {
+                    "var names are lower_snake_case, as in the recipe's `vars:`".to_owned()
+                };
+                self.push(
+                    K::UnknownVarOverride,
+                    spot,
+                    format!(
+                        "--var {}: the recipe defines no var `{}` (var names are lower_snake_case)",
+                        o.key, o.key
+                    ),
+                    Some(hint),
+                );
+                continue;
+            }
             let hint = if known.is_empty() {
                 "this recipe defines no vars; remove the --var".to_owned()
             } else {
@@ -309,7 +350,17 @@ impl Resolver<'_> {
                     match p {
                         TemplateProblem::Undefined { name, token } => {
                             let spot = self.src.find_from(loc, &token);
+                            let secret = self
+                                .secret_names
+                                .iter()
+                                .find(|(s, _)| s.eq_ignore_ascii_case(&name))
+                                .map(|(s, _)| s.clone());
                             let hint = match did_you_mean(&name, known.iter().map(String::as_str)) {
+                                _ if secret.is_some() => format!(
+                                    "`{}` is a secret, and secrets are not template vars (their values stay out of every output); scripts read it as ${}",
+                                    secret.as_deref().unwrap_or_default(),
+                                    secret.as_deref().unwrap_or_default()
+                                ),
                                 Some(s) => format!(
                                     "did you mean `{{{{{s}}}}}`? or define `{name}` under `vars:`"
                                 ),
@@ -645,6 +696,15 @@ impl Resolver<'_> {
                     Some("use letters, digits and `_`, not starting with a digit, e.g. `DEBIAN_FRONTEND`".into()),
                 );
                 env_ok = false;
+            } else if self.secret_names.iter().any(|(s, _)| s == name) {
+                let spot = self.src.key_before(&value.referenced, name);
+                self.push(
+                    K::BadSecret,
+                    spot,
+                    format!("`{key}.env` key `{name}` is also one of the recipe's secrets"),
+                    Some(format!("remove `{name}` from the step's env: every step gets the secret {name} already")),
+                );
+                env_ok = false;
             }
             match self.expand(
                 &format!("{key}.env.{name}"),
@@ -658,6 +718,60 @@ impl Resolver<'_> {
             }
         }
         Some((reboot?, timeout?, env_ok.then_some(env)?, retries?))
+    }
+
+    /// `secrets:`: environment variable names, each once, none a var's name or reserved.
+    fn secrets(&mut self, raw: Option<&[S]>, vars: Option<&Entries>) -> Option<Vec<String>> {
+        let raw = raw.unwrap_or_default();
+        self.secret_names = raw
+            .iter()
+            .map(|s| (s.value.clone(), spot(&s.referenced)))
+            .collect();
+        let var_names: Vec<&str> = vars
+            .map(|e| e.0.iter().map(|(name, _)| name.as_str()).collect())
+            .unwrap_or_default();
+        let mut names: Vec<(String, u64)> = Vec::new();
+        let mut ok = true;
+        for (i, s) in raw.iter().enumerate() {
+            let name = s.value.as_str();
+            let at = spot(&s.referenced);
+            let problem = if !is_env_name(name) {
+                Some((
+                    format!("`secrets[{i}]` `{name}` is not an environment variable name"),
+                    "use letters, digits and `_`, not starting with a digit, e.g. `GITHUB_TOKEN` (steps see the secret under this name)".to_owned(),
+                ))
+            } else if name.to_ascii_uppercase().starts_with("IMGBAKE_") {
+                Some((
+                    format!("secret `{name}`: names starting with IMGBAKE_ are imgbake's own"),
+                    "rename the secret, e.g. `GITHUB_TOKEN`".to_owned(),
+                ))
+            } else if let Some((_, line)) = names.iter().find(|(n, _)| n == name) {
+                Some((
+                    format!("secret `{name}` is listed twice (first on line {line})"),
+                    "list each secret once".to_owned(),
+                ))
+            } else if let Some(var) = var_names.iter().find(|v| v.eq_ignore_ascii_case(name)) {
+                Some((
+                    format!(
+                        "secret `{name}` clashes with var `{var}` (scripts would see both as ${})",
+                        name.to_ascii_uppercase()
+                    ),
+                    format!(
+                        "a secret's value never belongs in the recipe: remove `{var}` from `vars:`, or rename one of them"
+                    ),
+                ))
+            } else {
+                None
+            };
+            match problem {
+                Some((message, hint)) => {
+                    self.push(K::BadSecret, at, message, Some(hint));
+                    ok = false;
+                }
+                None => names.push((name.to_owned(), at.position.line)),
+            }
+        }
+        ok.then(|| names.into_iter().map(|(n, _)| n).collect())
     }
 
     fn export(&mut self, raw: Option<&crate::raw::RawExport>) -> Option<ExportSpec> {

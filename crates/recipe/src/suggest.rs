@@ -67,6 +67,7 @@ pub(crate) fn example_for(key: &str) -> Option<&'static str> {
         "payload" => {
             "payload: { virtualization: virtualized, gpu: { vendor: NVIDIA, models: [H100] } }"
         }
+        "secrets" => "secrets: [GITHUB_TOKEN]",
         "test" => "test: [\"systemctl is-active ssh\", \"test -s /etc/machine-id\"]",
         "virtualization" => "virtualization: virtualized  (or baremetal, any)",
         "gpu" => "gpu: { vendor: NVIDIA, models: [A100, H100] }",

@@ -159,7 +159,9 @@ impl FromStr for VarOverride {
         if key.is_empty() {
             return Err(bad("empty name"));
         }
-        if !is_var_name(key) {
+        // Any environment-variable-like name passes here, so that resolving the recipe can
+        // tell `--var GITHUB_TOKEN=…` for a secret apart from a mistyped var.
+        if !is_env_name(key) {
             return Err(bad("names are lower_snake_case"));
         }
         Ok(VarOverride {

@@ -112,6 +112,8 @@ fn the_corpus_covers_every_problem_kind() {
         DiagnosticKind::VarConflict,
         DiagnosticKind::BadChecksum,
         DiagnosticKind::BadUrl,
+        DiagnosticKind::BadSecret,
+        DiagnosticKind::SecretOnCommandLine,
     ];
     let missing: Vec<String> = all
         .iter()

@@ -150,3 +150,28 @@ fn a_known_digest_replaces_the_provisional_identity() {
     );
     assert!(fetched.key(&"07".parse().unwrap()).is_none());
 }
+
+#[test]
+fn secrets_count_by_name_in_the_steps_that_use_them_and_recipes_without_keep_their_keys() {
+    let dir = copy_recipes();
+    let path = recipe(&dir);
+    let (root, before) = keys(&path, &[], b"seed");
+    // Listing a secret no script refers to changes no key (so adding `secrets:` to a recipe
+    // does not rebuild it).
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("secrets: [UNUSED_TOKEN]\n{text}")).unwrap();
+    let (root2, unused) = keys(&path, &[], b"seed");
+    assert_eq!((root, &before), (root2, &unused));
+    // A secret step 05 refers to changes 05 and what follows, whatever its value (the key
+    // takes no value at all).
+    let script = dir.path().join("scripts/05-nvidia-firmware-config.sh");
+    let body = std::fs::read_to_string(&script).unwrap();
+    std::fs::write(&script, format!("{body}\n: \"${{REPO_TOKEN:-}}\"\n")).unwrap();
+    let (_, referenced_unlisted) = keys(&path, &[], b"seed");
+    std::fs::write(&path, format!("secrets: [REPO_TOKEN]\n{text}")).unwrap();
+    let (_, listed) = keys(&path, &[], b"seed");
+    assert_eq!(changed(&referenced_unlisted, &listed), [4, 5, 6]);
+    let r = Recipe::load(&path, &[]).unwrap();
+    assert_eq!(r.step_key_secrets(&r.steps[4]), ["REPO_TOKEN"]);
+    assert!(r.step_key_secrets(&r.steps[0]).is_empty());
+}
