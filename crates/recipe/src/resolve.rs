@@ -750,18 +750,21 @@ impl Resolver<'_> {
                     format!("secret `{name}` is listed twice (first on line {line})"),
                     "list each secret once".to_owned(),
                 ))
-            } else if let Some(var) = var_names.iter().find(|v| v.eq_ignore_ascii_case(name)) {
-                Some((
-                    format!(
-                        "secret `{name}` clashes with var `{var}` (scripts would see both as ${})",
-                        name.to_ascii_uppercase()
-                    ),
-                    format!(
-                        "a secret's value never belongs in the recipe: remove `{var}` from `vars:`, or rename one of them"
-                    ),
-                ))
             } else {
-                None
+                var_names
+                    .iter()
+                    .find(|v| v.eq_ignore_ascii_case(name))
+                    .map(|var| {
+                        (
+                            format!(
+                                "secret `{name}` clashes with var `{var}` (scripts would see both as ${})",
+                                name.to_ascii_uppercase()
+                            ),
+                            format!(
+                                "a secret's value never belongs in the recipe: remove `{var}` from `vars:`, or rename one of them"
+                            ),
+                        )
+                    })
             };
             match problem {
                 Some((message, hint)) => {
