@@ -199,6 +199,15 @@ pub enum Error {
         /// The variable name.
         name: String,
     },
+    /// The guest's directory for step secrets is not on a tmpfs, so the secrets would reach
+    /// the disk (and with it a checkpoint layer and the image).
+    #[error("refusing to write secrets to {dir} in the guest: it is on {fstype}, not a tmpfs")]
+    SecretsNotOnTmpfs {
+        /// The directory.
+        dir: String,
+        /// Its file system type, as `stat -f` says.
+        fstype: String,
+    },
     /// cloud-init did not finish before the timeout.
     #[error("cloud-init still {status} after {waited:?}")]
     CloudInitTimeout {

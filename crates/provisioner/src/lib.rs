@@ -9,7 +9,8 @@
 //!   never ran.
 //! - [`GuestSession::exec`] streams a command's output line by line ([`OutputLine`]) and returns
 //!   its [`ExitStatus`]; [`GuestSession::upload`] writes bytes to a file in the guest.
-//! - [`run_step`] runs one [`StepSpec`] (upload, run as root with its environment, log, timeout,
+//! - [`run_step`] runs one [`StepSpec`] (upload, run as root with its environment and its
+//!   secrets — written to a tmpfs only, masked in output by a [`SecretMask`] — log, timeout,
 //!   retries, reboot) and reports [`StepEvent`]s; [`GuestSession::facts`] collects
 //!   [`GuestFacts`] for the manifest.
 //!
@@ -43,6 +44,7 @@
 //!     name: "hello".into(),
 //!     script: b"echo hello from $IMGBAKE_STEP_ID\n".to_vec(),
 //!     env: BTreeMap::new(),
+//!     secrets: BTreeMap::new(),
 //!     timeout: Duration::from_secs(60),
 //!     retries: 0,
 //!     reboot: false,
@@ -62,6 +64,7 @@ mod error;
 mod exec;
 mod facts;
 mod keys;
+mod mask;
 mod seal;
 mod session;
 mod shell;
@@ -73,15 +76,17 @@ pub use error::{Error, Result};
 pub use exec::{ExitStatus, MAX_LINE, OutputLine, Stream};
 pub use facts::{GuestFacts, parse_os_release};
 pub use keys::BuildKeys;
+pub use mask::{MIN_MASKED_LEN, MaskStream, SecretMask, mask_text};
 pub use seal::{SealSpec, seal};
+pub use secrecy::{ExposeSecret, SecretString};
 pub use session::{
     Captured, GuestSession, HANDSHAKE_TIMEOUT, HostKeyPolicy, KEEPALIVE_INTERVAL, KEEPALIVE_MAX,
     KILL_GRACE, SshTarget,
 };
 pub use shell::{Privilege, is_secret_name};
 pub use step::{
-    DEFAULT_REBOOT_COMMAND, LAST_LINES, REMOTE_STEP_DIR, StepEvent, StepExit, StepFailed,
-    StepOptions, StepOutcome, StepSpec, StepSucceeded, run_step,
+    DEFAULT_REBOOT_COMMAND, LAST_LINES, REMOTE_SECRET_DIR, REMOTE_STEP_DIR, StepEvent, StepExit,
+    StepFailed, StepOptions, StepOutcome, StepSpec, StepSucceeded, run_step,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use wait::{AUTH_GRACE, BACKOFF_MAX, BACKOFF_START, wait_for_ssh};

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exec::{ExitStatus, LineSplitter, OutputLine, Stream, signal_name};
 use crate::keys::{BuildKeys, fingerprint};
+use crate::mask::{MaskStream, SecretMask};
 use crate::shell::{self, Privilege};
 use crate::{Error, Result};
 
@@ -128,6 +129,8 @@ pub(crate) struct Remote<'a> {
     pub limit: Duration,
     /// What it is, for errors.
     pub what: &'a str,
+    /// Secret values to mask in its output, before it is cut into lines.
+    pub mask: Option<&'a SecretMask>,
 }
 
 /// What a captured command produced.
@@ -185,6 +188,23 @@ fn feed_stderr(
             line,
         });
     });
+}
+
+/// `data` with secret values masked, through `mask` (or `data` itself without one); `buf` holds
+/// the result.
+fn masked_bytes<'b>(
+    mask: Option<&mut MaskStream<'_>>,
+    data: &'b [u8],
+    buf: &'b mut Vec<u8>,
+) -> &'b [u8] {
+    match mask {
+        Some(mask) => {
+            buf.clear();
+            mask.feed(data, buf);
+            buf
+        }
+        None => data,
+    }
 }
 
 impl GuestSession {
@@ -331,6 +351,7 @@ impl GuestSession {
             root: false,
             limit: timeout,
             what: cmd,
+            mask: None,
         };
         self.run(&command, cancel, on_output).await
     }
@@ -372,6 +393,7 @@ impl GuestSession {
             root,
             limit: timeout,
             what: cmd,
+            mask: None,
         };
         let status = self
             .run(&command, cancel, |line| {
@@ -466,6 +488,7 @@ impl GuestSession {
             root,
             limit,
             what,
+            mask,
         } = *command;
         let inner = shell::quote(cmd).ok_or_else(|| Error::BadEnvValue {
             name: "command".into(),
@@ -500,6 +523,13 @@ impl GuestSession {
 
         let mut out = LineSplitter::default();
         let mut err = LineSplitter::default();
+        // Masking happens on the bytes, before lines are cut, so a value split across packets
+        // (or a multi-line value) is still found; the wrapper's first stderr line is ours and
+        // passes unmasked.
+        let mut out_mask = mask.map(SecretMask::stream);
+        let mut err_mask = mask.map(SecretMask::stream);
+        let mut err_header_raw = true;
+        let mut masked = Vec::new();
         let mut pgid: Option<u32> = None;
         let mut header_done = false;
         let mut status: Option<ExitStatus> = None;
@@ -521,10 +551,20 @@ impl GuestSession {
                 msg = reader.wait() => match msg {
                     None => break,
                     Some(ChannelMsg::Data { data }) => {
-                        out.feed(&data, |line| on_output(OutputLine { stream: Stream::Stdout, line }));
+                        let data = masked_bytes(out_mask.as_mut(), &data, &mut masked);
+                        out.feed(data, |line| on_output(OutputLine { stream: Stream::Stdout, line }));
                     }
                     Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                        feed_stderr(&mut err, &data, &mut header_done, &mut pgid, &mut on_output);
+                        let mut data: &[u8] = &data;
+                        if err_header_raw {
+                            let header_end = data.iter().position(|&b| b == b'\n').map(|at| at + 1);
+                            let (header, rest) = data.split_at(header_end.unwrap_or(data.len()));
+                            feed_stderr(&mut err, header, &mut header_done, &mut pgid, &mut on_output);
+                            err_header_raw = header_end.is_none();
+                            data = rest;
+                        }
+                        let data = masked_bytes(err_mask.as_mut(), data, &mut masked);
+                        feed_stderr(&mut err, data, &mut header_done, &mut pgid, &mut on_output);
                     }
                     Some(ChannelMsg::ExitStatus { exit_status }) => {
                         status = Some(ExitStatus::Code(exit_status));
@@ -538,6 +578,16 @@ impl GuestSession {
                     }
                     Some(_) => {}
                 }
+            }
+        }
+        for (mask, splitter, stream) in [
+            (out_mask.as_mut(), &mut out, Stream::Stdout),
+            (err_mask.as_mut(), &mut err, Stream::Stderr),
+        ] {
+            if let Some(mask) = mask {
+                masked.clear();
+                mask.finish(&mut masked);
+                splitter.feed(&masked, |line| on_output(OutputLine { stream, line }));
             }
         }
         out.finish(|line| {

@@ -56,13 +56,23 @@ pub fn is_secret_name(name: &str) -> bool {
 pub(crate) fn export_lines(env: &BTreeMap<String, String>) -> Result<String> {
     let mut out = String::new();
     for (name, value) in env {
-        if !valid_env_name(name) {
-            return Err(Error::BadEnvName { name: name.clone() });
-        }
-        let quoted = quote(value).ok_or_else(|| Error::BadEnvValue { name: name.clone() })?;
-        out.push_str(&format!("export {name}={quoted}\n"));
+        push_export(&mut out, name, value)?;
     }
     Ok(out)
+}
+
+/// Appends `export NAME='value'` to `out`. Errors name the variable, never show the value.
+pub(crate) fn push_export(out: &mut String, name: &str, value: &str) -> Result<()> {
+    if !valid_env_name(name) {
+        return Err(Error::BadEnvName { name: name.into() });
+    }
+    let quoted = shlex::try_quote(value).map_err(|_| Error::BadEnvValue { name: name.into() })?;
+    out.push_str("export ");
+    out.push_str(name);
+    out.push('=');
+    out.push_str(&quoted);
+    out.push('\n');
+    Ok(())
 }
 
 /// Checks a remote path: absolute, no control characters, no `..` components.

@@ -11,7 +11,11 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::exec::{ExitStatus, Stream};
+use crate::mask::SecretMask;
 use crate::session::GuestSession;
 use crate::shell::{self, is_secret_name};
 use crate::wait::wait_for_ssh;
@@ -21,6 +25,10 @@ use crate::{Error, Result};
 /// are removed after it ran, and the directory itself when empty, so a final cleanup step leaves
 /// nothing behind.
 pub const REMOTE_STEP_DIR: &str = "/var/lib/imgbake/steps";
+/// Directory in the guest (root-only, 0700) for each step's secrets file. It must be on a tmpfs
+/// (`/run` is one on Ubuntu and Debian): the file is removed before the script starts, but its
+/// blocks would otherwise stay on the disk, in the step's checkpoint layer and in the image.
+pub const REMOTE_SECRET_DIR: &str = "/run/imgbake-secrets";
 /// Lines kept for the failure report.
 pub const LAST_LINES: usize = 30;
 /// Default command that reboots the guest after a `reboot: true` step that returned.
@@ -38,6 +46,10 @@ pub struct StepSpec {
     /// Environment: the recipe's vars and the step's `env`. Values of names that look secret
     /// ([`crate::is_secret_name`]) are masked in output and logs.
     pub env: BTreeMap<String, String>,
+    /// Secrets, exported to the script like `env` but written only to a tmpfs in the guest
+    /// ([`REMOTE_SECRET_DIR`]) and removed before the script starts; every value is masked in
+    /// output and logs ([`SecretMask`]). `Debug` shows the names only.
+    pub secrets: BTreeMap<String, SecretString>,
     /// Time allowed for one attempt.
     pub timeout: Duration,
     /// Extra attempts after a failure (exit code, signal or timeout).
@@ -57,6 +69,8 @@ pub struct StepOptions {
     pub reboot_command: String,
     /// Directory in the guest for the step's files: [`REMOTE_STEP_DIR`].
     pub remote_dir: String,
+    /// Directory in the guest, on a tmpfs, for the step's secrets: [`REMOTE_SECRET_DIR`].
+    pub secret_dir: String,
 }
 
 impl StepOptions {
@@ -67,6 +81,7 @@ impl StepOptions {
             reboot_timeout,
             reboot_command: DEFAULT_REBOOT_COMMAND.into(),
             remote_dir: REMOTE_STEP_DIR.into(),
+            secret_dir: REMOTE_SECRET_DIR.into(),
         }
     }
 }
@@ -219,34 +234,27 @@ fn remote_stem(step: &StepSpec) -> String {
         .collect()
 }
 
-/// Masks secret values in output lines.
-struct Masker {
-    secrets: Vec<String>,
+/// The mask for a step's output: its secrets, and env values whose names look secret.
+fn step_mask(step: &StepSpec) -> SecretMask {
+    let secrets = step
+        .secrets
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.expose_secret()));
+    let env = step
+        .env
+        .iter()
+        .filter(|(name, _)| is_secret_name(name))
+        .map(|(name, value)| (name.as_str(), value.as_str()));
+    SecretMask::new(secrets.chain(env))
 }
 
-impl Masker {
-    fn new(env: &BTreeMap<String, String>) -> Self {
-        let mut secrets: Vec<String> = env
-            .iter()
-            .filter(|(name, value)| is_secret_name(name) && value.len() >= 4)
-            .flat_map(|(_, value)| value.lines().filter(|l| l.len() >= 4).map(str::to_string))
-            .collect();
-        // Longest first so a secret containing another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Self { secrets }
+/// The secrets file's text: `export NAME='value'` lines, zeroed when dropped.
+fn secrets_file(secrets: &BTreeMap<String, SecretString>) -> Result<Zeroizing<String>> {
+    let mut text = Zeroizing::new(String::new());
+    for (name, value) in secrets {
+        shell::push_export(&mut text, name, value.expose_secret())?;
     }
-
-    fn mask(&self, line: String) -> String {
-        if self.secrets.iter().any(|s| line.contains(s.as_str())) {
-            let mut line = line;
-            for secret in &self.secrets {
-                line = line.replace(secret.as_str(), "***");
-            }
-            line
-        } else {
-            line
-        }
-    }
+    Ok(text)
 }
 
 struct StepLog {
@@ -318,7 +326,11 @@ pub async fn run_step(
     let dir = options.remote_dir.trim_end_matches('/');
     let script_path = format!("{dir}/{stem}.sh");
     let env_path = format!("{dir}/{stem}.env");
-    let masker = Masker::new(&step.env);
+    let secret_dir = options.secret_dir.trim_end_matches('/');
+    let secret_path = format!("{secret_dir}/{stem}.env");
+    let has_secrets = !step.secrets.is_empty();
+    let secret_text = secrets_file(&step.secrets)?;
+    let mask = step_mask(step);
     let mut env = step.env.clone();
     env.insert("IMGBAKE_STEP_ID".into(), step.id.clone());
     env.insert("IMGBAKE_STEP_NAME".into(), step.name.clone());
@@ -326,6 +338,7 @@ pub async fn run_step(
     tracing::debug!(
         step = %id,
         vars = ?step.env.keys().collect::<Vec<_>>(),
+        secrets = ?step.secrets.keys().collect::<Vec<_>>(),
         "running step"
     );
     let boot_before = if step.reboot {
@@ -333,14 +346,41 @@ pub async fn run_step(
     } else {
         None
     };
+    if has_secrets {
+        // Before anything is uploaded: refused secrets leave nothing behind.
+        prepare_secret_dir(session, secret_dir, cancel).await?;
+    }
     let mut log = StepLog::create(&options.log_path)?;
     let attempts = step.retries.saturating_add(1);
     let q = |p: &str| shell::quote(p).unwrap_or_default();
+    // Both files are sourced and removed before the script starts: values never appear on a
+    // command line, and the secrets never leave the tmpfs.
+    let (source_secrets, files) = if has_secrets {
+        let secrets = q(&secret_path);
+        (
+            format!(" . {secrets};"),
+            format!("{} {secrets}", q(&env_path)),
+        )
+    } else {
+        (String::new(), q(&env_path))
+    };
     let command = format!(
-        "set -a; . {env}; set +a; rm -f {env}; cd /; exec bash {script}",
+        "set -a; . {env};{source_secrets} set +a; rm -f {files}; cd /; exec bash {script}",
         env = q(&env_path),
         script = q(&script_path),
     );
+    let mut leftovers = vec![script_path.as_str(), env_path.as_str()];
+    if has_secrets {
+        leftovers.push(secret_path.as_str());
+    }
+    let cleanup = Cleanup {
+        dirs: if has_secrets {
+            vec![dir, secret_dir]
+        } else {
+            vec![dir]
+        },
+        files: &leftovers,
+    };
 
     let mut attempt = 0;
     let (exit, last_lines, rebooting_itself) = loop {
@@ -360,6 +400,11 @@ pub async fn run_step(
         session
             .upload(env_file.as_bytes(), &env_path, 0o600, cancel)
             .await?;
+        if has_secrets {
+            session
+                .upload(secret_text.as_bytes(), &secret_path, 0o600, cancel)
+                .await?;
+        }
         let mut last = VecDeque::with_capacity(LAST_LINES);
         let what = format!("step {id}");
         let remote = crate::session::Remote {
@@ -368,10 +413,11 @@ pub async fn run_step(
             root: true,
             limit: step.timeout,
             what: &what,
+            mask: Some(&mask),
         };
         let result = session
             .run(&remote, cancel, |out| {
-                let line = masker.mask(out.line);
+                let line = out.line;
                 log.line(&line);
                 if last.len() == LAST_LINES {
                     last.pop_front();
@@ -425,7 +471,7 @@ pub async fn run_step(
 
     let ok = exit.success() || rebooting_itself;
     if !ok {
-        remove_step_files(session, dir, &[&script_path, &env_path], cancel).await;
+        remove_step_files(session, &cleanup, cancel).await;
         events(StepEvent::Finished {
             id: id.clone(),
             exit: exit.clone(),
@@ -449,7 +495,7 @@ pub async fn run_step(
             downtime,
         });
     }
-    remove_step_files(session, dir, &[&script_path, &env_path], cancel).await;
+    remove_step_files(session, &cleanup, cancel).await;
     events(StepEvent::Finished {
         id: id.clone(),
         exit: StepExit::Status(ExitStatus::Code(0)),
@@ -484,22 +530,54 @@ async fn guest_going_down(session: &GuestSession, cancel: &CancellationToken) ->
     }
 }
 
-/// Best effort: the step's files, then the directory if empty.
-async fn remove_step_files(
+/// What [`remove_step_files`] removes.
+struct Cleanup<'a> {
+    /// Directories removed when empty (the step files' first).
+    dirs: Vec<&'a str>,
+    /// The step's files.
+    files: &'a [&'a str],
+}
+
+/// Makes the secrets directory (0700, root's) and checks that it is on a tmpfs.
+async fn prepare_secret_dir(
     session: &GuestSession,
     dir: &str,
-    paths: &[&str],
     cancel: &CancellationToken,
-) {
+) -> Result<()> {
+    let quoted = shell::checked_remote_path(dir)?;
+    let cmd =
+        format!("umask 077; mkdir -p {quoted} && chmod 0700 {quoted} && stat -f -c %T {quoted}");
+    let out = session
+        .exec_capture_root(&cmd, Duration::from_secs(30), cancel)
+        .await?
+        .check(&format!("prepare {dir} for the step's secrets"))?;
+    let fstype = out.stdout.trim();
+    if fstype == "tmpfs" || fstype == "ramfs" {
+        Ok(())
+    } else {
+        Err(Error::SecretsNotOnTmpfs {
+            dir: dir.to_owned(),
+            fstype: fstype.to_owned(),
+        })
+    }
+}
+
+/// Best effort: the step's files, then their directories if empty.
+async fn remove_step_files(session: &GuestSession, what: &Cleanup<'_>, cancel: &CancellationToken) {
     if session.is_closed() {
         return;
     }
-    let mut files: Vec<String> = paths.iter().filter_map(|p| shell::quote(p)).collect();
-    let mut dirs = vec![shell::quote(dir).unwrap_or_default()];
-    if dir == REMOTE_STEP_DIR {
+    let mut files: Vec<String> = what.files.iter().filter_map(|p| shell::quote(p)).collect();
+    let mut dirs: Vec<String> = what
+        .dirs
+        .iter()
+        .map(|d| shell::quote(d).unwrap_or_default())
+        .collect();
+    if what.dirs.first() == Some(&REMOTE_STEP_DIR) {
         dirs.push("/var/lib/imgbake".into());
     }
     files.retain(|f| !f.is_empty());
+    dirs.retain(|d| !d.is_empty());
     let cmd = format!(
         "rm -f {}; rmdir {} 2>/dev/null; true",
         files.join(" "),
@@ -607,6 +685,7 @@ mod tests {
             name: "nvidia driver/../x".into(),
             script: vec![],
             env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             timeout: Duration::from_secs(1),
             retries: 0,
             reboot: false,
@@ -615,19 +694,40 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_masked_only_for_secret_names() {
-        let env = BTreeMap::from([
-            ("GITHUB_TOKEN".to_string(), "ghp_abcdef123".to_string()),
-            ("VERSION".to_string(), "22.04".to_string()),
-            ("API_KEY".to_string(), "abc".to_string()),
-        ]);
-        let m = Masker::new(&env);
+    fn secrets_and_secret_looking_env_values_are_masked() {
+        let step = StepSpec {
+            id: "01".into(),
+            name: "a".into(),
+            script: vec![],
+            env: BTreeMap::from([
+                ("GITHUB_TOKEN".to_string(), "ghp_abcdef123".to_string()),
+                ("VERSION".to_string(), "22.04".to_string()),
+                ("API_KEY".to_string(), "abc".to_string()),
+            ]),
+            secrets: BTreeMap::from([(
+                "REPO_PASS".to_string(),
+                SecretString::from("hunter2-long"),
+            )]),
+            timeout: Duration::from_secs(1),
+            retries: 0,
+            reboot: false,
+        };
+        let m = step_mask(&step);
         assert_eq!(
-            m.mask("token=ghp_abcdef123 v=22.04".into()),
-            "token=*** v=22.04"
+            m.mask_str("token=ghp_abcdef123 v=22.04 p=hunter2-long"),
+            "token=[secret GITHUB_TOKEN] v=22.04 p=[secret REPO_PASS]"
         );
         // Too short to mask without mangling ordinary output.
-        assert_eq!(m.mask("abc".into()), "abc");
+        assert_eq!(m.mask_str("abc"), "abc");
+        // The spec's Debug shows the secret's name, not its value.
+        let debug = format!("{step:?}");
+        assert!(
+            debug.contains("REPO_PASS") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+        // The secrets file exports it, quoted for the shell.
+        let file = secrets_file(&step.secrets).unwrap();
+        assert_eq!(file.as_str(), "export REPO_PASS=hunter2-long\n");
     }
 
     #[test]

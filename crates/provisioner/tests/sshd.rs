@@ -302,6 +302,7 @@ fn step(id: &str, script: &str) -> StepSpec {
         name: "test".into(),
         script: script.as_bytes().to_vec(),
         env: BTreeMap::new(),
+        secrets: BTreeMap::new(),
         timeout: T,
         retries: 0,
         reboot: false,
@@ -333,7 +334,9 @@ async fn step_runs_as_root_with_nasty_env_and_masks_secrets() {
     let mut spec = step(
         "01",
         "set -eu\nprintf '%s' \"$NASTY\" > \"$OUT\"\necho \"uid=$(id -u) step=$IMGBAKE_STEP_ID\"\n\
-         echo \"token is $GITHUB_TOKEN\"\necho warn >&2\n",
+         echo \"token is $GITHUB_TOKEN\"\necho warn >&2\n\
+         printf 'pass %s\\n' \"$REPO_PASS\" >&2\nprintf '%s' \"$REPO_PASS\" > \"$OUT.pass\"\n\
+         ls -A \"$SECRET_DIR\" > \"$OUT.left\"\n",
     );
     let out = sshd.path("nasty.out");
     spec.env = BTreeMap::from([
@@ -341,7 +344,14 @@ async fn step_runs_as_root_with_nasty_env_and_masks_secrets() {
         ("OUT".into(), out.display().to_string()),
         ("GITHUB_TOKEN".into(), "ghp_s3cr3tvalue".into()),
     ]);
-    let opts = options(&sshd, "01");
+    // A recipe secret: written only to a tmpfs (here /dev/shm: this host's /run is not one),
+    // gone before the script starts, masked on stderr too.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let mut opts = options(&sshd, "01");
+    opts.secret_dir = shm.path().join("secrets").display().to_string();
+    spec.env
+        .insert("SECRET_DIR".into(), opts.secret_dir.clone());
+    spec.secrets = BTreeMap::from([("REPO_PASS".into(), SecretString::from("hunter2-is-long"))]);
     let (events, sink) = recorder();
     let outcome = run_step(&mut session, &spec, &opts, sink, &cancel())
         .await
@@ -370,15 +380,50 @@ async fn step_runs_as_root_with_nasty_env_and_masks_secrets() {
         lines,
         [
             (Stream::Stdout, "uid=0 step=01".to_string()),
-            (Stream::Stdout, "token is ***".to_string()),
+            (Stream::Stdout, "token is [secret GITHUB_TOKEN]".to_string()),
             (Stream::Stderr, "warn".to_string()),
+            (Stream::Stderr, "pass [secret REPO_PASS]".to_string()),
         ]
     );
     let log = std::fs::read_to_string(&opts.log_path).unwrap();
-    assert!(log.contains("token is ***"), "{log}");
+    assert!(log.contains("token is [secret GITHUB_TOKEN]"), "{log}");
     assert!(!log.contains("ghp_s3cr3tvalue"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+    // The script saw the secret's value, and its file was gone by then; then its directory.
+    assert_eq!(
+        std::fs::read_to_string(format!("{}.pass", out.display())).unwrap(),
+        "hunter2-is-long"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("{}.left", out.display())).unwrap(),
+        ""
+    );
+    assert!(!std::path::Path::new(&opts.secret_dir).exists());
     // Script and env file are gone, and the step directory with them.
     assert!(!std::path::Path::new(&opts.remote_dir).exists());
+}
+
+#[tokio::test]
+async fn secrets_are_refused_where_they_would_reach_a_disk() {
+    if !tools_present() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let mut session = sshd.session().await;
+    let marker = sshd.path("ran");
+    let mut spec = step("05", &format!("touch {}\n", marker.display()));
+    spec.secrets = BTreeMap::from([("REPO_PASS".into(), SecretString::from("hunter2-is-long"))]);
+    let mut opts = options(&sshd, "05");
+    // The sandbox is on this host's disk, not a tmpfs.
+    opts.secret_dir = sshd.path("secrets-on-disk").display().to_string();
+    let err = run_step(&mut session, &spec, &opts, |_| {}, &cancel())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::SecretsNotOnTmpfs { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a tmpfs"), "{err}");
+    assert!(!marker.exists(), "the step must not run");
+    let dir = std::path::Path::new(&opts.secret_dir);
+    assert!(!dir.exists() || std::fs::read_dir(dir).unwrap().next().is_none());
 }
 
 #[tokio::test]
