@@ -68,7 +68,7 @@ macro_rules! exit_status_help {
             "EXIT STATUS:\n",
             "    0  success\n",
             "    1  an error not listed below (I/O, internal)\n",
-            "    2  bad command line (unknown flag, malformed --var)\n",
+            "    2  bad command line or environment (unknown flag, malformed --var, a secret not set)\n",
             "    3  a recipe is invalid (each problem is printed with file:line:col and a fix)\n",
             "    4  a build step failed (its last lines, log and how to resume are printed)\n",
             "    5  the build VM or guest failed (QEMU exited, KVM error, SSH or cloud-init)\n",

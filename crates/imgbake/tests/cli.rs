@@ -347,3 +347,111 @@ fn no_arguments_is_a_usage_error() {
     let out = imgbake().arg("validate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Issue 15: `plan` names the secrets and never shows a value; the checkpoint key of the step
+/// using one covers its name.
+#[test]
+fn plan_shows_secret_names_never_values() {
+    let value = "plan-must-not-show-this-value";
+    let out = imgbake()
+        .args(["plan", "fixtures/recipes/smoke.yaml"])
+        .env("SMOKE_SECRET", value)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains(value), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("secrets") && l.contains("SMOKE_SECRET=<secret>  environment")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("env: ") && l.ends_with(" SMOKE_SECRET=<secret>")),
+        "{text}"
+    );
+
+    let out = imgbake()
+        .args(["plan", "--json", "fixtures/recipes/smoke.yaml"])
+        .env("SMOKE_SECRET", value)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains(value));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["secrets"],
+        serde_json::json!([{"name": "SMOKE_SECRET", "value": "<secret>", "set_in_environment": true}])
+    );
+    assert_eq!(
+        doc["steps"][0]["key_secrets"],
+        serde_json::json!(["SMOKE_SECRET"])
+    );
+    assert_eq!(doc["steps"][1]["key_secrets"], serde_json::json!([]));
+
+    let out = imgbake()
+        .args(["plan", "fixtures/recipes/smoke.yaml"])
+        .env_remove("SMOKE_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .contains("not set: export SMOKE_SECRET, or pass --secret-file SMOKE_SECRET=PATH"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Issue 15: a secret is never taken from the command line, and a build without its value
+/// stops before anything is fetched or booted, naming the secret and not the value.
+#[test]
+fn recipe_refuses_secrets_on_the_command_line_and_unset_ones() {
+    let cache = tempfile::tempdir().unwrap();
+    let build = |args: &[&str]| {
+        imgbake()
+            .args(["recipe", "fixtures/recipes/smoke.yaml", "--cache-dir"])
+            .arg(cache.path())
+            .args(args)
+            .env_remove("SMOKE_SECRET")
+            .output()
+            .unwrap()
+    };
+    let out = build(&["--var", "SMOKE_SECRET=typed-on-the-command-line"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("secrets are never taken from the command line")
+            && err.contains("--secret-file SMOKE_SECRET=PATH"),
+        "{err}"
+    );
+
+    let out = build(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("secret SMOKE_SECRET"), "{err}");
+    assert!(
+        err.contains("is not set") && err.contains("try: export SMOKE_SECRET"),
+        "{err}"
+    );
+
+    let out = build(&["--secret-file", "SMOKE_SECRET=/nonexistent/secret"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read secret SMOKE_SECRET from /nonexistent/secret"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = build(&["--secret-file", "SMOKE_SECRT=/tmp/x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no recipe lists a secret `SMOKE_SECRT`")
+            && stderr(&out).contains("SMOKE_SECRET"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing was fetched into the cache.
+    assert!(std::fs::read_dir(cache.path()).unwrap().next().is_none());
+}

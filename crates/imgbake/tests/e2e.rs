@@ -33,8 +33,17 @@ fn smoke_recipe_builds_and_every_step_is_on_the_output_disk() {
     let _vm = vm_lock();
     let sandbox = Sandbox::new("smoke");
     let recipe = test_support::workspace_root().join("fixtures/recipes/smoke.yaml");
+    // Issue 15: the recipe's secret comes from imgbake's environment only; step 01 echoes it
+    // on both streams and writes its sha256 into the image.
+    let secret = smoke_secret();
     // `--test` (issue 13) boots the exported image once more as a new machine and checks it.
-    let run = sandbox.recipe(&recipe, &["--json", "--test"], LONG_BUILD);
+    let run = sandbox
+        .start_recipe_with_env(
+            &recipe,
+            &["--json", "--test"],
+            &[("SMOKE_SECRET", secret.as_str())],
+        )
+        .finish(LONG_BUILD);
     run.expect_code(0, "smoke build");
     sandbox.assert_no_qemu_left("smoke build");
 
@@ -218,10 +227,115 @@ fn smoke_recipe_builds_and_every_step_is_on_the_output_disk() {
         event_secs("cloud_init_done"),
     );
 
+    // Issue 15: the step saw the secret's value, and the value is in no file of the sandbox
+    // (outputs, logs, the exported RAW, the cache with its qcow2 layers) nor on imgbake's
+    // stdout or stderr: only its mask is.
+    assert_secret_used_masked_and_never_written(&sandbox, &run, &disk, &secret);
+
     // Issue 13: the boot test after export passed, and the same image with SSH host keys
     // written into it fails, naming the host key.
     assert_boot_test_passed(&run);
     assert_baked_host_keys_fail_the_boot_test(&sandbox, &raw, &recipe);
+}
+
+/// A value no file holds by chance: unique per run.
+fn smoke_secret() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("imgbake-smoke-secret-{:x}-{nanos:x}", std::process::id())
+}
+
+/// Issue 15's "grep of every output, log and the image for a secret's value finds nothing but
+/// masks", for the smoke build.
+fn assert_secret_used_masked_and_never_written(
+    sandbox: &Sandbox,
+    run: &Finished,
+    disk: &GuestDisk,
+    secret: &str,
+) {
+    // The step got the right value: its sha256 is in the image.
+    assert_eq!(
+        disk.must_text("/var/lib/imgbake-smoke/secret.sha256"),
+        format!("{}\n", digest::Sha256::of(secret.as_bytes())),
+        "the sha256 step 01 wrote of SMOKE_SECRET"
+    );
+    // What it echoed on both streams is masked in the log and in the events.
+    let mask = "[secret SMOKE_SECRET]";
+    let log = std::fs::read_to_string(sandbox.out.join("logs/01-marker.log")).unwrap();
+    for line in [
+        format!("secret on stdout: {mask}"),
+        format!("secret on stderr: {mask}"),
+    ] {
+        assert!(
+            log.lines().any(|l| l == line),
+            "01-marker.log lacks `{line}`:\n{log}"
+        );
+        assert!(
+            run.events_named("step_output")
+                .iter()
+                .any(|e| e["id"] == "01" && e["line"] == line.as_str()),
+            "no step_output event `{line}`"
+        );
+    }
+    // Nothing else anywhere: every file under the sandbox (output dir with logs, RAW, qcow2,
+    // manifest, run.json; cache with the base, the layers and their records; QEMU's run
+    // directories), byte for byte, and imgbake's own stdout and stderr.
+    let (files, bytes, found) = files_containing(sandbox.root(), secret.as_bytes());
+    assert!(found.is_empty(), "the secret's value is in {found:?}");
+    assert!(
+        files > 10 && bytes > 1 << 30,
+        "searched only {files} files, {bytes} bytes"
+    );
+    for (what, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+        assert!(!text.contains(secret), "imgbake's {what} holds the secret");
+    }
+    eprintln!("secret scan: {files} files, {} MiB, no match", bytes >> 20);
+}
+
+/// Searches every regular file under `dir` (recursively, symlinks not followed) for `needle`:
+/// `(files searched, bytes searched, files holding it)`.
+fn files_containing(dir: &Path, needle: &[u8]) -> (usize, u64, Vec<std::path::PathBuf>) {
+    use std::io::Read;
+    let finder = memchr::memmem::Finder::new(needle);
+    let (mut files, mut bytes, mut found) = (0, 0u64, Vec::new());
+    let mut stack = vec![dir.to_path_buf()];
+    let mut buf = vec![0u8; 8 << 20];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if !kind.is_file() {
+                continue;
+            }
+            let mut file = std::fs::File::open(&path).unwrap();
+            files += 1;
+            // Keep the last needle-1 bytes of each read so a match across two reads is seen.
+            let keep = needle.len() - 1;
+            let mut filled = 0;
+            loop {
+                let n = file.read(&mut buf[filled..]).unwrap();
+                if n == 0 {
+                    break;
+                }
+                bytes += n as u64;
+                let end = filled + n;
+                if finder.find(&buf[..end]).is_some() {
+                    found.push(path.clone());
+                    break;
+                }
+                let tail = end.min(keep);
+                buf.copy_within(end - tail..end, 0);
+                filled = tail;
+            }
+        }
+    }
+    (files, bytes, found)
 }
 
 /// The rows every boot test of the smoke image has (the recipe verifies NVIDIA settings and

@@ -23,6 +23,10 @@ use crate::{BakeEvent, Error, Result};
 pub struct BakeRequest {
     /// The resolved recipe (CLI overrides such as `--accel` already applied).
     pub recipe: Recipe,
+    /// The values of the recipe's `secrets:` ([`recipe::secret_values`]). Every step gets
+    /// them as environment variables; they are masked in its output and never written to the
+    /// outputs, the events or the cache. `Debug` shows the names only.
+    pub secrets: recipe::SecretValues,
     /// Where the results go (`output/<recipe name>/` by default).
     pub output_dir: PathBuf,
     /// The cache root: `base/` (fetch) and `checkpoints/` live under it.
@@ -46,6 +50,7 @@ impl BakeRequest {
     pub fn new(recipe: Recipe, output_dir: PathBuf, cache_dir: PathBuf) -> Self {
         Self {
             recipe,
+            secrets: recipe::SecretValues::new(),
             output_dir,
             cache_dir,
             runtime_dir: default_runtime_dir(),
@@ -150,6 +155,19 @@ pub async fn bake(
     let events = Emitter::new(events);
     let began = Instant::now();
     let recipe = &request.recipe;
+    // Before anything boots: a step must never run with a secret silently unset.
+    if let Some(name) = recipe
+        .secrets
+        .iter()
+        .find(|name| !request.secrets.contains_key(*name))
+    {
+        return Err(Error::Recipe {
+            source: recipe::Error::SecretNotSet {
+                name: name.clone(),
+                recipe: recipe.path.clone(),
+            },
+        });
+    }
 
     let fetch = FetchRequest {
         recipe,

@@ -201,7 +201,7 @@ impl StepRunner<'_, '_, '_> {
         );
         let events = &self.build.events;
         let on_event = |event| events.step_event(event, &step.name);
-        let spec = step_spec(recipe, step);
+        let spec = step_spec(recipe, step, &self.build.request.secrets);
         let outcome =
             provisioner::run_step(&mut self.session, &spec, &options, on_event, cancel).await?;
         match outcome {
@@ -307,7 +307,7 @@ fn exit_code(exit: &provisioner::StepExit) -> Option<u32> {
     }
 }
 
-fn step_spec(recipe: &Recipe, step: &Step) -> StepSpec {
+fn step_spec(recipe: &Recipe, step: &Step, secrets: &recipe::SecretValues) -> StepSpec {
     let mut env = recipe.step_env(step);
     env.insert("IMGBAKE_BUILD_USER".into(), crate::BUILD_USER.into());
     StepSpec {
@@ -315,6 +315,8 @@ fn step_spec(recipe: &Recipe, step: &Step) -> StepSpec {
         name: step.name.clone(),
         script: step.contents.clone(),
         env,
+        // Every step gets every secret, as every var; its key covers only the names it uses.
+        secrets: secrets.clone(),
         timeout: step.timeout,
         retries: step.retries,
         reboot: step.reboot,

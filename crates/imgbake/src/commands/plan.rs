@@ -19,11 +19,12 @@ Prints the resolved recipe (every {{var}} substituted, --var and IMGBAKE_VAR_<na
 overrides applied): each var with where its value came from (the recipe, derived from another \
 var, the environment, or --var), the base image and how it is checked, the build VM, the export formats, the verify expectations, \
 and each step with its id, script, options, the environment its checkpoint key covers, and \
-its checkpoint key.
+its checkpoint key. The recipe's secrets are listed by name, with whether imgbake's \
+environment sets them; their values are never shown (`<secret>`).
 
 Checkpoint keys chain like image layers: a step's key covers the previous key, the script's \
-bytes, the vars the script refers to ($NAME or ${NAME}), the step's own env and whether it \
-reboots. Editing a step changes its key and the keys after it. Until the base image is \
+bytes, the vars the script refers to ($NAME or ${NAME}), the step's own env, whether it \
+reboots, and the names (never the values) of the secrets it refers to. Editing a step changes its key and the keys after it. Until the base image is \
 fetched, keys identify it by URL and are marked provisional.
 
 `--json` prints one JSON document (format \"imgbake-plan/1\") with the same content; keys are \
@@ -63,6 +64,8 @@ pub struct PlanDoc {
     var_sources: BTreeMap<String, &'static str>,
     /// `IMGBAKE_VAR_…` variables set for vars this recipe does not have.
     ignored_env: Vec<String>,
+    /// The recipe's secrets, by name; a value is never shown.
+    secrets: Vec<SecretDoc>,
     base: BaseDoc,
     vm: VmDoc,
     export: ExportDoc,
@@ -70,6 +73,19 @@ pub struct PlanDoc {
     payload: PayloadDoc,
     checkpoint: CheckpointDoc,
     steps: Vec<StepDoc>,
+}
+
+/// What the text and JSON plans show in place of a secret's value.
+const SECRET_SHOWN: &str = "<secret>";
+
+#[derive(Debug, Serialize)]
+struct SecretDoc {
+    name: String,
+    /// Always [`SECRET_SHOWN`].
+    value: &'static str,
+    /// Whether imgbake's environment sets it (`imgbake recipe` may take it from
+    /// `--secret-file` instead).
+    set_in_environment: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,6 +159,8 @@ struct StepDoc {
     env: BTreeMap<String, String>,
     /// What the checkpoint key covers: referenced vars (as env names) plus `env`.
     key_env: BTreeMap<String, String>,
+    /// The names of the secrets the checkpoint key covers (their values never are).
+    key_secrets: Vec<String>,
     checkpoint_key: String,
 }
 
@@ -162,6 +180,15 @@ impl PlanDoc {
                 .map(|(k, s)| (k.clone(), s.as_str()))
                 .collect(),
             ignored_env: r.ignored_env.clone(),
+            secrets: r
+                .secrets
+                .iter()
+                .map(|name| SecretDoc {
+                    name: name.clone(),
+                    value: SECRET_SHOWN,
+                    set_in_environment: std::env::var_os(name).is_some(),
+                })
+                .collect(),
             base: BaseDoc {
                 url: r.base.location.to_string(),
                 checksum: r.base.checksum.to_string(),
@@ -215,6 +242,7 @@ impl PlanDoc {
                     retries: s.retries,
                     env: s.env.clone(),
                     key_env: r.step_key_env(s),
+                    key_secrets: r.step_key_secrets(s),
                     checkpoint_key: key.to_string(),
                 })
                 .collect(),
@@ -251,6 +279,24 @@ impl PlanDoc {
                     self.ignored_env.join(", ")
                 ),
             )?;
+        }
+        if !self.secrets.is_empty() {
+            let lines: Vec<String> = self
+                .secrets
+                .iter()
+                .map(|s| {
+                    let source = if s.set_in_environment {
+                        "environment".to_owned()
+                    } else {
+                        format!(
+                            "not set: export {0}, or pass --secret-file {0}=PATH to imgbake recipe",
+                            s.name
+                        )
+                    };
+                    format!("{}={}  {}", s.name, s.value, p.dim(&source))
+                })
+                .collect();
+            field(w, "secrets", &lines.join("\n          "))?;
         }
         field(w, "base", &self.base.url)?;
         field(w, "checksum", &self.base.checksum)?;
@@ -338,8 +384,13 @@ impl PlanDoc {
                 opts,
                 short(&s.checkpoint_key)
             )?;
-            if !s.key_env.is_empty() {
-                let env: Vec<String> = s.key_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if !s.key_env.is_empty() || !s.key_secrets.is_empty() {
+                let env: Vec<String> = s
+                    .key_env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .chain(s.key_secrets.iter().map(|k| format!("{k}={SECRET_SHOWN}")))
+                    .collect();
                 writeln!(w, "      {}", p.dim(&format!("env: {}", env.join(" "))))?;
             }
         }

@@ -17,6 +17,10 @@ const AFTER_HELP: &str = concat!(
     "    You fixed step 04: rerun from it, skipping 01-03:\n",
     "        imgbake recipe recipes/nvidia-fw1.yaml --resume-from 04\n",
     "\n",
+    "    A recipe with `secrets: [GITHUB_TOKEN]`: from the environment, or from a file:\n",
+    "        GITHUB_TOKEN=\"$(cat token)\" imgbake recipe recipes/private.yaml\n",
+    "        imgbake recipe recipes/private.yaml --secret-file GITHUB_TOKEN=/run/secrets/gh\n",
+    "\n",
     "    Two images at once, CI-friendly output:\n",
     "        imgbake recipe recipes/gpu-ready.yaml recipes/nvidia-fw1.yaml --jobs 2 --json\n",
     "\n",
@@ -40,6 +44,11 @@ pub struct RecipeArgs {
     pub recipes: Vec<PathBuf>,
     #[command(flatten)]
     pub vars: VarArgs,
+    /// Read the value of the recipe's secret NAME from PATH (its one trailing newline dropped)
+    /// instead of the environment variable NAME (repeatable). Secrets are never taken from the
+    /// command line: --var refuses them
+    #[arg(long = "secret-file", value_name = "NAME=PATH")]
+    pub secret_files: Vec<recipe::SecretFile>,
     /// Accelerator: auto uses KVM if /dev/kvm is writable (and restarts once under TCG if KVM
     /// fails); overrides the recipe's vm.accel
     #[arg(long, value_enum, value_name = "ACCEL")]
@@ -83,6 +92,13 @@ pub fn run(args: &RecipeArgs, out: &Output) -> Result<ExitStatus, CliError> {
         }
         recipes.push(recipe);
     }
+    recipe::check_secret_files(&args.secret_files, &recipes)?;
+    let mut secrets = Vec::with_capacity(recipes.len());
+    for recipe in &recipes {
+        secrets.push(recipe::secret_values(recipe, &args.secret_files, |name| {
+            std::env::var_os(name)
+        })?);
+    }
     let several = recipes.len() > 1;
     let mut seen = std::collections::BTreeSet::new();
     for recipe in &recipes {
@@ -105,13 +121,15 @@ pub fn run(args: &RecipeArgs, out: &Output) -> Result<ExitStatus, CliError> {
     };
     let requests: Vec<pipeline::BakeRequest> = recipes
         .into_iter()
-        .map(|recipe| {
+        .zip(secrets)
+        .map(|(recipe, secrets)| {
             let output_dir = match (&args.output, several) {
                 (Some(dir), false) => dir.clone(),
                 (Some(dir), true) => dir.join(&recipe.name),
                 (None, _) => PathBuf::from("output").join(&recipe.name),
             };
             let mut request = pipeline::BakeRequest::new(recipe, output_dir, cache_dir.clone());
+            request.secrets = secrets;
             request.start = start.clone();
             request.offline = args.offline;
             request.keep_on_failure = args.keep_on_failure;

@@ -115,6 +115,16 @@ impl Sandbox {
     /// Starts `imgbake recipe RECIPE --accel tcg --cache-dir … --output … EXTRA…` in the
     /// workspace root.
     pub fn start_recipe(&self, recipe: &Path, extra: &[&str]) -> Build {
+        self.start_recipe_with_env(recipe, extra, &[])
+    }
+
+    /// Like [`Sandbox::start_recipe`], with extra environment variables (a recipe's secrets).
+    pub fn start_recipe_with_env(
+        &self,
+        recipe: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Build {
         let mut args: Vec<String> = vec![
             "recipe".into(),
             recipe.display().to_string(),
@@ -126,12 +136,18 @@ impl Sandbox {
             self.out.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        self.start(&args)
+        self.start_with_env(&args, env)
     }
 
     /// Starts `imgbake ARGS…` with this sandbox's runtime dir, colour off.
     pub fn start(&self, args: &[String]) -> Build {
+        self.start_with_env(args, &[])
+    }
+
+    /// Like [`Sandbox::start`], with extra environment variables.
+    pub fn start_with_env(&self, args: &[String], env: &[(&str, &str)]) -> Build {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgbake"));
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .current_dir(test_support::workspace_root())
             .env("XDG_RUNTIME_DIR", &self.run)
