@@ -44,10 +44,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let output = Path::new("output").join(NAME);
 
     step("baking the fixture smoke recipe (--accel auto: KVM if it works here, else TCG)");
+    // The recipe lists a secret, SMOKE_SECRET: its step echoes it (masked in the output) and
+    // writes its sha256 into the image. Secrets come from the environment or --secret-file.
     cmd!(
         sh,
         "{imgbake} recipe {RECIPE} --accel auto --output {output}"
     )
+    .env("SMOKE_SECRET", "demo-secret-not-for-real-use")
     .run()
     .context("imgbake recipe failed; its message above says what to try")?;
 

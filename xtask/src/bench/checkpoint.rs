@@ -80,7 +80,9 @@ pub fn run(bench: &Bench, runs: usize) -> Result<Measurement> {
                     .args(["--accel", "tcg", "--json", "--cache-dir"])
                     .arg(&cache)
                     .arg("--output")
-                    .arg(output),
+                    .arg(output)
+                    // The smoke recipe's secret (step 01 uses it; keys cover its name only).
+                    .env("SMOKE_SECRET", "bench-secret-value"),
                 &[0],
             )
         };
