@@ -305,8 +305,12 @@ impl StepLog {
 /// Each attempt uploads the script and a private environment file (both 0600 under
 /// [`REMOTE_STEP_DIR`]) and runs `bash <script>` as root (the session's [`crate::Privilege`]),
 /// with the environment sourced from the file, which is deleted before the script starts, so
-/// values never appear on a command line, in sudo's log or in the image. Output is streamed as
-/// [`StepEvent::Output`] and written to `options.log_path`. A failed attempt is retried
+/// values never appear on a command line or in sudo's log. The step's secrets get a file of
+/// their own in `options.secret_dir` ([`REMOTE_SECRET_DIR`]), which must be on a tmpfs
+/// ([`Error::SecretsNotOnTmpfs`] otherwise, before anything is uploaded), sourced and deleted
+/// the same way, so they never reach the disk. Output, with every secret value masked
+/// ([`SecretMask`]: `[secret NAME]`), is streamed as [`StepEvent::Output`] and written to
+/// `options.log_path`. A failed attempt is retried
 /// `step.retries` times with a growing pause. For a `reboot: true` step that succeeded (or
 /// dropped the connection: it rebooted itself), imgbake waits for the guest to go down and
 /// come back and checks that the boot id changed; `session` is then the new connection.
