@@ -294,6 +294,26 @@ fn assert_secret_used_masked_and_never_written(
     eprintln!("secret scan: {files} files, {} MiB, no match", bytes >> 20);
 }
 
+/// The scan above can fail: it finds a value in a sparse file, straddling two of its reads,
+/// and in a nested directory.
+#[test]
+fn the_secret_scan_finds_a_value_anywhere_in_a_file() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let needle = b"needle-of-a-secret";
+    std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+    let mut sparse = std::fs::File::create(dir.path().join("a/b/disk.raw")).unwrap();
+    // Across the end of the scan's first 8 MiB read.
+    sparse.seek(SeekFrom::Start((8 << 20) - 5)).unwrap();
+    sparse.write_all(needle).unwrap();
+    sparse.set_len(100 << 20).unwrap();
+    std::fs::write(dir.path().join("clean.log"), "nothing here\n").unwrap();
+    let (files, bytes, found) = files_containing(dir.path(), needle);
+    assert_eq!(files, 2);
+    assert!(bytes >= 8 << 20, "{bytes}");
+    assert_eq!(found, [dir.path().join("a/b/disk.raw")]);
+}
+
 /// Searches every regular file under `dir` (recursively, symlinks not followed) for `needle`:
 /// `(files searched, bytes searched, files holding it)`.
 fn files_containing(dir: &Path, needle: &[u8]) -> (usize, u64, Vec<std::path::PathBuf>) {
