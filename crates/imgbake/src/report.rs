@@ -158,6 +158,15 @@ impl CliError {
     }
 
     pub fn hint(&self) -> Option<String> {
+        if let Some(full) = self.no_space() {
+            return Some(no_space_hint(full));
+        }
+        if let Some((dir, _)) = self.output_busy() {
+            return Some(format!(
+                "wait for that build to finish, or build into another directory with --output DIR (not {})",
+                dir.display()
+            ));
+        }
         match self {
             CliError::Recipe(e) => e.hint(),
             CliError::Bake(e) => bake_hint(e),
@@ -188,6 +197,32 @@ impl CliError {
                 "each FAIL row above says why; fix the recipe's cleanup step (imgbake verify IMAGE shows what the image carries offline) and rebuild".into()
             }),
             CliError::Stdout(_) | CliError::Json(_) | CliError::Runtime(_) => None,
+        }
+    }
+
+    /// The full file system behind this error, from whichever stage met it.
+    pub fn no_space(&self) -> Option<&digest::NoSpace> {
+        match self {
+            CliError::Bake(e) => e.no_space(),
+            CliError::Fetch(e) => e.no_space(),
+            CliError::Export(e) => e.no_space(),
+            _ => None,
+        }
+    }
+
+    /// The output directory another build holds, and who holds it.
+    fn output_busy(&self) -> Option<(&std::path::Path, &str)> {
+        let exporter = match self {
+            CliError::Bake(e) => match &**e {
+                pipeline::Error::OutputDir { source } => source,
+                _ => return None,
+            },
+            CliError::Export(e) => e,
+            _ => return None,
+        };
+        match exporter {
+            exporter::Error::OutputBusy { dir, holder } => Some((dir, holder)),
+            _ => None,
         }
     }
 
@@ -271,6 +306,18 @@ pub fn write_diagnostics(
         }
     }
     Ok(())
+}
+
+/// `try:` for a full file system: how much to free, or where else to write.
+fn no_space_hint(full: &digest::NoSpace) -> String {
+    let free = match full.shortfall() {
+        Some(n) => format!("free {}", digest::ByteSize(n)),
+        None => "free some space".to_owned(),
+    };
+    format!(
+        "{free} on the file system of {}, or use --output/--cache-dir elsewhere; a rerun reuses every finished checkpoint",
+        full.path.display()
+    )
 }
 
 fn bake_exit_status(err: &pipeline::Error) -> ExitStatus {

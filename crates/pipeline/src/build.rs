@@ -80,8 +80,10 @@ pub struct Cancel {
 pub struct BakeSummary {
     /// The output directory.
     pub output_dir: PathBuf,
-    /// The final qcow2.
+    /// The final qcow2 (not written when the verification failed).
     pub qcow2: PathBuf,
+    /// The RAW that was verified: `<name>.raw`, or `<name>.raw.failed` when it failed.
+    pub raw: PathBuf,
     /// Other files written (raw, SHA256SUMS, manifest, payload, run.json).
     pub files: Vec<PathBuf>,
     /// The run record.
@@ -150,6 +152,16 @@ pub async fn bake(
     let events = Emitter::new(events);
     let began = Instant::now();
     let recipe = &request.recipe;
+
+    // Before anything else, so a second build into the same directory fails at once.
+    let output_lock =
+        exporter::OutputLock::acquire(&request.output_dir, &format!("recipe {}", recipe.name))
+            .map_err(|source| Error::OutputDir { source })?;
+    for stale in output_lock.swept() {
+        events.emit(BakeEvent::Warning {
+            message: format!("removed {}, left by a build that died", stale.display()),
+        });
+    }
 
     let fetch = FetchRequest {
         recipe,
@@ -253,7 +265,8 @@ pub async fn bake(
     let mut summary =
         crate::outputs::write_outputs(&mut build, &base, &final_image, facts.as_ref()).await?;
     lease.finish()?;
-    if request.test_after_export {
+    // An image that failed verification is not booted: the build fails with exit 6 anyway.
+    if request.test_after_export && summary.verify.passed {
         let test = crate::image_test::ImageTestRequest {
             image: summary.qcow2.clone(),
             recipe: Some(recipe.clone()),
@@ -264,6 +277,7 @@ pub async fn bake(
         summary.test =
             Some(crate::image_test::test_image_with(&test, &build.events, &cancel).await?);
     }
+    output_lock.release();
     Ok(summary)
 }
 
