@@ -196,6 +196,12 @@ impl Job<'_> {
             _ => return Err(no_progress(Failure::from_status(self.url, status))),
         };
 
+        // The rest of the image must fit beside what is already there; checked before the
+        // partial download is touched, so a rerun with room resumes it.
+        if let Some(total) = total {
+            digest::ensure_space(&self.files.part, total.saturating_sub(start))
+                .map_err(|e| no_progress(Failure::fatal(e.into())))?;
+        }
         let record = PartRecord {
             url_sha256: self.url_sha256.clone(),
             validator: validator(response.headers()),
@@ -224,11 +230,6 @@ impl Job<'_> {
                 .map_err(io("open", &self.files.part))?
         };
 
-        // The rest of the image must fit beside what is already there.
-        if let Some(total) = total {
-            digest::ensure_space(&self.files.part, total.saturating_sub(start))
-                .map_err(|e| no_progress(Failure::fatal(e.into())))?;
-        }
         (self.progress)(FetchEvent::DownloadStarted {
             url: redact(self.url),
             total,

@@ -1,0 +1,298 @@
+//! Full file systems and busy output directories, on real tmpfs mounts (root only: without
+//! root the tests print SKIPPED, or fail under `IMGBAKE_REQUIRE_TOOLS=1`):
+//! - `imgbake export` of a real qcow2 into a tmpfs too small for it fails before converting,
+//!   naming the path, the space needed and the space free, and leaves nothing behind; with room
+//!   the same command works;
+//! - `imgbake fetch` into a tiny tmpfs cache fails the same way, nothing enters the cache, and
+//!   the rerun with room fetches the image;
+//! - a build into an output directory another build holds fails at once (before fetching or
+//!   booting), naming the directory, the holder and `--output DIR`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Output};
+
+use assert_cmd::Command;
+
+fn imgbake() -> Command {
+    let mut cmd = Command::cargo_bin("imgbake").unwrap();
+    cmd.env("NO_COLOR", "1").env_remove("IMGBAKE_LOG");
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = StdCommand::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+/// A tmpfs mounted on a fresh directory, unmounted when dropped.
+struct Tmpfs {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// `None` (SKIPPED, or a panic under `IMGBAKE_REQUIRE_TOOLS=1`) when not root.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        if !is_root() {
+            let what = "mounting a tmpfs needs root";
+            if std::env::var("IMGBAKE_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
+                panic!("{what} (required because IMGBAKE_REQUIRE_TOOLS=1)");
+            }
+            eprintln!("SKIPPED: {what}");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fs");
+        std::fs::create_dir(&path).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                path.to_str().unwrap(),
+            ],
+        );
+        Some(Tmpfs { _dir: dir, path })
+    }
+
+    /// Frees space the way a person would: more room on the same path.
+    fn grow(&self, size: &str) {
+        run(
+            "mount",
+            &[
+                "-o",
+                &format!("remount,size={size}"),
+                self.path.to_str().unwrap(),
+            ],
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = StdCommand::new("umount").arg(&self.path).output();
+    }
+}
+
+fn is_root() -> bool {
+    // `id -u` rather than a libc call: the test crate has no unsafe and no libc dependency.
+    StdCommand::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| text(&o.stdout).trim() == "0")
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The `not enough space` error: names `path`, a need and what is free, and the fix.
+fn assert_no_space_error(stderr: &str, path: &Path) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("not enough space for"))
+        .unwrap_or_else(|| panic!("no `not enough space` line in:\n{stderr}"));
+    assert!(line.contains(&path.display().to_string()), "{line}");
+    assert!(line.contains("needed,") && line.ends_with("free"), "{line}");
+    let hint = stderr
+        .lines()
+        .find(|l| l.starts_with("try: "))
+        .unwrap_or_else(|| panic!("no try: line in:\n{stderr}"));
+    assert!(hint.starts_with("try: free "), "{hint}");
+    assert!(hint.contains("--output/--cache-dir elsewhere"), "{hint}");
+}
+
+#[test]
+fn export_into_a_full_tmpfs_names_path_need_and_free_and_leaves_nothing_then_works_with_room() {
+    if !(test_support::require_tool("qemu-img") && test_support::require_tool("qemu-io")) {
+        return;
+    }
+    let Some(fs) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("disk.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            source.to_str().unwrap(),
+            "64M",
+        ],
+    );
+    // 24 MiB of data in two patterns: the RAW needs about that much, the tmpfs has 8.
+    run(
+        "qemu-io",
+        &["-c", "write -P 0x5a 0 16M", source.to_str().unwrap()],
+    );
+    run(
+        "qemu-io",
+        &["-c", "write -P 0xa5 32M 8M", source.to_str().unwrap()],
+    );
+    let out_dir = fs.path.join("out");
+    let export = || {
+        imgbake()
+            .arg("export")
+            .arg(&source)
+            .arg("--output")
+            .arg(&out_dir)
+            .args(["--name", "img"])
+            .output()
+            .unwrap()
+    };
+
+    let full = export();
+    let stderr = text(&full.stderr);
+    assert_eq!(code(&full), Some(1), "exit 1 (an I/O error):\n{stderr}");
+    assert_no_space_error(&stderr, &out_dir);
+    assert!(stderr.contains("MiB needed, "), "{stderr}");
+    assert_eq!(
+        listing(&out_dir),
+        Vec::<String>::new(),
+        "no final name, no temp file, no lock left"
+    );
+
+    fs.grow("64m");
+    let ok = export();
+    assert_eq!(code(&ok), Some(0), "{}", text(&ok.stderr));
+    assert_eq!(listing(&out_dir), ["SHA256SUMS", "img.raw"]);
+    let raw = std::fs::read(out_dir.join("img.raw")).unwrap();
+    assert_eq!(raw.len(), 64 << 20);
+    assert!(raw[..16 << 20].iter().all(|&b| b == 0x5a));
+    assert!(raw[32 << 20..40 << 20].iter().all(|&b| b == 0xa5));
+}
+
+#[test]
+fn fetch_into_a_tiny_tmpfs_cache_fails_clearly_keeps_the_cache_consistent_and_works_with_room() {
+    let Some(fs) = Tmpfs::mount("4m") else {
+        return;
+    };
+    // 12 MiB that do not compress, served by a real HTTP server on 127.0.0.1.
+    let image: Vec<u8> = (0u32..(12 << 20) / 4)
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+        .collect();
+    let digest = digest::Sha256::of(&image);
+    let server = fetch::testserver::TestServer::start().unwrap();
+    server.put("/base.qcow2", fetch::testserver::Resource::bytes(image));
+    let work = tempfile::tempdir().unwrap();
+    let recipe = work.path().join("r.yaml");
+    std::fs::create_dir(work.path().join("steps")).unwrap();
+    std::fs::write(work.path().join("steps/01-one.sh"), "true\n").unwrap();
+    std::fs::write(
+        &recipe,
+        format!(
+            "name: tiny-cache\nbase:\n  url: {}\n  checksum: sha256:{digest}\n\
+             vm: {{ cpus: 1, memory: 512M, disk_size: 1G, firmware: bios, accel: tcg }}\n\
+             steps:\n  - steps/01-one.sh\n",
+            server.url("/base.qcow2")
+        ),
+    )
+    .unwrap();
+    let cache = fs.path.join("cache");
+    let fetch = || {
+        imgbake()
+            .arg("fetch")
+            .arg(&recipe)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .output()
+            .unwrap()
+    };
+
+    let full = fetch();
+    let stderr = text(&full.stderr);
+    assert_eq!(code(&full), Some(1), "{stderr}");
+    assert_no_space_error(&stderr, &cache.join("base"));
+    assert!(stderr.contains("12.0 MiB needed"), "{stderr}");
+    let entry = cache.join("base").join(digest.to_hex());
+    assert!(!entry.exists(), "nothing unverified enters the cache");
+    assert_eq!(
+        listing(&cache.join("base")),
+        [".locks", ".partial", ".sums"],
+        "only the cache's own dot-directories"
+    );
+    assert_eq!(
+        listing(&cache.join("base/.partial")),
+        Vec::<String>::new(),
+        "no half download"
+    );
+
+    fs.grow("64m");
+    let ok = fetch();
+    assert_eq!(code(&ok), Some(0), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).contains(&format!("sha256:{digest}")));
+    assert_eq!(digest::hash_file(&entry).unwrap(), digest);
+}
+
+#[test]
+fn a_second_build_into_a_held_output_directory_fails_at_once_naming_the_holder() {
+    let work = tempfile::tempdir().unwrap();
+    let out_dir = work.path().join("out");
+    let holder = exporter::OutputLock::acquire(&out_dir, "recipe first-build").unwrap();
+    let cache = work.path().join("cache");
+    let recipe = test_support::workspace_root().join("fixtures/recipes/smoke.yaml");
+    let out = imgbake()
+        .arg("recipe")
+        .arg(&recipe)
+        .arg("--output")
+        .arg(&out_dir)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the output directory {} is in use by another build (pid {}: imgbake recipe first-build",
+            out_dir.display(),
+            std::process::id()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--output DIR"), "{stderr}");
+    assert!(!cache.exists(), "it stopped before fetching: {stderr}");
+    assert_eq!(listing(&out_dir), [".imgbake.lock"]);
+
+    // `imgbake export` into it is refused too, and once released the directory is free.
+    let export = imgbake()
+        .arg("export")
+        .arg(work.path().join("missing.qcow2"))
+        .arg("--output")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        text(&export.stderr).contains("is in use by another build"),
+        "{}",
+        text(&export.stderr)
+    );
+    holder.release();
+    assert_eq!(listing(&out_dir), Vec::<String>::new());
+}
