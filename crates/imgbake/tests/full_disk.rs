@@ -296,3 +296,159 @@ fn a_second_build_into_a_held_output_directory_fails_at_once_naming_the_holder()
     holder.release();
     assert_eq!(listing(&out_dir), Vec::<String>::new());
 }
+
+/// A build whose every step is in the cache exports without a VM: with the verify passing it
+/// publishes the outputs; with an expectation the image cannot meet it exits 6 and leaves the
+/// image only as `<name>.raw.failed` (with its report), nothing under a final name.
+#[test]
+fn a_fully_reused_build_publishes_only_a_verified_image_and_sets_a_failed_one_aside() {
+    if !(test_support::require_tool("qemu-img")
+        && test_support::require_tool("qemu-io")
+        && test_support::require_tool("ssh-keygen"))
+    {
+        return;
+    }
+    let Some(fixture) = test_support::fixture_image() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    std::fs::create_dir(work.path().join("steps")).unwrap();
+    std::fs::write(work.path().join("steps/01-one.sh"), "true\n").unwrap();
+    let digest = digest::hash_file(&fixture).unwrap();
+    let recipe = work.path().join("r.yaml");
+    let write_recipe = |verify: &str| {
+        std::fs::write(
+            &recipe,
+            format!(
+                "name: reused\nbase:\n  url: {}\n  checksum: sha256:{digest}\n\
+                 vm: {{ cpus: 1, memory: 512M, disk_size: 4G, firmware: bios, accel: tcg }}\n\
+                 steps:\n  - steps/01-one.sh\n{verify}",
+                fixture.display()
+            ),
+        )
+        .unwrap();
+    };
+    let plan = |_: ()| -> serde_json::Value {
+        let out = imgbake()
+            .env("IMGBAKE_CACHE_DIR", &cache)
+            .args(["plan", "--json"])
+            .arg(&recipe)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    write_recipe("");
+    let planned = plan(());
+    let key: test_support::checkpoints::CacheKey = planned["steps"][0]["checkpoint_key"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let root: test_support::checkpoints::CacheKey = planned["checkpoint"]["root"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // The chain: one real layer on the fixture, and the SSH keys a chain keeps.
+    let store_dir = cache.join("checkpoints");
+    test_support::checkpoints::publish_chain(
+        &test_support::checkpoints::ChainSpec {
+            store_dir: &store_dir,
+            base: &fixture,
+            recipe: "reused",
+            root: &root,
+        },
+        &[test_support::checkpoints::LayerSpec {
+            key,
+            step_id: "01".into(),
+            step_name: "01-one".into(),
+            write_mib: None,
+        }],
+    );
+    let keys = work.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for name in ["user_ed25519", "host_ed25519"] {
+        let path = keys.join(name);
+        run(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                path.to_str().unwrap(),
+            ],
+        );
+        files.insert(name.to_owned(), std::fs::read(&path).unwrap());
+        let public = format!("{name}.pub");
+        files.insert(public.clone(), std::fs::read(keys.join(&public)).unwrap());
+    }
+    let store = test_support::checkpoints::CheckpointStore::open(&store_dir).unwrap();
+    store
+        .chain_secrets(&root)
+        .unwrap()
+        .create_or_load(|| files)
+        .unwrap();
+    drop(store);
+
+    let out_dir = work.path().join("out");
+    let build = || {
+        imgbake()
+            .arg("recipe")
+            .arg(&recipe)
+            .arg("--output")
+            .arg(&out_dir)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("--json")
+            .output()
+            .unwrap()
+    };
+    let passed = build();
+    let events = text(&passed.stdout);
+    assert_eq!(code(&passed), Some(0), "{}", text(&passed.stderr));
+    assert!(events.contains("\"steps_reused\""), "no VM: {events}");
+    assert_eq!(
+        listing(&out_dir),
+        [
+            "SHA256SUMS",
+            "api-payload.json",
+            "logs",
+            "manifest.json",
+            "reused.qcow2",
+            "reused.raw",
+            "run.json"
+        ]
+    );
+
+    // An expectation the fixture cannot meet (it configures no NVreg_EnableGpuFirmware) does not
+    // change the checkpoint keys: the same layer is reused and the verify fails.
+    write_recipe("verify:\n  nvidia:\n    enable_gpu_firmware: 1\n");
+    assert_eq!(
+        plan(())["steps"][0]["checkpoint_key"].as_str().unwrap(),
+        key.to_string()
+    );
+    let failed = build();
+    assert_eq!(code(&failed), Some(6), "{}", text(&failed.stderr));
+    assert_eq!(
+        listing(&out_dir),
+        [
+            "logs",
+            "reused.raw.failed",
+            "reused.raw.failed.report.json",
+            "run.json"
+        ],
+        "nothing under a final name claims the failed image"
+    );
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out_dir.join("reused.raw.failed.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["passed"], false, "{report}");
+}

@@ -154,7 +154,8 @@ impl Error {
 }
 
 /// Maps an `io::Error` to this crate's `Error::Io` with what was being done and to which path
-/// (`.map_err(io_err("reading", &path))`), or to `Error::NoSpace` when the file system is full. `checkpoint::error` has the same helper on purpose: each crate
+/// (`.map_err(io_err("reading", &path))`), or to `Error::NoSpace` when the file system is
+/// full. `checkpoint::error` has the same helper on purpose: each crate
 /// builds its own error type, and a shared generic version would need a trait both error
 /// enums implement, more machinery than these eight lines.
 pub(crate) fn io_err(
