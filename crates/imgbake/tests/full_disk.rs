@@ -8,10 +8,11 @@
 //! - a build into an output directory another build holds fails at once (before fetching or
 //!   booting), naming the directory, the holder and `--output DIR`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command as StdCommand, Output};
 
 use assert_cmd::Command;
+use test_support::Tmpfs;
 
 fn imgbake() -> Command {
     let mut cmd = Command::cargo_bin("imgbake").unwrap();
@@ -34,67 +35,6 @@ fn run(program: &str, args: &[&str]) {
 
 fn code(out: &Output) -> Option<i32> {
     out.status.code()
-}
-
-/// A tmpfs mounted on a fresh directory, unmounted when dropped.
-struct Tmpfs {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    /// `None` (SKIPPED, or a panic under `IMGBAKE_REQUIRE_TOOLS=1`) when not root.
-    fn mount(size: &str) -> Option<Tmpfs> {
-        if !is_root() {
-            let what = "mounting a tmpfs needs root";
-            if std::env::var("IMGBAKE_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
-                panic!("{what} (required because IMGBAKE_REQUIRE_TOOLS=1)");
-            }
-            eprintln!("SKIPPED: {what}");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fs");
-        std::fs::create_dir(&path).unwrap();
-        run(
-            "mount",
-            &[
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "tmpfs",
-                path.to_str().unwrap(),
-            ],
-        );
-        Some(Tmpfs { _dir: dir, path })
-    }
-
-    /// Frees space the way a person would: more room on the same path.
-    fn grow(&self, size: &str) {
-        run(
-            "mount",
-            &[
-                "-o",
-                &format!("remount,size={size}"),
-                self.path.to_str().unwrap(),
-            ],
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = StdCommand::new("umount").arg(&self.path).output();
-    }
-}
-
-fn is_root() -> bool {
-    // `id -u` rather than a libc call: the test crate has no unsafe and no libc dependency.
-    StdCommand::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| text(&o.stdout).trim() == "0")
 }
 
 fn listing(dir: &Path) -> Vec<String> {
@@ -130,7 +70,7 @@ fn export_into_a_full_tmpfs_names_path_need_and_free_and_leaves_nothing_then_wor
     if !(test_support::require_tool("qemu-img") && test_support::require_tool("qemu-io")) {
         return;
     }
-    let Some(fs) = Tmpfs::mount("8m") else {
+    let Some(tmpfs) = Tmpfs::mount("8m") else {
         return;
     };
     let work = tempfile::tempdir().unwrap();
@@ -155,7 +95,7 @@ fn export_into_a_full_tmpfs_names_path_need_and_free_and_leaves_nothing_then_wor
         "qemu-io",
         &["-c", "write -P 0xa5 32M 8M", source.to_str().unwrap()],
     );
-    let out_dir = fs.path.join("out");
+    let out_dir = tmpfs.path.join("out");
     let export = || {
         imgbake()
             .arg("export")
@@ -178,7 +118,7 @@ fn export_into_a_full_tmpfs_names_path_need_and_free_and_leaves_nothing_then_wor
         "no final name, no temp file, no lock left"
     );
 
-    fs.grow("64m");
+    tmpfs.grow("64m");
     let ok = export();
     assert_eq!(code(&ok), Some(0), "{}", text(&ok.stderr));
     assert_eq!(listing(&out_dir), ["SHA256SUMS", "img.raw"]);
@@ -190,7 +130,7 @@ fn export_into_a_full_tmpfs_names_path_need_and_free_and_leaves_nothing_then_wor
 
 #[test]
 fn fetch_into_a_tiny_tmpfs_cache_fails_clearly_keeps_the_cache_consistent_and_works_with_room() {
-    let Some(fs) = Tmpfs::mount("4m") else {
+    let Some(tmpfs) = Tmpfs::mount("4m") else {
         return;
     };
     // 12 MiB that do not compress, served by a real HTTP server on 127.0.0.1.
@@ -214,7 +154,7 @@ fn fetch_into_a_tiny_tmpfs_cache_fails_clearly_keeps_the_cache_consistent_and_wo
         ),
     )
     .unwrap();
-    let cache = fs.path.join("cache");
+    let cache = tmpfs.path.join("cache");
     let fetch = || {
         imgbake()
             .arg("fetch")
@@ -243,7 +183,7 @@ fn fetch_into_a_tiny_tmpfs_cache_fails_clearly_keeps_the_cache_consistent_and_wo
         "no half download"
     );
 
-    fs.grow("64m");
+    tmpfs.grow("64m");
     let ok = fetch();
     assert_eq!(code(&ok), Some(0), "{}", text(&ok.stderr));
     assert!(text(&ok.stdout).contains(&format!("sha256:{digest}")));

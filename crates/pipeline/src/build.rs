@@ -252,7 +252,9 @@ pub async fn bake(
                 run_dir: run_dir.path(),
                 lease: &mut lease,
             };
-            let built = crate::steps::build_in_vm(&mut build, setup).await;
+            let built = crate::steps::build_in_vm(&mut build, setup)
+                .await
+                .map_err(|e| guest_disk_full(e, store.root()));
             // The serial log is worth keeping whatever happened.
             let _ = std::fs::copy(
                 run_dir.path().join("serial.log"),
@@ -279,6 +281,26 @@ pub async fn bake(
     }
     output_lock.release();
     Ok(summary)
+}
+
+/// QEMU stops the guest in `io-error` when a write to its disk fails with `ENOSPC` (the
+/// default `werror=enospc`): the disk being written is the top layer in the checkpoint store,
+/// so that file system is full. Said as such, with the store's path and its free space.
+fn guest_disk_full(e: Error, store: &Path) -> Error {
+    match &e {
+        Error::Vm { source }
+            if matches!(
+                **source,
+                qemu_driver::Error::Stopped {
+                    state: qemu_driver::VmState::IoError,
+                    ..
+                }
+            ) =>
+        {
+            Error::NoSpace(digest::NoSpace::now(store.join("layers"), None))
+        }
+        _ => e,
+    }
 }
 
 /// The newest reused layer when it covers every step of the recipe.
