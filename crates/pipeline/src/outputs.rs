@@ -95,43 +95,53 @@ pub(crate) async fn write_outputs(
         return set_aside_failed(build, staged, report, qcow2).await;
     }
 
-    // The final qcow2: standalone (the chain flattened), written once the RAW passed. A recipe
-    // that asks for qcow2 gets the exporter's compressed one instead.
-    if !compressed_qcow2 {
+    // The final qcow2: standalone (the chain flattened), written once the RAW passed, under a
+    // hidden name until everything is ready. A recipe that asks for qcow2 gets the exporter's
+    // compressed one instead.
+    let mut published = Published::default();
+    let flattened = if compressed_qcow2 {
+        None
+    } else {
         events.emit(BakeEvent::Exporting {
             what: format!("writing {}", qcow2.display()),
             fraction: None,
         });
-        exporter::flatten(&exporter::FlattenRequest::new(final_image, &qcow2), cancel)
+        let hidden = dir.join(format!(".{name}.qcow2.{}.partial", std::process::id()));
+        published.paths.push(hidden.clone());
+        exporter::flatten(&exporter::FlattenRequest::new(final_image, &hidden), cancel)
             .await
             .map_err(interrupted)?;
-    }
-    let exported = match staged.publish().await {
-        Ok(files) => files,
-        Err(e) => {
-            // No qcow2 under its final name without the RAW it was verified through.
-            if !compressed_qcow2 {
-                let _ = std::fs::remove_file(&qcow2);
-            }
-            return Err(e.into());
-        }
+        let path = hidden.clone();
+        let digest = tokio::task::spawn_blocking(move || digest::hash_file(&path))
+            .await
+            .map_err(|e| io_err("hash", &hidden)(std::io::Error::other(e)))?
+            .map_err(|e| io_err("hash", &hidden)(std::io::Error::other(e)))?;
+        Some((hidden, digest))
     };
+
+    // From here on every final name given is taken back if a later one fails (a full disk
+    // while writing the manifest, say): a directory with only some of the outputs claims a
+    // build that did not finish.
+    let exported = staged.publish().await?;
+    published
+        .paths
+        .extend(exported.iter().map(|f| f.path.clone()));
     let mut sums: Vec<(String, digest::Sha256)> = exported
         .iter()
         .map(|f| (file_name(&f.path), f.sha256))
         .collect();
-    if !compressed_qcow2 {
-        let path = qcow2.clone();
-        let digest = tokio::task::spawn_blocking(move || digest::hash_file(&path))
-            .await
-            .map_err(|e| io_err("hash", &qcow2)(std::io::Error::other(e)))?
-            .map_err(|e| io_err("hash", &qcow2)(std::io::Error::other(e)))?;
+    if let Some((hidden, digest)) = flattened {
+        std::fs::rename(&hidden, &qcow2)
+            .and_then(|()| digest::fsync_dir(dir))
+            .map_err(io_err("rename", &hidden))?;
+        published.paths.push(qcow2.clone());
         sums.push((file_name(&qcow2), digest));
         events.emit(BakeEvent::OutputWritten {
             path: qcow2.clone(),
         });
     }
     let sha256sums = exporter::write_sha256sums(dir, &sums)?;
+    published.paths.push(sha256sums.clone());
     let raw = exported
         .iter()
         .find(|f| f.format == exporter::ExportFormat::Raw)
@@ -171,6 +181,7 @@ pub(crate) async fn write_outputs(
         image_facts.nvidia_driver = facts.and_then(|f| f.nvidia_driver.clone());
     }
     let manifest = exporter::write_manifest(dir, &manifest_input, &exported, &image_facts)?;
+    published.paths.push(manifest.clone());
     let payload_spec = exporter::PayloadSpec {
         name: recipe.payload.name.clone(),
         virtualization: recipe.payload.virtualization.as_str().to_owned(),
@@ -183,6 +194,7 @@ pub(crate) async fn write_outputs(
     // The payload's `gpu` says a driver is in the exported disk: only the offline facts of
     // the RAW count, not what the live guest reported during the build.
     let payload = exporter::write_payload(dir, &payload_spec, &report.facts)?;
+    published.paths.clear();
 
     build.run.guest_cloud_init_finished_uptime_secs =
         crate::timing::cloud_init_finished_uptime(&build.logs_dir.join("serial.log"));
@@ -252,6 +264,21 @@ async fn set_aside_failed(
         verify: report,
         test: None,
     })
+}
+
+/// Outputs given their final names (or hidden ones) so far; removed when dropped, unless the
+/// list was cleared because the whole set is complete.
+#[derive(Default)]
+struct Published {
+    paths: Vec<PathBuf>,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        for path in self.paths.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// Removes what an earlier build of `name` left under the names this build writes, failed
