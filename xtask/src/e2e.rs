@@ -22,7 +22,8 @@ use crate::project_root;
 const USAGE: &str =
     "usage: cargo xtask e2e nvidia [--open] [--cache-dir DIR] [--output DIR] [--var NAME=VALUE]...";
 
-/// `imgbake`'s exit code when the build's own verify found a problem (outputs are written).
+/// `imgbake`'s exit code when the build's own verify found a problem (the RAW is kept as
+/// `<name>.raw.failed`).
 const VERIFY_FAILED: i32 = 6;
 
 #[derive(Debug, PartialEq)]
@@ -162,12 +163,17 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The one `*.raw` in the build's output directory.
+/// The one `*.raw` in the build's output directory (or `*.raw.failed`, what a build whose own
+/// verify failed leaves).
 fn find_raw(output: &Path) -> Result<PathBuf> {
     let mut raws: Vec<PathBuf> = std::fs::read_dir(output)
         .with_context(|| format!("list {}", output.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "raw"))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".raw") || n.ends_with(".raw.failed"))
+        })
         .collect();
     match raws.len() {
         1 => Ok(raws.remove(0)),

@@ -43,6 +43,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The store's file system is full: the path, the space needed (when known), the space
+    /// free. Nothing half-written is published.
+    #[error(transparent)]
+    NoSpace(#[from] digest::NoSpace),
     /// The store is locked by a running build (for operations that need it to themselves).
     #[error("the checkpoint store {path} is in use by a running build")]
     Busy {
@@ -54,8 +58,19 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl Error {
+    /// The full file system behind this error, if that is what it is.
+    pub fn no_space(&self) -> Option<&digest::NoSpace> {
+        match self {
+            Error::NoSpace(full) => Some(full),
+            _ => None,
+        }
+    }
+}
+
 /// Maps an `io::Error` to this crate's `Error::Io` with what was being done and to which path
-/// (`.map_err(io_err("reading", &path))`). `pipeline::error` has the same helper on purpose: each crate
+/// (`.map_err(io_err("reading", &path))`), or to `Error::NoSpace` when the file system is
+/// full. `pipeline::error` has the same helper on purpose: each crate
 /// builds its own error type, and a shared generic version would need a trait both error
 /// enums implement, more machinery than these eight lines.
 pub(crate) fn io_err(
@@ -63,9 +78,12 @@ pub(crate) fn io_err(
     path: impl Into<PathBuf>,
 ) -> impl FnOnce(io::Error) -> Error {
     let path = path.into();
-    move |source| Error::Io {
-        action,
-        path,
-        source,
+    move |source| match digest::NoSpace::from_io(&path, None, &source) {
+        Some(full) => Error::NoSpace(full),
+        None => Error::Io {
+            action,
+            path,
+            source,
+        },
     }
 }

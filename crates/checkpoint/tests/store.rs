@@ -571,3 +571,66 @@ fn publish_hashed_records_the_given_digest_and_a_wrong_one_is_caught() {
         Lookup::Discarded(Discarded::Corrupt { .. })
     ));
 }
+
+/// Writes a file into `dir` until its file system is full.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = fs::File::create(&path).unwrap();
+    let chunk = vec![0x77u8; 64 << 10];
+    loop {
+        match file.write_all(&chunk).and_then(|()| file.sync_all()) {
+            Ok(()) => {}
+            Err(e) if digest::is_full(&e) => return path,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+}
+
+#[test]
+fn a_full_file_system_publishes_nothing_and_the_same_layer_publishes_once_there_is_room() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    let Some(tmpfs) = test_support::Tmpfs::mount("4m") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    qcow2(&base, None);
+    let store = CheckpointStore::open(&tmpfs.path.join("store")).unwrap();
+    let (root, k1) = (key(0), key(1));
+    let mut lease = store.lease().unwrap();
+    qcow2(&lease.layer_path(&k1), Some(&base));
+    let filler = fill(&tmpfs.path);
+
+    match lease.publish(&request(&k1, None, &root, &base)) {
+        Err(Error::NoSpace(full)) => {
+            assert!(full.path.starts_with(store.root().join("layers")), "{full}");
+            assert!(full.to_string().contains("not enough space for"), "{full}");
+        }
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+    assert_eq!(
+        store.lookup(&k1).unwrap(),
+        Lookup::Miss,
+        "nothing half published"
+    );
+    let records: Vec<String> = fs::read_dir(store.root().join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".json"))
+        .collect();
+    assert!(
+        records.is_empty(),
+        "no record or record temp left: {records:?}"
+    );
+
+    fs::remove_file(filler).unwrap();
+    let layer = lease
+        .publish(&request(&k1, None, &root, &base))
+        .unwrap()
+        .expect("published once there is room");
+    assert_eq!(store.lookup(&k1).unwrap(), Lookup::Hit(layer));
+    lease.finish().unwrap();
+}

@@ -7,6 +7,9 @@
 //!   it), skipping holes by `SEEK_DATA`/`SEEK_HOLE`; [`hash_file`] is the one-call form.
 //! - [`write_atomic`] / [`AtomicFile`]: temp file in the same directory, fsync, rename, fsync of
 //!   the directory: a reader sees the old file or the whole new one, also after a crash.
+//! - [`NoSpace`]: the one "file system full" error (path, bytes needed, bytes free), made by a
+//!   size check before writing ([`ensure_space`]) or from `ENOSPC` while writing
+//!   ([`NoSpace::from_io`]); [`ByteSize`] shows byte counts.
 //!
 //! ```
 //! let d = imgbake_digest::Sha256::of(b"abc");
@@ -20,7 +23,9 @@
 mod atomic;
 mod file;
 mod sha;
+mod space;
 
 pub use atomic::{AtomicFile, fsync_dir, write_atomic};
 pub use file::{HashError, hash_file};
 pub use sha::{BadSha256, CacheKey, Hasher, Sha256};
+pub use space::{ByteSize, NoSpace, ensure_space, free_space, is_full};

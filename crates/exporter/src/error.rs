@@ -76,6 +76,18 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The file system of an output is full, or would be: the path, the space needed, the
+    /// space free.
+    #[error(transparent)]
+    NoSpace(#[from] digest::NoSpace),
+    /// Another build holds the output directory's lock.
+    #[error("the output directory {} is in use by another build ({holder})", dir.display())]
+    OutputBusy {
+        /// The output directory.
+        dir: PathBuf,
+        /// Who holds it, as its lock file says (`pid 1234: imgbake recipe x, since …`).
+        holder: String,
+    },
     /// A background task died.
     #[error("background task for {what} failed")]
     Task {
@@ -89,3 +101,13 @@ pub enum Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The full file system behind this error, if that is what it is.
+    pub fn no_space(&self) -> Option<&digest::NoSpace> {
+        match self {
+            Error::NoSpace(full) => Some(full),
+            _ => None,
+        }
+    }
+}

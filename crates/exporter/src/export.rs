@@ -157,6 +157,8 @@ struct Ctx<'a> {
     cancel: &'a CancellationToken,
     deadline: tokio::time::Instant,
     events: mpsc::UnboundedSender<ExportEvent>,
+    /// The space all outputs together need, when `qemu-img measure` could tell.
+    needed: Option<u64>,
 }
 
 impl Ctx<'_> {
@@ -228,7 +230,7 @@ fn allocated_bytes(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-async fn convert(ctx: &Ctx<'_>, format: ExportFormat) -> Result<PathBuf> {
+async fn convert(ctx: &Ctx<'_>, format: ExportFormat) -> Result<Converted> {
     let started = Instant::now();
     let stage = Stage::Convert(format);
     ctx.emit(ExportEvent::Started { stage });
@@ -251,7 +253,7 @@ async fn convert(ctx: &Ctx<'_>, format: ExportFormat) -> Result<PathBuf> {
             let _ = events.send(ExportEvent::Progress { stage, percent });
         }
     };
-    process::run(
+    let ran = process::run(
         &ctx.req.qemu_img,
         &args,
         ctx.cancel,
@@ -260,21 +262,31 @@ async fn convert(ctx: &Ctx<'_>, format: ExportFormat) -> Result<PathBuf> {
         &final_path,
         &[],
     )
-    .await?;
-    std::fs::rename(&tmp, &final_path).map_err(|source| Error::Write {
-        path: final_path.clone(),
-        source,
-    })?;
-    std::mem::forget(guard);
+    .await;
+    if let Err(e) = ran {
+        // The partial file goes first, so the free space in the error is what is really free.
+        drop(guard);
+        return Err(crate::no_space_from_tool(e, &final_path, ctx.needed));
+    }
     ctx.emit(ExportEvent::Finished {
         stage,
         elapsed: started.elapsed(),
     });
-    Ok(final_path)
+    Ok(Converted {
+        temp: guard,
+        target: final_path,
+    })
+}
+
+/// A converted output under its temp name (removed when dropped, unless taken).
+struct Converted {
+    temp: TempGuard,
+    target: PathBuf,
 }
 
 /// Hashes `path` on a blocking thread, forwarding progress as events.
-async fn hash(ctx: &Ctx<'_>, format: ExportFormat, path: PathBuf) -> Result<ExportedFile> {
+async fn hash(ctx: &Ctx<'_>, format: ExportFormat, mut converted: Converted) -> Result<Staged> {
+    let path = converted.temp.0.clone().unwrap_or_default();
     let started = Instant::now();
     let stage = Stage::Hash(format);
     ctx.emit(ExportEvent::Started { stage });
@@ -314,57 +326,28 @@ async fn hash(ctx: &Ctx<'_>, format: ExportFormat, path: PathBuf) -> Result<Expo
                 source,
             },
         })?;
-    Ok(ExportedFile {
-        format,
-        allocated: allocated_bytes(&path),
-        path,
-        size,
-        sha256,
+    Ok(Staged {
+        file: ExportedFile {
+            format,
+            allocated: allocated_bytes(&path),
+            path: converted.target,
+            size,
+            sha256,
+        },
+        temp: converted.temp.0.take(),
     })
 }
 
-/// Exports `req.source`: `qemu-img check`, convert to sparse RAW, then (while the RAW is
-/// hashed) to compressed qcow2 if asked, hash, and write `SHA256SUMS`. Outputs appear under
-/// their final names only when complete. Events go to `events` (dropped if the receiver is
-/// gone). On cancel the running `qemu-img` is killed and partial files removed.
+/// Exports `req.source` ([`export_staged`]) and gives the outputs their final names at once
+/// ([`StagedExport::publish`]), then writes `SHA256SUMS`: for callers that verify nothing in
+/// between (`imgbake export`). Events go to `events` (dropped if the receiver is gone). On
+/// cancel the running `qemu-img` is killed and partial files removed.
 pub async fn export(
     req: &ExportRequest,
     events: mpsc::UnboundedSender<ExportEvent>,
     cancel: &CancellationToken,
 ) -> Result<ExportOutput> {
-    std::fs::create_dir_all(&req.output_dir).map_err(|source| Error::Write {
-        path: req.output_dir.clone(),
-        source,
-    })?;
-    let ctx = Ctx {
-        req,
-        cancel,
-        deadline: tokio::time::Instant::now() + req.timeout,
-        events,
-    };
-    check_source(&ctx).await?;
-    let mut formats = vec![ExportFormat::Raw];
-    formats.retain(|f| req.formats.contains(f));
-    if req.formats.contains(&ExportFormat::Qcow2) {
-        formats.push(ExportFormat::Qcow2);
-    }
-    let mut files = Vec::new();
-    let mut previous: Option<(ExportFormat, PathBuf)> = None;
-    for format in formats {
-        let converted = match previous.take() {
-            // Hash the previous output while this one converts: two cores, two jobs.
-            Some((pf, pp)) => {
-                let (c, h) = tokio::join!(convert(&ctx, format), hash(&ctx, pf, pp));
-                files.push(h?);
-                c?
-            }
-            None => convert(&ctx, format).await?,
-        };
-        previous = Some((format, converted));
-    }
-    if let Some((pf, pp)) = previous {
-        files.push(hash(&ctx, pf, pp).await?);
-    }
+    let files = export_staged(req, events, cancel).await?.publish().await?;
     let entries: Vec<(String, Sha256)> = files
         .iter()
         .map(|f| {
@@ -378,6 +361,171 @@ pub async fn export(
         .collect();
     let sha256sums = write_sha256sums(&req.output_dir, &entries)?;
     Ok(ExportOutput { files, sha256sums })
+}
+
+/// `qemu-img check`, a free-space check (what `qemu-img measure` says the data needs, once
+/// per format), conversion to sparse RAW, then (while the RAW is hashed) to compressed qcow2
+/// if asked, and hashing. The outputs stay under hidden temp names in `req.output_dir` until
+/// [`StagedExport::publish`] (or [`StagedExport::set_aside`] for an image that failed its
+/// verification); dropped, they are removed. A full file system gives [`Error::NoSpace`]
+/// (before converting, when the sizes are known) and leaves nothing behind.
+pub async fn export_staged(
+    req: &ExportRequest,
+    events: mpsc::UnboundedSender<ExportEvent>,
+    cancel: &CancellationToken,
+) -> Result<StagedExport> {
+    std::fs::create_dir_all(&req.output_dir).map_err(|source| Error::Write {
+        path: req.output_dir.clone(),
+        source,
+    })?;
+    let mut formats = vec![ExportFormat::Raw];
+    formats.retain(|f| req.formats.contains(f));
+    if req.formats.contains(&ExportFormat::Qcow2) {
+        formats.push(ExportFormat::Qcow2);
+    }
+    let mut ctx = Ctx {
+        req,
+        cancel,
+        deadline: tokio::time::Instant::now() + req.timeout,
+        events,
+        needed: None,
+    };
+    check_source(&ctx).await?;
+    // A compressed qcow2 is at most about the data's size: counting it in full keeps the check
+    // on the safe side.
+    let data = measure(&req.qemu_img, &req.source, cancel).await?;
+    ctx.needed = data.map(|d| d.saturating_mul(formats.len() as u64));
+    if let Some(needed) = ctx.needed {
+        digest::ensure_space(&req.output_dir, needed)?;
+    }
+    let mut staged = StagedExport { files: Vec::new() };
+    let mut previous: Option<(ExportFormat, Converted)> = None;
+    for format in formats {
+        let converted = match previous.take() {
+            // Hash the previous output while this one converts: two cores, two jobs.
+            Some((pf, pp)) => {
+                let (c, h) = tokio::join!(convert(&ctx, format), hash(&ctx, pf, pp));
+                // On either error every temp file goes: `staged` and `c`'s guard remove theirs.
+                staged.files.push(h?);
+                c?
+            }
+            None => convert(&ctx, format).await?,
+        };
+        previous = Some((format, converted));
+    }
+    if let Some((pf, pp)) = previous {
+        staged.files.push(hash(&ctx, pf, pp).await?);
+    }
+    Ok(staged)
+}
+
+/// The bytes the data of `source` (and its backing chain) takes, as `qemu-img measure` reports
+/// for a qcow2 holding it: an upper bound for a sparse RAW of it. `None` when `qemu-img` cannot
+/// tell (then only an `ENOSPC` while writing reports a full disk).
+pub async fn measure(
+    qemu_img: &Path,
+    source: &Path,
+    cancel: &CancellationToken,
+) -> Result<Option<u64>> {
+    #[derive(Deserialize)]
+    struct Measure {
+        required: u64,
+    }
+    let args: Vec<OsString> = vec![
+        "measure".into(),
+        "--output=json".into(),
+        "-O".into(),
+        "qcow2".into(),
+        source.into(),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    match process::run(qemu_img, &args, cancel, deadline, &mut |_| {}, source, &[]).await {
+        Ok((_, out)) => Ok(serde_json::from_str::<Measure>(&out)
+            .ok()
+            .map(|m| m.required)),
+        Err(e @ Error::Cancelled { .. }) => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
+/// One output under its temp name; `temp` is `None` once it has been renamed.
+#[derive(Debug)]
+struct Staged {
+    file: ExportedFile,
+    temp: Option<PathBuf>,
+}
+
+/// The outputs of [`export_staged`]: complete, hashed, still under hidden temp names beside
+/// their final names. Dropped without [`StagedExport::publish`] or [`StagedExport::set_aside`],
+/// the temp files are removed.
+#[derive(Debug)]
+pub struct StagedExport {
+    files: Vec<Staged>,
+}
+
+impl StagedExport {
+    /// The outputs, RAW first; `path` is the final name each gets from [`StagedExport::publish`].
+    pub fn files(&self) -> impl Iterator<Item = &ExportedFile> {
+        self.files.iter().map(|s| &s.file)
+    }
+
+    /// Where the output of `format` is now (its temp name): what to verify before publishing.
+    pub fn temp_path(&self, format: ExportFormat) -> Option<&Path> {
+        self.files
+            .iter()
+            .find(|s| s.file.format == format)
+            .and_then(|s| s.temp.as_deref())
+    }
+
+    /// Gives each output its final name: fsync of the file, rename, fsync of the directory.
+    pub async fn publish(self) -> Result<Vec<ExportedFile>> {
+        self.rename_all(None).await
+    }
+
+    /// Renames each output to `<final name>.<suffix>` (fsynced as [`StagedExport::publish`]
+    /// does), for an image that must not look publishable (`failed`: it failed verification).
+    /// Returns the outputs with their new paths.
+    pub async fn set_aside(self, suffix: &str) -> Result<Vec<ExportedFile>> {
+        self.rename_all(Some(suffix.to_owned())).await
+    }
+
+    async fn rename_all(mut self, suffix: Option<String>) -> Result<Vec<ExportedFile>> {
+        tokio::task::spawn_blocking(move || {
+            let mut done = Vec::new();
+            for staged in &mut self.files {
+                let mut file = staged.file.clone();
+                if let Some(suffix) = &suffix {
+                    let mut name = file.path.clone().into_os_string();
+                    name.push(format!(".{suffix}"));
+                    file.path = name.into();
+                }
+                if let Some(temp) = &staged.temp {
+                    crate::persist(temp, &file.path)?;
+                    staged.temp = None;
+                    // Written back now: the blocks the file really takes.
+                    file.allocated = allocated_bytes(&file.path);
+                    staged.file.allocated = file.allocated;
+                }
+                done.push(file);
+            }
+            Ok(done)
+        })
+        .await
+        .map_err(|source| Error::Task {
+            what: "renaming the outputs",
+            source,
+        })?
+    }
+}
+
+impl Drop for StagedExport {
+    fn drop(&mut self) {
+        for staged in &mut self.files {
+            if let Some(temp) = staged.temp.take() {
+                let _ = std::fs::remove_file(temp);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

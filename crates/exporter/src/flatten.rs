@@ -37,10 +37,19 @@ impl FlattenRequest {
 
 /// Writes `req.target`, a qcow2 without backing file holding what `req.source` (and its
 /// backing chain) reads as. Uncompressed, so it stays fast to boot from and to layer on.
-/// Writes through a hidden temp name in the target's directory, renamed when complete; on
+/// Checks the free space first (`qemu-img measure`; [`Error::NoSpace`] when short), writes
+/// through a hidden temp name in the target's directory, fsynced and renamed when complete; on
 /// cancel ([`Error::Cancelled`]), deadline or failure `qemu-img` is killed and the temp file
 /// removed.
 pub async fn flatten(req: &FlattenRequest, cancel: &CancellationToken) -> Result<PathBuf> {
+    let needed = crate::measure(&req.qemu_img, &req.source, cancel).await?;
+    if let Some(needed) = needed {
+        let dir = match req.target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        digest::ensure_space(dir, needed)?;
+    }
     let tmp = crate::partial_path(&req.target)?;
     let guard = TempGuard(Some(tmp.clone()));
     let args: Vec<OsString> = vec![
@@ -50,7 +59,7 @@ pub async fn flatten(req: &FlattenRequest, cancel: &CancellationToken) -> Result
         req.source.clone().into(),
         tmp.clone().into(),
     ];
-    process::run(
+    let ran = process::run(
         &req.qemu_img,
         &args,
         cancel,
@@ -59,11 +68,19 @@ pub async fn flatten(req: &FlattenRequest, cancel: &CancellationToken) -> Result
         &req.target,
         &[],
     )
-    .await?;
-    std::fs::rename(&tmp, &req.target).map_err(|source| Error::Write {
-        path: req.target.clone(),
-        source,
-    })?;
+    .await;
+    if let Err(e) = ran {
+        drop(guard);
+        return Err(crate::no_space_from_tool(e, &req.target, needed));
+    }
+    let target = req.target.clone();
+    let persisted = tokio::task::spawn_blocking(move || crate::persist(&tmp, &target))
+        .await
+        .map_err(|source| Error::Task {
+            what: "renaming the flattened qcow2",
+            source,
+        })?;
+    persisted?;
     std::mem::forget(guard);
     Ok(req.target.clone())
 }

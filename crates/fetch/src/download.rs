@@ -196,6 +196,12 @@ impl Job<'_> {
             _ => return Err(no_progress(Failure::from_status(self.url, status))),
         };
 
+        // The rest of the image must fit beside what is already there; checked before the
+        // partial download is touched, so a rerun with room resumes it.
+        if let Some(total) = total {
+            digest::ensure_space(&self.files.part, total.saturating_sub(start))
+                .map_err(|e| no_progress(Failure::fatal(e.into())))?;
+        }
         let record = PartRecord {
             url_sha256: self.url_sha256.clone(),
             validator: validator(response.headers()),
@@ -262,10 +268,12 @@ impl Job<'_> {
         let file = written.map_err(|e| {
             // The file and hash may now disagree: start over next time.
             state.position = u64::MAX;
-            (
-                Failure::fatal(Error::cache_io("write", &self.files.part)(e)),
-                progressed,
-            )
+            let needed = total.map(|t| t.saturating_sub(start));
+            let error = match digest::NoSpace::from_io(&self.files.part, needed, &e) {
+                Some(full) => Error::NoSpace(full),
+                None => Error::cache_io("write", &self.files.part)(e),
+            };
+            (Failure::fatal(error), progressed)
         })?;
         streamed.map_err(|f| (f, progressed))?;
         if let Some(total) = total

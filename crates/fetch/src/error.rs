@@ -172,6 +172,11 @@ pub enum Error {
         recorded: u64,
     },
 
+    /// The cache's file system is full, or would be: the path, the space needed, the space
+    /// free. A partial download is kept for resuming once there is room.
+    #[error(transparent)]
+    NoSpace(#[from] digest::NoSpace),
+
     /// The fetch was cancelled. A partial download is kept for resuming.
     #[error("fetch cancelled")]
     Cancelled,
@@ -181,15 +186,26 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The full file system behind this error, if that is what it is.
+    pub fn no_space(&self) -> Option<&digest::NoSpace> {
+        match self {
+            Error::NoSpace(full) => Some(full),
+            _ => None,
+        }
+    }
+
     pub(crate) fn cache_io(
         action: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Error::CacheIo {
-            action,
-            path,
-            source,
+        move |source| match digest::NoSpace::from_io(&path, None, &source) {
+            Some(full) => Error::NoSpace(full),
+            None => Error::CacheIo {
+                action,
+                path,
+                source,
+            },
         }
     }
 }

@@ -192,10 +192,7 @@ pub fn print_summary(summary: &BakeSummary, out: Output) {
     let _ = writeln!(
         err,
         "  offline verification: {verdict} (imgbake verify {} for details)",
-        summary
-            .output_dir
-            .join(format!("{}.raw", summary.run.recipe))
-            .display()
+        summary.raw.display()
     );
     if let Some(test) = &summary.test {
         let verdict = if test.passed {
@@ -206,7 +203,9 @@ pub fn print_summary(summary: &BakeSummary, out: Output) {
         let _ = writeln!(err, "  boot test: {verdict}");
         let _ = write_test_table(&mut err, test, paint);
     }
-    for file in std::iter::once(&summary.qcow2).chain(&summary.files) {
+    // A failed image has no final qcow2: only what was written is listed.
+    let qcow2 = summary.verify.passed.then_some(&summary.qcow2);
+    for file in qcow2.into_iter().chain(&summary.files) {
         let _ = writeln!(err, "  {}", file.display());
     }
 }

@@ -67,12 +67,12 @@ macro_rules! exit_status_help {
         concat!(
             "EXIT STATUS:\n",
             "    0  success\n",
-            "    1  an error not listed below (I/O, internal)\n",
+            "    1  an error not listed below (I/O, a full disk, a busy output directory)\n",
             "    2  bad command line or environment (unknown flag, malformed --var, a secret not set)\n",
             "    3  a recipe is invalid (each problem is printed with file:line:col and a fix)\n",
             "    4  a build step failed (its last lines, log and how to resume are printed)\n",
             "    5  the build VM or guest failed (QEMU exited, KVM error, SSH or cloud-init)\n",
-            "    6  the image failed offline verification\n",
+            "    6  the image failed offline verification (kept as <name>.raw.failed)\n",
             "    7  the image failed its boot test (the failed checks are named)\n",
             "  129  stopped by SIGHUP; 130 by Ctrl-C (SIGINT); 143 by SIGTERM (finished steps keep\n",
             "       their checkpoints; a second signal kills QEMU at once)\n",
@@ -158,6 +158,15 @@ impl CliError {
     }
 
     pub fn hint(&self) -> Option<String> {
+        if let Some(full) = self.no_space() {
+            return Some(no_space_hint(full, matches!(self, CliError::Bake(_))));
+        }
+        if let Some((dir, _)) = self.output_busy() {
+            return Some(format!(
+                "wait for that build to finish, or build into another directory with --output DIR (not {})",
+                dir.display()
+            ));
+        }
         match self {
             CliError::Recipe(e) => e.hint(),
             CliError::Bake(e) => bake_hint(e),
@@ -188,6 +197,32 @@ impl CliError {
                 "each FAIL row above says why; fix the recipe's cleanup step (imgbake verify IMAGE shows what the image carries offline) and rebuild".into()
             }),
             CliError::Stdout(_) | CliError::Json(_) | CliError::Runtime(_) => None,
+        }
+    }
+
+    /// The full file system behind this error, from whichever stage met it.
+    pub fn no_space(&self) -> Option<&digest::NoSpace> {
+        match self {
+            CliError::Bake(e) => e.no_space(),
+            CliError::Fetch(e) => e.no_space(),
+            CliError::Export(e) => e.no_space(),
+            _ => None,
+        }
+    }
+
+    /// The output directory another build holds, and who holds it.
+    fn output_busy(&self) -> Option<(&std::path::Path, &str)> {
+        let exporter = match self {
+            CliError::Bake(e) => match &**e {
+                pipeline::Error::OutputDir { source } => source,
+                _ => return None,
+            },
+            CliError::Export(e) => e,
+            _ => return None,
+        };
+        match exporter {
+            exporter::Error::OutputBusy { dir, holder } => Some((dir, holder)),
+            _ => None,
         }
     }
 
@@ -271,6 +306,24 @@ pub fn write_diagnostics(
         }
     }
     Ok(())
+}
+
+/// `try:` for a full file system: how much to free, or where else to write (and, for a
+/// build, that nothing finished is lost).
+fn no_space_hint(full: &digest::NoSpace, build: bool) -> String {
+    let free = match full.shortfall() {
+        Some(n) => format!("free {}", digest::ByteSize(n)),
+        None => "free some space".to_owned(),
+    };
+    let rerun = if build {
+        "; a rerun reuses every finished checkpoint"
+    } else {
+        ""
+    };
+    format!(
+        "{free} on the file system of {}, or use --output/--cache-dir elsewhere{rerun}",
+        full.path.display()
+    )
 }
 
 fn bake_exit_status(err: &pipeline::Error) -> ExitStatus {

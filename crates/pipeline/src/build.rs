@@ -85,8 +85,10 @@ pub struct Cancel {
 pub struct BakeSummary {
     /// The output directory.
     pub output_dir: PathBuf,
-    /// The final qcow2.
+    /// The final qcow2 (not written when the verification failed).
     pub qcow2: PathBuf,
+    /// The RAW that was verified: `<name>.raw`, or `<name>.raw.failed` when it failed.
+    pub raw: PathBuf,
     /// Other files written (raw, SHA256SUMS, manifest, payload, run.json).
     pub files: Vec<PathBuf>,
     /// The run record.
@@ -166,6 +168,16 @@ pub async fn bake(
                 name: name.clone(),
                 recipe: recipe.path.clone(),
             },
+        });
+    }
+
+    // Before anything else, so a second build into the same directory fails at once.
+    let output_lock =
+        exporter::OutputLock::acquire(&request.output_dir, &format!("recipe {}", recipe.name))
+            .map_err(|source| Error::OutputDir { source })?;
+    for stale in output_lock.swept() {
+        events.emit(BakeEvent::Warning {
+            message: format!("removed {}, left by a build that died", stale.display()),
         });
     }
 
@@ -258,7 +270,9 @@ pub async fn bake(
                 run_dir: run_dir.path(),
                 lease: &mut lease,
             };
-            let built = crate::steps::build_in_vm(&mut build, setup).await;
+            let built = crate::steps::build_in_vm(&mut build, setup)
+                .await
+                .map_err(|e| guest_disk_full(e, store.root()));
             // The serial log is worth keeping whatever happened.
             let _ = std::fs::copy(
                 run_dir.path().join("serial.log"),
@@ -271,7 +285,8 @@ pub async fn bake(
     let mut summary =
         crate::outputs::write_outputs(&mut build, &base, &final_image, facts.as_ref()).await?;
     lease.finish()?;
-    if request.test_after_export {
+    // An image that failed verification is not booted: the build fails with exit 6 anyway.
+    if request.test_after_export && summary.verify.passed {
         let test = crate::image_test::ImageTestRequest {
             image: summary.qcow2.clone(),
             recipe: Some(recipe.clone()),
@@ -282,7 +297,28 @@ pub async fn bake(
         summary.test =
             Some(crate::image_test::test_image_with(&test, &build.events, &cancel).await?);
     }
+    output_lock.release();
     Ok(summary)
+}
+
+/// QEMU stops the guest in `io-error` when a write to its disk fails with `ENOSPC` (the
+/// default `werror=enospc`): the disk being written is the top layer in the checkpoint store,
+/// so that file system is full. Said as such, with the store's path and its free space.
+fn guest_disk_full(e: Error, store: &Path) -> Error {
+    match &e {
+        Error::Vm { source }
+            if matches!(
+                **source,
+                qemu_driver::Error::Stopped {
+                    state: qemu_driver::VmState::IoError,
+                    ..
+                }
+            ) =>
+        {
+            Error::NoSpace(digest::NoSpace::now(store.join("layers"), None))
+        }
+        _ => e,
+    }
 }
 
 /// The newest reused layer when it covers every step of the recipe.

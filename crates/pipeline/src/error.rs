@@ -106,6 +106,16 @@ pub enum Error {
         #[source]
         source: exporter::Error,
     },
+    /// The output directory could not be locked (another build holds it) or prepared.
+    #[error("output directory")]
+    OutputDir {
+        /// The cause.
+        #[source]
+        source: exporter::Error,
+    },
+    /// A file system under the output or the cache is full, or would be.
+    #[error(transparent)]
+    NoSpace(#[from] digest::NoSpace),
     /// The offline verification could not read the exported image.
     #[error("verify")]
     Verify {
@@ -129,8 +139,23 @@ pub enum Error {
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl Error {
+    /// The full file system behind this error (the output's or the cache's), wherever in the
+    /// build it was met.
+    pub fn no_space(&self) -> Option<&digest::NoSpace> {
+        match self {
+            Error::NoSpace(full) => Some(full),
+            Error::Export { source } | Error::OutputDir { source } => source.no_space(),
+            Error::Fetch { source } => source.no_space(),
+            Error::Checkpoint { source } => source.no_space(),
+            _ => None,
+        }
+    }
+}
+
 /// Maps an `io::Error` to this crate's `Error::Io` with what was being done and to which path
-/// (`.map_err(io_err("reading", &path))`). `checkpoint::error` has the same helper on purpose: each crate
+/// (`.map_err(io_err("reading", &path))`), or to `Error::NoSpace` when the file system is
+/// full. `checkpoint::error` has the same helper on purpose: each crate
 /// builds its own error type, and a shared generic version would need a trait both error
 /// enums implement, more machinery than these eight lines.
 pub(crate) fn io_err(
@@ -138,10 +163,13 @@ pub(crate) fn io_err(
     path: impl Into<PathBuf>,
 ) -> impl FnOnce(io::Error) -> Error {
     let path = path.into();
-    move |source| Error::Io {
-        action,
-        path,
-        source,
+    move |source| match digest::NoSpace::from_io(&path, None, &source) {
+        Some(full) => Error::NoSpace(full),
+        None => Error::Io {
+            action,
+            path,
+            source,
+        },
     }
 }
 

@@ -1,5 +1,6 @@
 //! The build's deliverables: final qcow2, sparse RAW, SHA256SUMS, manifest, API payload,
-//! run.json — and the offline verification of the RAW.
+//! run.json — and the offline verification of the RAW, done before any of them gets its final
+//! name.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,13 @@ use crate::error::io_err;
 use crate::run::StepStatus;
 use crate::{BakeEvent, Error, Result};
 
-/// Exports `final_image` into the output directory and verifies the RAW offline.
+/// The suffix of an image that failed its offline verification: `<name>.raw.failed`.
+pub(crate) const FAILED_SUFFIX: &str = "failed";
+
+/// Exports `final_image` into the output directory, verifies the RAW offline under its temp
+/// name, and only then gives the outputs their final names (fsynced). An image that fails
+/// verification is left as `<name>.raw.failed` with `<name>.raw.failed.report.json` beside it,
+/// and no SHA256SUMS, manifest or payload; the caller exits 6.
 pub(crate) async fn write_outputs(
     build: &mut Build<'_>,
     base: &fetch::CachedBase,
@@ -24,26 +31,22 @@ pub(crate) async fn write_outputs(
     let cancel = &build.cancel.graceful;
     let name = &recipe.name;
     let compressed_qcow2 = recipe.export.formats.contains(&ExportFormat::Qcow2);
+    let interrupted = |e: exporter::Error| match e {
+        exporter::Error::Cancelled { .. } => Error::Interrupted {
+            last_checkpoint: None,
+        },
+        e => e.into(),
+    };
 
-    // The final qcow2: standalone (the chain flattened), published under its name only when
-    // complete. A recipe that asks for qcow2 gets the exporter's compressed one instead.
-    let qcow2 = dir.join(format!("{name}.qcow2"));
-    if !compressed_qcow2 {
-        events.emit(BakeEvent::Exporting {
-            what: format!("writing {}", qcow2.display()),
-            fraction: None,
-        });
-        exporter::flatten(&exporter::FlattenRequest::new(final_image, &qcow2), cancel)
-            .await
-            .map_err(|e| match e {
-                exporter::Error::Cancelled { .. } => Error::Interrupted {
-                    last_checkpoint: None,
-                },
-                e => e.into(),
-            })?;
-        events.emit(BakeEvent::OutputWritten {
-            path: qcow2.clone(),
-        });
+    // The directory tells one story: the last build's. An earlier build's outputs of this
+    // recipe go before the export starts (which also frees their space for it).
+    remove_previous_outputs(dir, name)?;
+    // RAW plus a qcow2 (flattened, or the exporter's compressed one, at most about as big).
+    let data = exporter::measure(Path::new("qemu-img"), final_image, cancel)
+        .await
+        .map_err(interrupted)?;
+    if let Some(data) = data {
+        digest::ensure_space(dir, data.saturating_mul(2))?;
     }
 
     let mut export = exporter::ExportRequest::new(final_image, dir, name.clone());
@@ -65,45 +68,89 @@ pub(crate) async fn write_outputs(
             }
         })
     };
-    let exported = exporter::export(&export, tx, cancel).await;
+    let staged = exporter::export_staged(&export, tx, cancel).await;
     let _ = forward.await;
-    let exported = exported?;
+    let staged = staged.map_err(interrupted)?;
+    let raw_final = dir.join(format!("{name}.raw"));
+    let Some(raw_temp) = staged
+        .temp_path(exporter::ExportFormat::Raw)
+        .map(Path::to_path_buf)
+    else {
+        return Err(io_err("export", &raw_final)(std::io::Error::other(
+            "the exporter wrote no RAW",
+        )));
+    };
+
+    events.emit(BakeEvent::Exporting {
+        what: format!("verifying {} offline", raw_final.display()),
+        fraction: None,
+    });
+    let expectations = crate::plan::expectations(recipe);
+    let report = tokio::task::spawn_blocking(move || inspect::verify(&raw_temp, &expectations))
+        .await
+        .map_err(|e| io_err("verify", &raw_final)(std::io::Error::other(e)))??;
+
+    let qcow2 = dir.join(format!("{name}.qcow2"));
+    if !report.passed {
+        return set_aside_failed(build, staged, report, qcow2).await;
+    }
+
+    // The final qcow2: standalone (the chain flattened), written once the RAW passed, under a
+    // hidden name until everything is ready. A recipe that asks for qcow2 gets the exporter's
+    // compressed one instead.
+    let mut published = Published::default();
+    let flattened = if compressed_qcow2 {
+        None
+    } else {
+        events.emit(BakeEvent::Exporting {
+            what: format!("writing {}", qcow2.display()),
+            fraction: None,
+        });
+        let hidden = dir.join(format!(".{name}.qcow2.{}.partial", std::process::id()));
+        published.paths.push(hidden.clone());
+        exporter::flatten(&exporter::FlattenRequest::new(final_image, &hidden), cancel)
+            .await
+            .map_err(interrupted)?;
+        let path = hidden.clone();
+        let digest = tokio::task::spawn_blocking(move || digest::hash_file(&path))
+            .await
+            .map_err(|e| io_err("hash", &hidden)(std::io::Error::other(e)))?
+            .map_err(|e| io_err("hash", &hidden)(std::io::Error::other(e)))?;
+        Some((hidden, digest))
+    };
+
+    // From here on every final name given is taken back if a later one fails (a full disk
+    // while writing the manifest, say): a directory with only some of the outputs claims a
+    // build that did not finish.
+    let exported = staged.publish().await?;
+    published
+        .paths
+        .extend(exported.iter().map(|f| f.path.clone()));
     let mut sums: Vec<(String, digest::Sha256)> = exported
-        .files
         .iter()
         .map(|f| (file_name(&f.path), f.sha256))
         .collect();
-    if !compressed_qcow2 {
-        let path = qcow2.clone();
-        let digest = tokio::task::spawn_blocking(move || digest::hash_file(&path))
-            .await
-            .map_err(|e| io_err("hash", &qcow2)(std::io::Error::other(e)))?
-            .map_err(|e| io_err("hash", &qcow2)(std::io::Error::other(e)))?;
+    if let Some((hidden, digest)) = flattened {
+        std::fs::rename(&hidden, &qcow2)
+            .and_then(|()| digest::fsync_dir(dir))
+            .map_err(io_err("rename", &hidden))?;
+        published.paths.push(qcow2.clone());
         sums.push((file_name(&qcow2), digest));
+        events.emit(BakeEvent::OutputWritten {
+            path: qcow2.clone(),
+        });
     }
     let sha256sums = exporter::write_sha256sums(dir, &sums)?;
+    published.paths.push(sha256sums.clone());
     let raw = exported
-        .files
         .iter()
         .find(|f| f.format == exporter::ExportFormat::Raw)
-        .map(|f| f.path.clone())
-        .expect("the exporter always writes RAW");
-    for file in &exported.files {
+        .map_or_else(|| raw_final.clone(), |f| f.path.clone());
+    for file in &exported {
         events.emit(BakeEvent::OutputWritten {
             path: file.path.clone(),
         });
     }
-
-    events.emit(BakeEvent::Exporting {
-        what: format!("verifying {} offline", raw.display()),
-        fraction: None,
-    });
-    let expectations = crate::plan::expectations(recipe);
-    let raw_for_verify = raw.clone();
-    let report =
-        tokio::task::spawn_blocking(move || inspect::verify(&raw_for_verify, &expectations))
-            .await
-            .map_err(|e| io_err("verify", &raw)(std::io::Error::other(e)))??;
 
     let steps = build
         .run
@@ -133,7 +180,8 @@ pub(crate) async fn write_outputs(
     if image_facts.nvidia_driver.is_none() {
         image_facts.nvidia_driver = facts.and_then(|f| f.nvidia_driver.clone());
     }
-    let manifest = exporter::write_manifest(dir, &manifest_input, &exported.files, &image_facts)?;
+    let manifest = exporter::write_manifest(dir, &manifest_input, &exported, &image_facts)?;
+    published.paths.push(manifest.clone());
     let payload_spec = exporter::PayloadSpec {
         name: recipe.payload.name.clone(),
         virtualization: recipe.payload.virtualization.as_str().to_owned(),
@@ -146,22 +194,116 @@ pub(crate) async fn write_outputs(
     // The payload's `gpu` says a driver is in the exported disk: only the offline facts of
     // the RAW count, not what the live guest reported during the build.
     let payload = exporter::write_payload(dir, &payload_spec, &report.facts)?;
+    published.paths.clear();
 
     build.run.guest_cloud_init_finished_uptime_secs =
         crate::timing::cloud_init_finished_uptime(&build.logs_dir.join("serial.log"));
     build.run.total_secs = elapsed_secs(build.began);
     build.save_run();
 
-    let mut files: Vec<PathBuf> = exported.files.iter().map(|f| f.path.clone()).collect();
+    let mut files: Vec<PathBuf> = exported.iter().map(|f| f.path.clone()).collect();
     files.extend([sha256sums, manifest, payload, dir.join("run.json")]);
     Ok(BakeSummary {
         output_dir: dir.clone(),
         qcow2,
+        raw,
         files,
         run: build.run.clone(),
         verify: report,
         test: None,
     })
+}
+
+/// An image that failed verification: renamed to `<name>.raw.failed` (and `.qcow2.failed`),
+/// its report beside it as `<name>.raw.failed.report.json`, `run.json` written. Nothing under a
+/// final name claims it.
+async fn set_aside_failed(
+    build: &mut Build<'_>,
+    staged: exporter::StagedExport,
+    report: inspect::VerifyReport,
+    qcow2: PathBuf,
+) -> Result<BakeSummary> {
+    let dir = build.request.output_dir.clone();
+    let failed = staged.set_aside(FAILED_SUFFIX).await?;
+    let raw = failed
+        .iter()
+        .find(|f| f.format == exporter::ExportFormat::Raw)
+        .map_or_else(
+            || dir.join(format!("{}.raw.{FAILED_SUFFIX}", build.recipe.name)),
+            |f| f.path.clone(),
+        );
+    let mut report_path = raw.clone().into_os_string();
+    report_path.push(".report.json");
+    let report_path = PathBuf::from(report_path);
+    let json = serde_json::to_vec_pretty(&report)
+        .map_err(|e| io_err("encode", &report_path)(std::io::Error::other(e)))?;
+    digest::AtomicFile::create(&report_path)
+        .and_then(|mut f| {
+            f.make_readable()?;
+            std::io::Write::write_all(&mut f, &json)?;
+            f.commit()
+        })
+        .map_err(io_err("write", &report_path))?;
+    for file in &failed {
+        build.events.emit(BakeEvent::OutputWritten {
+            path: file.path.clone(),
+        });
+    }
+    build.run.guest_cloud_init_finished_uptime_secs =
+        crate::timing::cloud_init_finished_uptime(&build.logs_dir.join("serial.log"));
+    build.run.total_secs = elapsed_secs(build.began);
+    build.save_run();
+    let mut files: Vec<PathBuf> = failed.into_iter().map(|f| f.path).collect();
+    files.extend([report_path, dir.join("run.json")]);
+    Ok(BakeSummary {
+        output_dir: dir,
+        qcow2,
+        raw,
+        files,
+        run: build.run.clone(),
+        verify: report,
+        test: None,
+    })
+}
+
+/// Outputs given their final names (or hidden ones) so far; removed when dropped, unless the
+/// list was cleared because the whole set is complete.
+#[derive(Default)]
+struct Published {
+    paths: Vec<PathBuf>,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        for path in self.paths.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Removes what an earlier build of `name` left under the names this build writes, failed
+/// images included.
+fn remove_previous_outputs(dir: &Path, name: &str) -> Result<()> {
+    let failed = |ext: &str| format!("{name}.{ext}.{FAILED_SUFFIX}");
+    let names = [
+        format!("{name}.raw"),
+        format!("{name}.qcow2"),
+        failed("raw"),
+        failed("qcow2"),
+        format!("{}.report.json", failed("raw")),
+        "SHA256SUMS".to_owned(),
+        "manifest.json".to_owned(),
+        "api-payload.json".to_owned(),
+    ];
+    for name in names {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &path)(e)),
+        }
+    }
+    Ok(())
 }
 
 fn file_name(path: &Path) -> String {

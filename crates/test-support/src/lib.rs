@@ -3,7 +3,8 @@
 //! Tests that need a real tool (`qemu-system-x86_64`, `sshd`, `qemu-img`, …) or the fixture
 //! guest call [`require_tool`] / [`fixture_image`] first. When the thing is missing the test
 //! prints `SKIPPED: …` and returns early — unless `IMGBAKE_REQUIRE_TOOLS=1` is set (CI sets it),
-//! in which case the test fails, so CI can never pass by skipping.
+//! in which case the test fails, so CI can never pass by skipping. [`Tmpfs`] mounts a small
+//! file system (root only, skipped the same way) for tests of full disks.
 //!
 //! ```no_run
 //! if !test_support::require_tool("qemu-img") {
@@ -123,4 +124,62 @@ pub fn nvidia_bytes() -> Option<PathBuf> {
     }
     eprintln!("SKIPPED: {what}");
     None
+}
+
+/// A tmpfs of a given size mounted on a fresh directory, for tests of full file systems;
+/// unmounted when dropped.
+pub struct Tmpfs {
+    _dir: tempfile::TempDir,
+    /// The mount point.
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`8m`). Mounting needs root: otherwise `SKIPPED` and `None`,
+    /// or a panic under `IMGBAKE_REQUIRE_TOOLS=1` (CI runs the tests as root).
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        if !root {
+            skip_or_fail("mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("make a mount point");
+        let path = dir.path().join("fs");
+        std::fs::create_dir(&path).expect("make a mount point");
+        mount(
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            &path,
+        );
+        Some(Tmpfs { _dir: dir, path })
+    }
+
+    /// Gives the file system `size` in all, as a person freeing space would: same path, more room.
+    pub fn grow(&self, size: &str) {
+        mount(&["-o", &format!("remount,size={size}")], &self.path);
+    }
+}
+
+fn mount(args: &[&str], path: &Path) {
+    let out = std::process::Command::new("mount")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "mount {args:?} {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .output();
+    }
 }

@@ -13,7 +13,9 @@ const LONG_ABOUT: &str = "\
 Export a disk image: `qemu-img check`, then `qemu-img convert` to a sparse RAW (and, with \
 --format qcow2, a compressed qcow2), each written under a temporary name and renamed when \
 complete, then SHA256SUMS (checkable with `sha256sum -c`). Ctrl-C stops qemu-img and removes \
-the partial file.";
+the partial file. The free space is checked first (`qemu-img measure`); a full file system \
+fails naming the path, the space needed and the space free, and leaves nothing behind. The \
+output directory is locked (`.imgbake.lock`) while the export runs.";
 
 const AFTER_HELP: &str = concat!(
     "EXAMPLES:\n",
@@ -75,6 +77,8 @@ pub fn run(args: &ExportArgs, _out: &Output) -> Result<ExitStatus, CliError> {
             FormatArg::Qcow2 => ExportFormat::Qcow2,
         })
         .collect();
+    // One writer per directory: a build or another export there fails at once.
+    let lock = exporter::OutputLock::acquire(&args.output, "export").map_err(CliError::Export)?;
     let runtime = super::runtime()?;
     let result = runtime.block_on(async {
         let signals = crate::signals::Signals::listen(crate::signals::announce_nothing);
@@ -103,6 +107,7 @@ pub fn run(args: &ExportArgs, _out: &Output) -> Result<ExitStatus, CliError> {
         let _ = printer.await;
         result
     });
+    lock.release();
     match result {
         Err(e) => Err(CliError::Export(e)),
         Ok(output) => {
