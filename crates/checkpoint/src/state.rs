@@ -112,6 +112,15 @@ impl CheckpointStore {
         Ok(Some(SavedState { path, meta }))
     }
 
+    /// How many states are published for `layer` (whatever machine they need).
+    pub fn states_of(&self, layer: &CacheKey) -> Result<usize> {
+        Ok(self
+            .state_records()
+            .iter()
+            .filter(|m| m.layer == *layer)
+            .count())
+    }
+
     /// Allocated bytes of the states of `layer`.
     pub(crate) fn state_allocated(&self, layer: &CacheKey) -> u64 {
         self.state_records()

@@ -473,7 +473,8 @@ impl RunLease<'_> {
         &self.run
     }
 
-    pub(crate) fn store(&self) -> &CheckpointStore {
+    /// The store this lease is on.
+    pub fn store(&self) -> &CheckpointStore {
         self.store
     }
 
