@@ -5,7 +5,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -222,6 +222,10 @@ impl RunLease<'_> {
             source,
         })?;
         let dir = store.states_dir();
+        // Guest RAM holds whatever the steps had in memory (secrets included): owner only, as
+        // the layers.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(io_err("chmod", &path))?;
         fs::File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(io_err("sync", &path))?;

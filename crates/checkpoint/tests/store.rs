@@ -615,6 +615,9 @@ fn a_vm_state_is_published_with_its_layer_counted_and_removed_with_it() {
             .unwrap()
             .expect("published");
         assert_eq!(saved.meta.layer, k1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&saved.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a published state must be private");
         assert_eq!(saved.meta.size, 10_000);
         assert_eq!(store.lookup_state(&s1).unwrap(), Some(saved.clone()));
         // Publishing the same key again publishes nothing new and keeps the published file.

@@ -21,6 +21,11 @@ use crate::{BakeEvent, Error, Result};
 /// How many random bytes the restored guest's pool gets mixed in.
 const ENTROPY_BYTES: usize = 64;
 
+/// How long a restored guest gets to answer SSH. Its sshd is already listening, so this is
+/// seconds even under a loaded TCG host; a guest that does not answer by then is better booted
+/// than waited for (a boot's own timeout, `vm.boot_timeout`, is minutes).
+pub(crate) const RESTORE_SSH_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// What saving and restoring states needs to know about this host's QEMU, probed once per
 /// build.
 #[derive(Clone, Debug)]

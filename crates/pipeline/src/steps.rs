@@ -424,7 +424,11 @@ async fn try_restore(build: &Build<'_>, from: RestoreFrom<'_>) -> Option<Guest> 
         state: state.path.clone(),
         step_id: from.layer.meta.step_id.clone(),
         keys: from.keys.clone(),
-        timeout: build.recipe.vm.boot_timeout,
+        timeout: build
+            .recipe
+            .vm
+            .boot_timeout
+            .min(crate::resume::RESTORE_SSH_TIMEOUT),
     };
     match crate::resume::restore(request, &build.events, &build.cancel.graceful).await {
         Ok(guest) => Some(guest),
