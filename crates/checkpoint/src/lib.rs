@@ -11,6 +11,9 @@
 //!   publishes them ([`RunLease::publish`]) and ends with [`RunLease::finish`].
 //! - [`CacheKey`] (the workspace's `digest::CacheKey`) and [`LayerMeta`]: a checkpoint's
 //!   identity and its record.
+//! - [`SavedState`] / [`StateMeta`]: a saved VM state (RAM and devices) stored next to its
+//!   layer under its own key ([`RunLease::publish_state`], [`CheckpointStore::lookup_state`]),
+//!   counted with the layer and removed with it.
 //! - [`ChainSecrets`]: the files a chain needs to be resumed (its SSH keys), kept private
 //!   (dir 0700, files 0600) and created once per chain ([`CheckpointStore::chain_secrets`]).
 //! - [`GcPolicy`] → [`GcPlan`] ([`CheckpointStore::gc_plan`]): what gc would remove and the
@@ -36,6 +39,7 @@
 mod error;
 mod layer;
 mod secrets;
+mod state;
 mod store;
 mod usage;
 
@@ -44,5 +48,6 @@ pub use digest::{CacheKey, Sha256};
 pub use error::{Error, Result};
 pub use layer::{Discarded, Layer, LayerMeta, Lookup};
 pub use secrets::{ChainSecrets, SecretFiles};
+pub use state::{SavedState, StateMeta, StatePublish};
 pub use store::{CheckpointStore, PublishRequest, RunLease};
 pub use usage::{GcPlan, GcPolicy, LayerInfo, StoreUsage};

@@ -16,6 +16,8 @@ use crate::{ChainSecrets, Discarded, Error, Layer, LayerMeta, Lookup, Result};
 /// lock                      shared by running builds, exclusive for gc / rm
 /// layers/<key>.<run>.qcow2  a layer file (in progress until its record exists)
 /// layers/<key>.json         the record that publishes a layer
+/// states/<state key>.<run>.zst  a saved VM state (see `state.rs`), published by
+/// states/<state key>.json   its record; removed with its layer
 /// chains/<root key>/        files a chain needs to be resumable (the SSH keys)
 /// runs/<run>.lock           held by a live build; lets a sweep tell its files from a dead one's
 /// ```
@@ -60,6 +62,7 @@ impl CheckpointStore {
         for dir in [
             root.to_path_buf(),
             root.join("layers"),
+            root.join("states"),
             root.join("chains"),
             root.join("runs"),
         ] {
@@ -138,6 +141,7 @@ impl CheckpointStore {
                 file: entry.path(),
             });
         }
+        self.sweep_incomplete_states(|run| self.run_is_live(run))?;
         self.sweep_dead_runs()?;
         Ok(discarded)
     }
@@ -330,6 +334,8 @@ impl CheckpointStore {
     }
 
     pub(crate) fn unpublish(&self, key: &CacheKey, file: Option<&Path>) -> Result<()> {
+        // A state without its layer can never be restored: it goes first.
+        self.remove_states_of(key)?;
         for path in [Some(self.record_path(key).as_path()), file]
             .into_iter()
             .flatten()
@@ -366,13 +372,14 @@ impl CheckpointStore {
             lock_path: path,
             lock: Some(lock),
             published: Vec::new(),
+            published_states: Vec::new(),
             diverged: false,
         })
     }
 }
 
 /// `.<64 hex>.<run>.json.tmp` (a record being published) → run.
-fn parse_record_temp_name(name: &str) -> Option<&str> {
+pub(crate) fn parse_record_temp_name(name: &str) -> Option<&str> {
     let stem = name.strip_prefix('.')?.strip_suffix(".json.tmp")?;
     let (key, run) = stem.split_once('.')?;
     (key.len() == 64 && !run.is_empty() && !run.contains('.')).then_some(run)
@@ -434,6 +441,8 @@ pub struct RunLease<'a> {
     /// The run lock; `None` once [`RunLease::finish`] released it.
     lock: Option<File>,
     published: Vec<PathBuf>,
+    /// State files this run published.
+    pub(crate) published_states: Vec<PathBuf>,
     /// Set once another build won a publish race: this run's later layers chain to a file that
     /// will never be published, so they must not be published either.
     diverged: bool,
@@ -462,6 +471,11 @@ impl RunLease<'_> {
     /// This run's id.
     pub fn run_id(&self) -> &str {
         &self.run
+    }
+
+    /// The store this lease is on.
+    pub fn store(&self) -> &CheckpointStore {
+        self.store
     }
 
     /// Where this run writes the layer for `key` (and what the next overlay names as backing).
@@ -565,14 +579,26 @@ impl RunLease<'_> {
     }
 
     fn remove_unpublished(&self) -> Result<()> {
-        let dir = self.store.layers_dir();
-        let suffix = format!(".{}.qcow2", self.run);
+        let layers = self.remove_unpublished_in(
+            &self.store.layers_dir(),
+            &format!(".{}.qcow2", self.run),
+            &self.published,
+        );
+        let states = self.remove_unpublished_in(
+            &self.store.states_dir(),
+            &format!(".{}.zst", self.run),
+            &self.published_states,
+        );
+        layers.and(states)
+    }
+
+    fn remove_unpublished_in(&self, dir: &Path, suffix: &str, published: &[PathBuf]) -> Result<()> {
         let mut first_error = None;
-        for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))? {
-            let entry = entry.map_err(io_err("read", &dir))?;
+        for entry in fs::read_dir(dir).map_err(io_err("read", dir))? {
+            let entry = entry.map_err(io_err("read", dir))?;
             let path = entry.path();
-            let ours = entry.file_name().to_string_lossy().ends_with(&suffix);
-            if ours && !self.published.contains(&path) {
+            let ours = entry.file_name().to_string_lossy().ends_with(suffix);
+            if ours && !published.contains(&path) {
                 match fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -603,7 +629,7 @@ impl RunLease<'_> {
 }
 
 /// A temp file removed when dropped (its contents live on under the name it was linked to).
-struct TempName(PathBuf);
+pub(crate) struct TempName(pub(crate) PathBuf);
 
 impl Drop for TempName {
     fn drop(&mut self) {

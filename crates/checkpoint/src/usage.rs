@@ -17,8 +17,11 @@ pub struct LayerInfo {
     pub meta: LayerMeta,
     /// The layer file.
     pub path: PathBuf,
-    /// Bytes really allocated on disk (sparse files and holes count as nothing).
+    /// Bytes really allocated on disk (sparse files and holes count as nothing), the layer's
+    /// saved VM states included.
     pub allocated: u64,
+    /// Of which the saved VM states (0: none).
+    pub state_allocated: u64,
     /// Age in seconds.
     pub age_secs: u64,
 }
@@ -29,6 +32,8 @@ pub struct LayerInfo {
 pub struct StoreUsage {
     /// Published layers.
     pub layers: usize,
+    /// Published VM states.
+    pub states: usize,
     /// Allocated bytes of all files in the store.
     pub allocated: u64,
     /// Sum of apparent sizes.
@@ -78,12 +83,14 @@ impl CheckpointStore {
                 continue;
             };
             let path = dir.join(&meta.file);
-            let allocated = fs::metadata(&path).map_or(0, |m| m.blocks() * 512);
+            let state_allocated = self.state_allocated(&meta.key);
+            let allocated = fs::metadata(&path).map_or(0, |m| m.blocks() * 512) + state_allocated;
             let age_secs = now.saturating_sub(meta.created_unix);
             out.push(LayerInfo {
                 meta,
                 path,
                 allocated,
+                state_allocated,
                 age_secs,
             });
         }
@@ -97,13 +104,15 @@ impl CheckpointStore {
     pub fn usage(&self) -> Result<StoreUsage> {
         let mut usage = StoreUsage {
             layers: self.list()?.len(),
+            states: self.state_records().len(),
             ..StoreUsage::default()
         };
-        let dir = self.layers_dir();
-        for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))?.flatten() {
-            if let Ok(meta) = entry.metadata() {
-                usage.allocated += meta.blocks() * 512;
-                usage.apparent += meta.len();
+        for dir in [self.layers_dir(), self.states_dir()] {
+            for entry in fs::read_dir(&dir).map_err(io_err("read", &dir))?.flatten() {
+                if let Ok(meta) = entry.metadata() {
+                    usage.allocated += meta.blocks() * 512;
+                    usage.apparent += meta.len();
+                }
             }
         }
         Ok(usage)

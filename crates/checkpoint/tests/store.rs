@@ -572,6 +572,163 @@ fn publish_hashed_records_the_given_digest_and_a_wrong_one_is_caught() {
     ));
 }
 
+fn state_request<'a>(key: &'a CacheKey, layer: &'a CacheKey) -> checkpoint::StatePublish<'a> {
+    checkpoint::StatePublish {
+        key,
+        layer,
+        machine: "QEMU 7.2, pc, max, 1 GiB",
+    }
+}
+
+#[test]
+fn a_vm_state_is_published_with_its_layer_counted_and_removed_with_it() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    qcow2(&base, None);
+    let store_dir = dir.path().join("store");
+    let (root, k1, k2, s1, s2) = (key(0), key(1), key(2), key(101), key(102));
+    {
+        let store = CheckpointStore::open(&store_dir).unwrap();
+        let mut lease = store.lease().unwrap();
+        qcow2(&lease.layer_path(&k1), Some(&base));
+        // A state whose layer is not published (yet) is never published: it is thrown away.
+        fs::write(lease.state_path(&s1), b"too early").unwrap();
+        assert!(
+            lease
+                .publish_state(&state_request(&s1, &k1))
+                .unwrap()
+                .is_none()
+        );
+        assert!(!lease.state_path(&s1).exists());
+        assert!(store.lookup_state(&s1).unwrap().is_none());
+
+        lease
+            .publish(&request(&k1, None, &root, &base))
+            .unwrap()
+            .unwrap();
+        fs::write(lease.state_path(&s1), vec![7u8; 10_000]).unwrap();
+        let saved = lease
+            .publish_state(&state_request(&s1, &k1))
+            .unwrap()
+            .expect("published");
+        assert_eq!(saved.meta.layer, k1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&saved.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a published state must be private");
+        assert_eq!(saved.meta.size, 10_000);
+        assert_eq!(store.lookup_state(&s1).unwrap(), Some(saved.clone()));
+        // Publishing the same key again publishes nothing new and keeps the published file.
+        assert!(
+            lease
+                .publish_state(&state_request(&s1, &k1))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.lookup_state(&s1).unwrap(), Some(saved.clone()));
+
+        // Step 2's layer and state, backed by step 1.
+        let l1 = lease.layer_path(&k1);
+        qcow2(&lease.layer_path(&k2), Some(&l1));
+        let mut req2 = request(&k2, Some(&k1), &root, &l1);
+        req2.step_id = "02";
+        lease.publish(&req2).unwrap().unwrap();
+        fs::write(lease.state_path(&s2), vec![9u8; 5_000]).unwrap();
+        lease
+            .publish_state(&state_request(&s2, &k2))
+            .unwrap()
+            .unwrap();
+
+        // An unpublished state file of this run goes when the lease ends.
+        let stray = lease.state_path(&key(103));
+        fs::write(&stray, b"unpublished").unwrap();
+        lease.finish().unwrap();
+        assert!(!stray.exists(), "finish left an unpublished state");
+        assert!(saved.path.exists(), "finish removed a published state");
+
+        let usage = store.usage().unwrap();
+        assert_eq!((usage.layers, usage.states), (2, 2));
+        let listed = store.list().unwrap();
+        let of = |k: &CacheKey| listed.iter().find(|l| l.meta.key == *k).unwrap().clone();
+        assert!(of(&k1).state_allocated > 0 && of(&k1).allocated > of(&k1).state_allocated);
+        assert!(of(&k2).state_allocated > 0);
+    }
+
+    // A state whose file was cut short is never offered, and is removed.
+    {
+        let store = CheckpointStore::open(&store_dir).unwrap();
+        let s2_path = store.lookup_state(&s2).unwrap().unwrap().path;
+        fs::write(&s2_path, b"short").unwrap();
+        assert!(store.lookup_state(&s2).unwrap().is_none());
+        assert!(!s2_path.exists());
+    }
+
+    // gc of step 1 takes step 2 (backed by it) and both their states.
+    let store = CheckpointStore::open_exclusive(&store_dir).unwrap();
+    let s1_path = store.lookup_state(&s1).unwrap().unwrap().path;
+    let policy = GcPolicy {
+        live_keys: Some(BTreeSet::new()),
+        ..GcPolicy::default()
+    };
+    let plan = store.gc_plan(&policy).unwrap();
+    assert!(
+        plan.freed >= 10_000,
+        "freed {} counts the state",
+        plan.freed
+    );
+    store.apply(plan).unwrap();
+    assert!(store.lookup_state(&s1).unwrap().is_none());
+    assert!(!s1_path.exists(), "gc left the state file");
+    let usage = store.usage().unwrap();
+    assert_eq!((usage.layers, usage.states), (0, 0));
+}
+
+#[test]
+fn a_dead_runs_unpublished_state_is_swept_and_a_corrupt_layer_takes_its_state() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.qcow2");
+    qcow2(&base, None);
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    let (root, k1, s1) = (key(0), key(1), key(101));
+    let dead = store
+        .root()
+        .join("states")
+        .join(format!("{}.deadbeef.zst", key(50)));
+    fs::write(&dead, b"cut off").unwrap();
+    store.sweep_incomplete().unwrap();
+    assert!(!dead.exists(), "a dead run's state was not swept");
+
+    let mut lease = store.lease().unwrap();
+    qcow2(&lease.layer_path(&k1), Some(&base));
+    let layer = lease
+        .publish(&request(&k1, None, &root, &base))
+        .unwrap()
+        .unwrap();
+    fs::write(lease.state_path(&s1), vec![1u8; 100]).unwrap();
+    let state = lease
+        .publish_state(&state_request(&s1, &k1))
+        .unwrap()
+        .unwrap();
+    // Sweeping while the run lives keeps its files.
+    store.sweep_incomplete().unwrap();
+    assert!(state.path.exists());
+
+    let mut bytes = fs::read(&layer.path).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(&layer.path, bytes).unwrap();
+    assert!(matches!(store.lookup(&k1).unwrap(), Lookup::Discarded(_)));
+    assert!(
+        !state.path.exists(),
+        "the corrupt layer's state survived it"
+    );
+    assert!(store.lookup_state(&s1).unwrap().is_none());
+}
+
 /// Writes a file into `dir` until its file system is full.
 fn fill(dir: &Path) -> std::path::PathBuf {
     use std::io::Write;

@@ -132,6 +132,14 @@ impl BakeRenderer {
                 let note = if *published { "" } else { " (an earlier build already saved this checkpoint; kept it)" };
                 paint.dim(&format!("[{id}] checkpoint {key} ({}){note}", bytes(*size)))
             }
+            BakeEvent::VmStateSaved { id, size, paused_secs, published } => {
+                let note = if *published { "" } else { " (not kept)" };
+                paint.dim(&format!("[{id}] vm state ({}, guest paused {paused_secs:.1}s){note}", bytes(*size)))
+            }
+            BakeEvent::VmStateRestored { id, after_secs } => {
+                format!("resumed the guest from the vm state after step {id} in {after_secs:.1}s (no boot)")
+            }
+            BakeEvent::VmStateNotUsed { reason } => paint.hint(&format!("booting from the disk checkpoint: {reason}")),
             BakeEvent::Sealing => "sealing: removing what imgbake added (build user, keys, /var/lib/imgbake, host key, build hostname, cloud-init instance)".to_owned(),
             BakeEvent::ShuttingDown => "powering the guest off".to_owned(),
             BakeEvent::OutputWritten { path } => format!("wrote {}", path.display()),

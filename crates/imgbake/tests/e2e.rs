@@ -666,6 +666,24 @@ fn assert_runs_log(
     assert_eq!(got, expected, "{context}: runs.log in the final image");
 }
 
+/// What step 03 of the last build found: `03 <edition> present|absent`, whether step 01's file
+/// in /run (a tmpfs: lost on every boot) was still there.
+fn reuse_run_file(image: &Path) -> String {
+    GuestDisk::open(image)
+        .must_text("/var/lib/imgbake-e2e/run-file.log")
+        .trim()
+        .to_owned()
+}
+
+/// Step ids of the `vm_state_saved` events that kept their state.
+fn states_saved(run: &Finished) -> Vec<String> {
+    run.events_named("vm_state_saved")
+        .iter()
+        .filter(|e| e["published"] == true)
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn edit_step_03(recipe: &Path, edition: &str) {
     let script = recipe.parent().unwrap().join("reuse/03-middle.sh");
     let text = std::fs::read_to_string(&script).unwrap();
@@ -704,11 +722,28 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
         ],
         "build 1",
     );
+    assert_eq!(reuse_run_file(&raw), "03 original present", "build 1");
+    // A VM state with every checkpoint but the sealed last one.
+    assert_eq!(
+        states_saved(&first),
+        ["01", "02", "03", "04"],
+        "build 1 states"
+    );
 
-    // Build 2: step 03 edited, --resume-from 03: boots from 02's checkpoint, runs 03 on.
+    // Build 2: step 03 edited, --resume-from 03 with disk checkpoints only (--no-vm-state):
+    // boots from 02's checkpoint, runs 03 on.
     edit_step_03(&recipe, "edit-1");
-    let resumed = sandbox.recipe(&recipe, &["--json", "--resume-from", "03"], SHORT_BUILD);
+    let resumed = sandbox.recipe(
+        &recipe,
+        &["--json", "--resume-from", "03", "--no-vm-state"],
+        SHORT_BUILD,
+    );
     resumed.expect_code(0, "build 2 (--resume-from 03)");
+    assert!(resumed.events_named("vm_state_restored").is_empty());
+    assert!(
+        states_saved(&resumed).is_empty(),
+        "--no-vm-state saved a state"
+    );
     assert_eq!(
         resumed.reused_steps(),
         (vec!["01".into(), "02".into()], Some(true))
@@ -727,8 +762,10 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
         ],
         "build 2: 01 and 02 ran once, in build 1's boot",
     );
+    assert_eq!(reuse_run_file(&raw), "03 edit-1 absent", "build 2 booted");
 
-    // Build 3: step 03 edited again, plain rerun (human output): reuses 01-02 automatically.
+    // Build 3: step 03 edited again, plain rerun (human output): reuses 01-02 automatically
+    // and, instead of booting, restores the VM state saved with 02's checkpoint in build 1.
     edit_step_03(&recipe, "edit-2");
     let rerun = sandbox.recipe(&recipe, &[], SHORT_BUILD);
     rerun.expect_code(0, "build 3 (plain rerun)");
@@ -747,9 +784,19 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
         "build 3 did not run step 03:\n{}",
         rerun.stderr
     );
+    assert!(
+        rerun
+            .stderr
+            .contains("resumed the guest from the vm state after step 02"),
+        "build 3 did not restore the vm state:\n{}",
+        rerun.stderr
+    );
     let log = reuse_runs_log(&raw);
     let boot3 = log[2].2.clone();
-    assert!(boot3 != boot1 && boot3 != boot2);
+    // The restored guest is build 1's, still running: same boot, /run still holds 01's file.
+    assert_eq!(boot3, boot1, "build 3 booted instead of restoring");
+    assert_ne!(boot3, boot2);
+    assert_eq!(reuse_run_file(&raw), "03 edit-2 present", "build 3");
     assert_runs_log(
         &log,
         &[
@@ -786,8 +833,31 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
         .join("checkpoints/layers")
         .join(record_02["file"].as_str().unwrap());
     flip_bytes(&layer_02);
-    let repaired = sandbox.recipe(&recipe, &["--json"], SHORT_BUILD);
+    let states_of = |key: &Value| -> usize {
+        let dir = sandbox.cache.join("checkpoints/states");
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .filter(|e| {
+                        let v: Value =
+                            serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+                        v["layer"] == *key
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(states_of(&record_02["key"]), 1, "02's state before build 5");
+    // Disk checkpoints only, so that this build boots like before VM states existed.
+    let repaired = sandbox.recipe(&recipe, &["--json", "--no-vm-state"], SHORT_BUILD);
     repaired.expect_code(0, "build 5 (corrupt layer 02)");
+    assert_eq!(
+        states_of(&record_02["key"]),
+        0,
+        "the corrupt layer's vm state was not removed with it"
+    );
     let discarded = repaired.discarded();
     assert!(
         discarded

@@ -39,6 +39,9 @@ pub struct BakeRequest {
     pub offline: bool,
     /// On a failed step, keep the VM running for `ssh` until cancelled.
     pub keep_on_failure: bool,
+    /// Save the VM state with each step's checkpoint and restore the newest matching one
+    /// instead of booting (`--no-vm-state` turns it off: disk checkpoints only).
+    pub vm_state: bool,
     /// After the outputs are written, boot the exported image with a fresh seed and check it
     /// (`imgbake recipe --test`; see [`crate::test_image`]).
     pub test_after_export: bool,
@@ -57,6 +60,7 @@ impl BakeRequest {
             start: StartRequest::Reuse,
             offline: false,
             keep_on_failure: false,
+            vm_state: true,
             test_after_export: false,
         }
     }

@@ -142,6 +142,30 @@ pub enum BakeEvent {
         /// False when another build had already published the same key.
         published: bool,
     },
+    /// The VM state (RAM, devices) was saved with a step's checkpoint, at the same stopped
+    /// moment as its disk layer.
+    VmStateSaved {
+        /// Step id.
+        id: String,
+        /// Bytes of the (compressed) state file.
+        size: u64,
+        /// Seconds the guest was stopped for the layer and the state.
+        paused_secs: f64,
+        /// False when it was not kept (its layer is another build's, or a save failed).
+        published: bool,
+    },
+    /// The build resumed the VM from the state saved after step `id` instead of booting.
+    VmStateRestored {
+        /// The step whose state was loaded.
+        id: String,
+        /// Seconds from QEMU's start until the guest answered SSH, clock and entropy renewed.
+        after_secs: f64,
+    },
+    /// No VM state was used: the build boots from the disk checkpoint. Not an error.
+    VmStateNotUsed {
+        /// Why, as a sentence.
+        reason: String,
+    },
     /// After the last step: imgbake removes what it added to the guest (build user, its
     /// keys and sudo rule, `/var/lib/imgbake`, the injected host key, the build hostname's
     /// `/etc/hosts` line, cloud-init's instance state) and flushes the disks.

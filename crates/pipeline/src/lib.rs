@@ -36,6 +36,7 @@ mod events;
 pub mod image_test;
 mod outputs;
 pub mod plan;
+mod resume;
 mod run;
 pub mod setup;
 mod steps;

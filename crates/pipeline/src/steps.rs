@@ -15,6 +15,7 @@ use crate::build::{Build, StepEnd, elapsed_secs};
 use crate::error::io_err;
 use crate::events::secs;
 use crate::plan::StartPoint;
+use crate::resume::StateSupport;
 use crate::run::StepStatus;
 use crate::setup::{seed_config, vm_config};
 use crate::{BakeEvent, Error, Result, StepFailure};
@@ -52,19 +53,52 @@ pub(crate) async fn build_in_vm(
         None => std::path::absolute(setup.base).map_err(io_err("resolve", setup.base))?,
     };
     let disk = setup.lease.layer_path(&step_keys[first]);
-    qemu_driver::overlay::create(&backing, &disk, Some(recipe.vm.disk_size.as_u64())).await?;
+    let disk_size = Some(recipe.vm.disk_size.as_u64());
+    qemu_driver::overlay::create(&backing, &disk, disk_size).await?;
+    let config = vm_config(recipe, &disk, setup.run_dir, seed_path);
 
-    let booted = crate::boot::boot(
-        BootRequest {
-            config: vm_config(recipe, &disk, setup.run_dir, seed_path),
-            keys: setup.keys.clone(),
-            login: crate::boot::Login::build(),
-            boot_timeout: recipe.vm.boot_timeout,
-        },
-        &build.events,
-        &build.cancel.graceful,
-    )
-    .await;
+    let support = if build.request.vm_state {
+        match StateSupport::probe(&config).await {
+            Ok(support) => Some(support),
+            Err(reason) => {
+                build.events.emit(BakeEvent::VmStateNotUsed { reason });
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let restored = match (&support, start.reused.last()) {
+        (Some(support), Some(layer)) => {
+            let request = RestoreFrom {
+                store: setup.lease.store(),
+                support,
+                config: &config,
+                layer,
+                keys: &setup.keys,
+            };
+            try_restore(build, request).await
+        }
+        _ => None,
+    };
+    let booted = match restored {
+        Some(guest) => Ok(guest),
+        None => {
+            // A failed restore may have run the guest on the overlay: start the boot clean.
+            qemu_driver::overlay::create(&backing, &disk, disk_size).await?;
+            crate::boot::boot(
+                BootRequest {
+                    config,
+                    keys: setup.keys.clone(),
+                    login: crate::boot::Login::build(),
+                    boot_timeout: recipe.vm.boot_timeout,
+                },
+                &build.events,
+                &build.cancel.graceful,
+            )
+            .await
+        }
+    };
     let Guest {
         vm,
         session,
@@ -98,6 +132,7 @@ pub(crate) async fn build_in_vm(
         started,
         facts: None,
         user_public_key: setup.keys.user_public_openssh(),
+        support,
     };
     if let Err(e) = runner.run_steps(&vm, first).await {
         let cancel = runner.build.cancel;
@@ -155,6 +190,8 @@ struct StepRunner<'s, 'a, 'l> {
     /// The guest's facts, taken once, before the last step (usually the cleanup, after which
     /// SSH may be gone).
     facts: Option<GuestFacts>,
+    /// Set when VM states are saved with the checkpoints.
+    support: Option<StateSupport>,
 }
 
 impl StepRunner<'_, '_, '_> {
@@ -263,8 +300,27 @@ impl StepRunner<'_, '_, '_> {
             Some(key) => self.lease.layer_path(key),
             None => self.progress.final_top.clone(),
         };
-        vm.snapshot_layer(&next, &self.progress.current).await?;
-        let key = &self.step_keys[index];
+        let key_value = self.step_keys[index];
+        let key = &key_value;
+        // After the seal the build user is gone: a state after the last step could never run
+        // another step, so none is saved.
+        let state = match (&self.support, sealed) {
+            (Some(support), false) => Some(support.key(vm.config(), vm.accel(), key)?),
+            _ => None,
+        };
+        let saved = match &state {
+            Some((state_key, _)) => {
+                let path = self.lease.state_path(state_key);
+                let (_, saved) = vm
+                    .snapshot_layer_with_state(&next, &self.progress.current, &path)
+                    .await?;
+                Some(saved)
+            }
+            None => {
+                vm.snapshot_layer(&next, &self.progress.current).await?;
+                None
+            }
+        };
         let step_id = step.id.to_string();
         // Hashing a multi-GB layer must not stall the executor (another build, --jobs 2).
         let layer = self.lease.layer_path(key);
@@ -291,12 +347,97 @@ impl StepRunner<'_, '_, '_> {
             size,
             published: published.is_some(),
         });
+        if let (Some((state_key, profile)), Some(saved)) = (&state, saved) {
+            self.publish_state(&step_id, (state_key, profile, key), saved)?;
+        }
         if published.is_some() {
             self.progress.last_published = Some(step_id);
         }
         self.progress.parent = Some(*key);
         self.progress.backing_of_current = std::mem::replace(&mut self.progress.current, next);
         Ok(())
+    }
+}
+
+impl StepRunner<'_, '_, '_> {
+    /// Publishes the state saved with `layer` (kept only if this run published the layer) and
+    /// says so; a failed save is a warning: the disk checkpoint is there either way.
+    fn publish_state(
+        &mut self,
+        step_id: &str,
+        (state_key, profile, layer): (&CacheKey, &qemu_driver::MachineProfile, &CacheKey),
+        saved: qemu_driver::Result<qemu_driver::SavedState>,
+    ) -> Result<()> {
+        let saved = match saved {
+            Ok(saved) => saved,
+            Err(e) => {
+                self.build.events.emit(BakeEvent::Warning {
+                    message: format!("[{step_id}] the vm state was not saved: {e}"),
+                });
+                return Ok(());
+            }
+        };
+        let machine = crate::resume::describe(profile);
+        let published = self.lease.publish_state(&checkpoint::StatePublish {
+            key: state_key,
+            layer,
+            machine: &machine,
+        })?;
+        self.build.events.emit(BakeEvent::VmStateSaved {
+            id: step_id.to_owned(),
+            size: saved.size,
+            paused_secs: secs(saved.paused),
+            published: published.is_some(),
+        });
+        Ok(())
+    }
+}
+
+/// Where [`try_restore`] looks for a state.
+struct RestoreFrom<'x> {
+    store: &'x checkpoint::CheckpointStore,
+    support: &'x StateSupport,
+    config: &'x qemu_driver::VmConfig,
+    layer: &'x checkpoint::Layer,
+    keys: &'x Arc<BuildKeys>,
+}
+
+/// The guest restored from the state saved with the newest reused layer, or `None` after
+/// saying why not (no state, another machine's, or a restore that failed): then the build
+/// boots from the disk checkpoint.
+async fn try_restore(build: &Build<'_>, from: RestoreFrom<'_>) -> Option<Guest> {
+    let (state, accel) = match crate::resume::find_state(
+        from.store,
+        from.support,
+        from.config,
+        &from.layer.meta.key,
+    ) {
+        Ok(found) => found,
+        Err(reason) => {
+            build.events.emit(BakeEvent::VmStateNotUsed { reason });
+            return None;
+        }
+    };
+    let request = crate::resume::RestoreRequest {
+        config: from.config.clone(),
+        accel,
+        state: state.path.clone(),
+        step_id: from.layer.meta.step_id.clone(),
+        keys: from.keys.clone(),
+        timeout: build
+            .recipe
+            .vm
+            .boot_timeout
+            .min(crate::resume::RESTORE_SSH_TIMEOUT),
+    };
+    match crate::resume::restore(request, &build.events, &build.cancel.graceful).await {
+        Ok(guest) => Some(guest),
+        Err(e) => {
+            build.events.emit(BakeEvent::VmStateNotUsed {
+                reason: format!("restoring the vm state failed: {e}"),
+            });
+            None
+        }
     }
 }
 

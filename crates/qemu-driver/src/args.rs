@@ -229,6 +229,12 @@ pub fn console_args(serial_log: &Path) -> Vec<OsString> {
     ]
 }
 
+/// `-incoming defer`: QEMU starts paused and waits for `migrate-incoming` to load a saved VM
+/// state (the devices must be the ones the state was saved from: same command line).
+pub fn incoming_args() -> Vec<OsString> {
+    vec![os("-incoming"), os("defer")]
+}
+
 /// QMP on a unix socket where imgbake listens and QEMU connects as client (so there is nothing
 /// to poll for: imgbake accepts the connection, or sees QEMU exit).
 pub fn qmp_args(socket: &Path) -> Vec<OsString> {

@@ -197,6 +197,26 @@ pub enum Error {
         tails: Tails,
     },
 
+    /// Saving the VM state (`migrate` to a file) failed; the guest was resumed.
+    #[error("cannot save the vm state to {path}: {detail}")]
+    StateSave {
+        /// The state file.
+        path: PathBuf,
+        /// QEMU's reason.
+        detail: String,
+    },
+
+    /// Loading a saved VM state (`migrate-incoming`) failed.
+    #[error("cannot restore the vm state from {path}: {detail}{tails}")]
+    StateRestore {
+        /// The state file.
+        path: PathBuf,
+        /// QEMU's reason.
+        detail: String,
+        /// Last lines of stderr and serial console.
+        tails: Tails,
+    },
+
     /// A wait ran out of time.
     #[error("timed out after {after:?} while {during}{tails}")]
     Timeout {

@@ -119,6 +119,25 @@ pub(crate) async fn start(
     accel: AccelDecision,
     cancel: &CancellationToken,
 ) -> Result<Vm> {
+    start_mode(config, accel, LaunchMode::Run, cancel).await
+}
+
+/// How a started QEMU begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LaunchMode {
+    /// `cont` right after the QMP handshake: the guest boots.
+    Run,
+    /// `-incoming defer`: QEMU waits, paused, for `migrate-incoming` (a saved VM state).
+    Incoming,
+}
+
+/// [`start`] in the given mode.
+pub(crate) async fn start_mode(
+    config: VmConfig,
+    accel: AccelDecision,
+    mode: LaunchMode,
+    cancel: &CancellationToken,
+) -> Result<Vm> {
     let paths = RunPaths::new(&config.run_dir);
     validate(&config, &paths)?;
     prepare_run_dir(&paths.dir)?;
@@ -133,7 +152,7 @@ pub(crate) async fn start(
             SshPort::Auto => free_port()?,
             SshPort::Fixed(port) => port,
         };
-        match start_once(&config, &paths, &accel, port, cancel).await {
+        match start_once(&config, &paths, &accel, (port, mode), cancel).await {
             Ok(vm) => return Ok(vm),
             Err(Failure::PortTaken(tails)) if attempt >= attempts => {
                 return Err(Error::PortForward {
@@ -172,7 +191,7 @@ async fn start_once(
     config: &VmConfig,
     paths: &RunPaths,
     accel: &AccelDecision,
-    ssh_port: u16,
+    (ssh_port, mode): (u16, LaunchMode),
     cancel: &CancellationToken,
 ) -> Result<Vm, Failure> {
     match std::fs::remove_file(&paths.qmp_socket) {
@@ -199,7 +218,10 @@ async fn start_once(
         ssh_port,
         paths,
     };
-    let args = qemu_args(&plan)?;
+    let mut args = qemu_args(&plan)?;
+    if mode == LaunchMode::Incoming {
+        args.extend(crate::args::incoming_args());
+    }
     tracing::debug!("starting {} {:?}", config.qemu_binary.display(), args);
     let mut spawned = process::spawn(&config.qemu_binary, &args, &paths.qemu_log)?;
 
@@ -211,7 +233,9 @@ async fn start_once(
         let qmp = Qmp::handshake(stream).await?;
         // Subscribe before `cont`, so the supervisor sees every event of the guest's life.
         let events = qmp.events();
-        qmp.execute(qapi::qmp::cont {}).await?;
+        if mode == LaunchMode::Run {
+            qmp.execute(qapi::qmp::cont {}).await?;
+        }
         Ok::<_, Error>((qmp, events))
     };
     let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -226,9 +250,20 @@ async fn start_once(
     let _ = std::fs::remove_file(&paths.qmp_socket);
 
     match outcome {
-        Ok((qmp, events)) => Ok(into_vm(
-            config, paths, accel, ssh_port, spawned, qmp, events,
-        )),
+        Ok((qmp, events)) => {
+            let initial = match mode {
+                LaunchMode::Run => VmState::Running,
+                LaunchMode::Incoming => VmState::Paused,
+            };
+            Ok(into_vm(
+                config,
+                paths,
+                accel,
+                (ssh_port, initial),
+                spawned,
+                (qmp, events),
+            ))
+        }
         Err(startup) => Err(fail_start(config, paths, accel, spawned, startup).await),
     }
 }
@@ -237,12 +272,11 @@ fn into_vm(
     config: &VmConfig,
     paths: &RunPaths,
     accel: &AccelDecision,
-    ssh_port: u16,
+    (ssh_port, initial): (u16, VmState),
     spawned: Spawned,
-    qmp: Qmp,
-    events: tokio::sync::broadcast::Receiver<crate::qmp::QmpEvent>,
+    (qmp, events): (Qmp, tokio::sync::broadcast::Receiver<crate::qmp::QmpEvent>),
 ) -> Vm {
-    let (status_tx, status_rx) = watch::channel(VmStatus::new(VmState::Running));
+    let (status_tx, status_rx) = watch::channel(VmStatus::new(initial));
     let kill = CancellationToken::new();
     let supervisor = Supervisor {
         child: spawned.child,

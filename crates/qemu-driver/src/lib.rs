@@ -13,6 +13,9 @@
 //! - [`qmp::Qmp`] is the QMP client (qapi's typed commands, loosely parsed events).
 //! - [`overlay`] makes qcow2 overlays with `qemu-img` (through a temp file and a rename);
 //!   [`Vm::snapshot_layer`] takes a live per-step checkpoint layer ([`Layer`], [`TopImage`]).
+//! - [`vmstate`]: the VM's RAM and device state saved next to a layer
+//!   ([`Vm::snapshot_layer_with_state`]) and loaded instead of a boot ([`Vm::restore`]), keyed
+//!   by [`StateKey`].
 //! - [`args`] turns a [`VmConfig`] into QEMU's command line; [`process`] starts QEMU so that it
 //!   cannot outlive imgbake.
 //!
@@ -53,6 +56,7 @@ pub mod qmp;
 pub mod state;
 mod supervisor;
 mod vm;
+pub mod vmstate;
 
 pub use accel::{Accel, AccelChoice, AccelDecision, AccelReason};
 pub use block::{Layer, TopImage};
@@ -61,3 +65,4 @@ pub use error::{Error, Result, Tails};
 pub use state::VmState;
 pub use supervisor::{ShutdownCause, VmStatus};
 pub use vm::{StopMethod, Stopped, Vm};
+pub use vmstate::{MachineProfile, SavedState, StateKey};

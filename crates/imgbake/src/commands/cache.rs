@@ -135,7 +135,10 @@ struct CheckpointRow {
     root: String,
     path: PathBuf,
     size: u64,
+    /// The layer file and its saved VM states.
     allocated: u64,
+    /// Of which the saved VM states (0: none).
+    vm_state_allocated: u64,
     created_unix: u64,
     age_secs: u64,
 }
@@ -153,6 +156,7 @@ impl From<&LayerInfo> for CheckpointRow {
             path: layer.path.clone(),
             size: m.size,
             allocated: layer.allocated,
+            vm_state_allocated: layer.state_allocated,
             created_unix: m.created_unix,
             age_secs: layer.age_secs,
         }
@@ -182,6 +186,8 @@ struct Total {
     /// Apparent size of the same files, for comparison.
     apparent: u64,
     checkpoints: usize,
+    /// Saved VM states (counted in `checkpoints_allocated`).
+    vm_states: usize,
     base_images: usize,
 }
 
@@ -276,6 +282,7 @@ fn list(root: &Path) -> Result<Listing, Failure> {
     let (layers, usage) = pipeline::cache::list(root)?;
     listing.checkpoints = layers.iter().map(CheckpointRow::from).collect();
     listing.total.checkpoints_allocated = usage.allocated;
+    listing.total.vm_states = usage.states;
     listing.total.apparent += usage.apparent;
     let base_dir = root.join("base");
     if base_dir.is_dir() {
@@ -355,8 +362,12 @@ fn render_listing(listing: &Listing, out: &Output) -> String {
         s.push_str(&columns(&rows, &[false, true, true, false, false]));
     }
     let t = &listing.total;
+    let states = match t.vm_states {
+        0 => String::new(),
+        n => format!(" + {n} {}", plural(n, "vm state", "vm states")),
+    };
     s.push_str(&format!(
-        "\n{} {} on disk: checkpoints {} ({} {}), base images {} ({} {})\n",
+        "\n{} {} on disk: checkpoints {} ({} {}{states}), base images {} ({} {})\n",
         paint.bold("total"),
         HumanBytes(t.allocated),
         HumanBytes(t.checkpoints_allocated),

@@ -68,6 +68,10 @@ pub struct RecipeArgs {
     /// Do not reuse checkpoints (new ones are still saved)
     #[arg(long)]
     pub no_cache: bool,
+    /// Disk checkpoints only: do not save the VM state with each checkpoint, and boot instead
+    /// of restoring a saved one
+    #[arg(long)]
+    pub no_vm_state: bool,
     /// Use only cached base images; never touch the network
     #[arg(long)]
     pub offline: bool,
@@ -136,6 +140,7 @@ pub fn run(args: &RecipeArgs, out: &Output) -> Result<ExitStatus, CliError> {
             request.start = start.clone();
             request.offline = args.offline;
             request.keep_on_failure = args.keep_on_failure;
+            request.vm_state = !args.no_vm_state;
             request.test_after_export = args.test;
             request
         })

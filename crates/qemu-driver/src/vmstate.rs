@@ -1,0 +1,538 @@
+//! VM-state checkpoints: the guest's RAM and device state saved to a file next to a disk layer
+//! (QMP `migrate` to a socket whose other end is `zstd`) and loaded into a new QEMU (`-incoming defer` +
+//! `migrate-incoming`) instead of booting.
+//!
+//! - [`MachineProfile`]: what a saved state depends on besides its disk (QEMU version, machine
+//!   type, CPU model, vCPUs, memory, the device set), taken from the launch configuration;
+//!   [`StateKey`] adds the disk layer's key and is the one key a state is stored under.
+//! - [`Vm::snapshot_layer_with_state`]: `stop`, freeze the disk layer, save the state, `cont`:
+//!   the state and the layer describe the same stopped moment.
+//! - [`Vm::restore`]: a new QEMU with the same devices on a fresh overlay over that layer,
+//!   loaded from the state file and resumed.
+//!
+//! States are compressed with `zstd` (fast level, all cores; zero pages cost nothing): its
+//! frame checksum makes a damaged file fail to load instead of loading garbage, and a failed
+//! load is a QEMU that exits, which the caller turns into a boot from the disk checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use digest::{CacheKey, Hasher};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::accel::{Accel, AccelDecision};
+use crate::args::{LaunchPlan, qemu_args};
+use crate::block::Layer;
+use crate::config::{RunPaths, VmConfig};
+use crate::error::{Error, Result};
+use crate::launch::{self, LaunchMode};
+use crate::qmp::QmpEvent;
+use crate::vm::Vm;
+
+/// The compressor states are written and read with (from `PATH`).
+pub const STATE_COMPRESSOR: &str = "zstd";
+
+/// How long saving or loading one state may take (a few GiB through zstd under load).
+pub const STATE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Migration bandwidth while saving: QEMU's default (128 MiB/s) would make a stopped guest's
+/// save take seconds per 128 MiB for no reason — nothing competes with it.
+const MAX_BANDWIDTH: u64 = 1 << 40;
+
+/// What a saved VM state depends on besides the disk under it. A state loads only into a QEMU
+/// of the same version with the same machine, CPU model, memory and devices; any difference
+/// makes another [`StateKey`], so such a state is never tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineProfile {
+    /// `qemu-system-x86_64 --version`'s first line.
+    pub qemu_version: String,
+    /// Machine type (`pc`, `q35` …).
+    pub machine: String,
+    /// The accelerator (`-accel`): TCG and KVM states are not interchangeable.
+    pub accel: Accel,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// The device set: QEMU's whole command line for this config with the per-run paths and
+    /// the SSH port replaced by fixed placeholders (the CPU model is in it as `-cpu`).
+    pub devices: Vec<String>,
+}
+
+impl MachineProfile {
+    /// The profile of `config` launched under `accel` by a QEMU reporting `qemu_version`.
+    pub fn new(config: &VmConfig, accel: Accel, qemu_version: &str) -> Result<MachineProfile> {
+        let mut canonical = config.clone();
+        canonical.name = "vm".into();
+        canonical.disk = PathBuf::from("/disk");
+        canonical.seed_iso = config.seed_iso.as_ref().map(|_| PathBuf::from("/seed"));
+        canonical.run_dir = PathBuf::from("/run");
+        let paths = RunPaths::new(&canonical.run_dir);
+        let plan = LaunchPlan {
+            config: &canonical,
+            accel,
+            ssh_port: 0,
+            paths: &paths,
+        };
+        let devices = qemu_args(&plan)?
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        Ok(MachineProfile {
+            qemu_version: qemu_version.trim().to_owned(),
+            machine: config.machine_type().to_owned(),
+            accel,
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            devices,
+        })
+    }
+
+    /// The CPU model in the device set (`max` under TCG, `host` under KVM).
+    pub fn cpu_model(&self) -> &str {
+        self.devices
+            .windows(2)
+            .find(|w| w[0] == "-cpu")
+            .map_or("", |w| w[1].as_str())
+    }
+}
+
+/// The key a VM state is stored under: the disk layer it was saved with plus the
+/// [`MachineProfile`] it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateKey {
+    /// The checkpoint key of the disk layer frozen at the same moment.
+    pub layer: CacheKey,
+    /// The machine it runs on.
+    pub profile: MachineProfile,
+}
+
+impl StateKey {
+    /// The key as a [`CacheKey`]: sha256 over a version tag and every input, each length-
+    /// prefixed so no two input lists hash alike.
+    pub fn cache_key(&self) -> CacheKey {
+        let mut hasher = Hasher::new();
+        let mut field = |bytes: &[u8]| {
+            hasher.update(&(bytes.len() as u64).to_be_bytes());
+            hasher.update(bytes);
+        };
+        let p = &self.profile;
+        field(b"imgbake-vm-state-v1");
+        field(self.layer.0.as_bytes());
+        field(p.qemu_version.as_bytes());
+        field(p.machine.as_bytes());
+        field(p.accel.to_string().as_bytes());
+        field(p.cpu_model().as_bytes());
+        field(&p.cpus.to_be_bytes());
+        field(&p.memory_mib.to_be_bytes());
+        field(&(p.devices.len() as u64).to_be_bytes());
+        for device in &p.devices {
+            field(device.as_bytes());
+        }
+        CacheKey(hasher.finish())
+    }
+}
+
+/// `qemu --version`'s first line (`QEMU emulator version 7.2.22 (Debian …)`).
+pub async fn qemu_version(binary: &Path) -> Result<String> {
+    let output = tokio::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| Error::Spawn {
+            program: binary.display().to_string(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    match text.lines().next() {
+        Some(line) if output.status.success() && !line.trim().is_empty() => {
+            Ok(line.trim().to_owned())
+        }
+        _ => Err(Error::InvalidConfig {
+            reason: format!(
+                "{} --version printed no version ({})",
+                binary.display(),
+                output.status
+            ),
+        }),
+    }
+}
+
+/// Whether [`STATE_COMPRESSOR`] is on `PATH`.
+pub fn compressor_available() -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(STATE_COMPRESSOR).is_file())
+    })
+}
+
+/// `path` quoted for `/bin/sh` (QEMU runs `exec:` URIs through it).
+fn shell_quote(path: &Path) -> Result<String> {
+    let text = utf8(path)?;
+    Ok(format!("'{}'", text.replace('\'', r"'\''")))
+}
+
+fn utf8(path: &Path) -> Result<&str> {
+    path.to_str().ok_or_else(|| Error::InvalidConfig {
+        reason: format!("path {} is not valid UTF-8", path.display()),
+    })
+}
+
+/// The `migrate-incoming` URI that reads a state from `path`. `exec:` is safe for reading:
+/// QEMU has read the whole stream before it kills the child at the end.
+pub fn load_uri(path: &Path) -> Result<String> {
+    Ok(format!(
+        "exec:{STATE_COMPRESSOR} -q -d -c {}",
+        shell_quote(path)?
+    ))
+}
+
+/// What a finished save wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedState {
+    /// The state file.
+    pub path: PathBuf,
+    /// Its size in bytes (compressed).
+    pub size: u64,
+    /// How long the guest was stopped for the layer and the state together.
+    pub paused: Duration,
+}
+
+/// The end of a migration as its `MIGRATION` events tell it.
+enum Outcome {
+    Completed,
+    Failed(String),
+}
+
+impl Vm {
+    /// Freezes the disk layer like [`Vm::snapshot_layer`] and saves the VM state to `state`
+    /// at the same stopped moment: `stop`, `blockdev-snapshot`, `migrate` to the file, `cont`.
+    /// The layer is taken (or the call fails) whatever happens to the state; the second
+    /// result says whether the state was saved (a failed save removes the file, and the guest
+    /// runs on either way).
+    pub async fn snapshot_layer_with_state(
+        &self,
+        new_overlay: &Path,
+        backing_name: &Path,
+        state: &Path,
+    ) -> Result<(Layer, Result<SavedState>)> {
+        let began = std::time::Instant::now();
+        self.qmp.execute(qapi::qmp::stop {}).await?;
+        let layer = match self.snapshot_layer(new_overlay, backing_name).await {
+            Ok(layer) => layer,
+            Err(e) => {
+                self.qmp.execute(qapi::qmp::cont {}).await?;
+                return Err(e);
+            }
+        };
+        let saved = self.save_state(state).await;
+        if saved.is_err() {
+            let _ = std::fs::remove_file(state);
+        }
+        // After a completed migration QEMU has let go of the disks for a destination; `cont`
+        // takes them back.
+        self.qmp.execute(qapi::qmp::cont {}).await?;
+        let saved = saved.map(|size| SavedState {
+            path: state.to_path_buf(),
+            size,
+            paused: began.elapsed(),
+        });
+        Ok((layer, saved))
+    }
+
+    /// Saves the (stopped) VM's state to `path`; returns the file's size.
+    ///
+    /// QEMU streams to a unix socket imgbake listens on, and imgbake hands the connection to
+    /// the compressor as its stdin. Not `exec:zstd …`: QEMU 7.2 kills an `exec:` child that
+    /// has not exited 10 ms after the stream ends, which cuts off the compressor's last frame
+    /// (measured: a 0-byte file). Here the save is over when the compressor exits.
+    async fn save_state(&self, path: &Path) -> Result<u64> {
+        let fail = |detail: String| Error::StateSave {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let socket = self.paths.dir.join("state.sock");
+        let _ = std::fs::remove_file(&socket);
+        let listener =
+            tokio::net::UnixListener::bind(&socket).map_err(|source| Error::QmpSocket {
+                path: socket.clone(),
+                source,
+            })?;
+        let mut events = self.qmp.events();
+        set_migration_options(self).await?;
+        let uri = format!("unix:{}", utf8(&socket)?);
+        self.qmp
+            .execute_value("migrate", json!({ "uri": uri }))
+            .await?;
+        let deadline = tokio::time::Instant::now() + STATE_TIMEOUT;
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted.map_err(|e| fail(format!("qemu did not connect ({e})"))),
+            outcome = migration_outcome(&mut events) => Err(fail(match outcome {
+                Outcome::Failed(why) => migration_error(self).await.unwrap_or(why),
+                Outcome::Completed => "the migration ended before it connected".into(),
+            })),
+            () = tokio::time::sleep_until(deadline) => Err(fail("qemu did not connect".into())),
+        };
+        drop(listener);
+        let _ = std::fs::remove_file(&socket);
+        let (stream, _) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                let _ = self.qmp.execute_value("migrate_cancel", json!({})).await;
+                return Err(e);
+            }
+        };
+        let stream = stream
+            .into_std()
+            .and_then(|s| s.set_nonblocking(false).map(|()| s))
+            .map_err(|e| fail(format!("cannot hand the stream on ({e})")))?;
+        let mut compressor = tokio::process::Command::new(STATE_COMPRESSOR)
+            .args(["-q", "-1", "-T0", "-f", "-o"])
+            .arg(path)
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                stream,
+            )))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                program: STATE_COMPRESSOR.into(),
+                source,
+            })?;
+        let outcome = tokio::select! {
+            outcome = migration_outcome(&mut events) => outcome,
+            () = tokio::time::sleep_until(deadline) => Outcome::Failed(format!("not done after {STATE_TIMEOUT:?}")),
+        };
+        if let Outcome::Failed(why) = outcome {
+            let detail = migration_error(self).await.unwrap_or(why);
+            let _ = self.qmp.execute_value("migrate_cancel", json!({})).await;
+            let _ = compressor.start_kill();
+            return Err(fail(detail));
+        }
+        // QEMU closed the socket when it completed: the compressor sees the end of its input.
+        let exit = tokio::time::timeout_at(deadline, compressor.wait_with_output())
+            .await
+            .map_err(|_| fail(format!("{STATE_COMPRESSOR} did not finish")))?
+            .map_err(|e| fail(format!("waiting for {STATE_COMPRESSOR}: {e}")))?;
+        if !exit.status.success() {
+            return Err(fail(format!(
+                "{STATE_COMPRESSOR} failed ({}): {}",
+                exit.status,
+                String::from_utf8_lossy(&exit.stderr).trim()
+            )));
+        }
+        let size = std::fs::metadata(path)
+            .map_err(|e| fail(format!("the state file is missing ({e})")))?
+            .len();
+        Ok(size)
+    }
+
+    /// Starts QEMU for `config` paused with `-incoming defer`, loads the saved state from
+    /// `state`, and resumes the guest. `config` must describe the same machine the state was
+    /// saved on (the same [`MachineProfile`] under `accel`); its disk is a fresh overlay on
+    /// the layer saved with the state. A state that does not load makes QEMU exit: that is
+    /// [`Error::StateRestore`] with QEMU's stderr, and nothing is left running.
+    pub async fn restore(
+        config: VmConfig,
+        accel: AccelDecision,
+        state: &Path,
+        cancel: CancellationToken,
+    ) -> Result<Vm> {
+        let vm = launch::start_mode(config, accel, LaunchMode::Incoming, &cancel).await?;
+        let loaded = tokio::select! {
+            loaded = vm.load_state(state) => loaded,
+            () = cancel.cancelled() => Err(Error::Cancelled { during: "restoring the vm state".into() }),
+        };
+        match loaded {
+            Ok(()) => Ok(vm),
+            Err(e) => {
+                let _ = vm.kill().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn load_state(&self, path: &Path) -> Result<()> {
+        let mut events = self.qmp.events();
+        let fail = |detail: String, vm: &Vm| Error::StateRestore {
+            path: path.to_path_buf(),
+            detail,
+            tails: vm.tails(),
+        };
+        self.qmp
+            .execute_value(
+                "migrate-set-capabilities",
+                json!({ "capabilities": [{ "capability": "events", "state": true }] }),
+            )
+            .await?;
+        let uri = load_uri(path)?;
+        self.qmp
+            .execute_value("migrate-incoming", json!({ "uri": uri }))
+            .await?;
+        let outcome = tokio::select! {
+            outcome = migration_outcome(&mut events) => outcome,
+            error = self.wait_for_exit_or_error() => {
+                // A state that does not load makes QEMU exit; its stderr says why.
+                return Err(fail(error.to_string(), self));
+            }
+            () = tokio::time::sleep(STATE_TIMEOUT) => Outcome::Failed(format!("not loaded after {STATE_TIMEOUT:?}")),
+        };
+        match outcome {
+            Outcome::Completed => {}
+            Outcome::Failed(why) => return Err(fail(why, self)),
+        }
+        self.qmp.execute(qapi::qmp::cont {}).await?;
+        Ok(())
+    }
+}
+
+/// `events` on, no bandwidth cap (the guest is stopped: nothing competes).
+async fn set_migration_options(vm: &Vm) -> Result<()> {
+    vm.qmp
+        .execute_value(
+            "migrate-set-capabilities",
+            json!({ "capabilities": [{ "capability": "events", "state": true }] }),
+        )
+        .await?;
+    vm.qmp
+        .execute_value(
+            "migrate-set-parameters",
+            json!({ "max-bandwidth": MAX_BANDWIDTH }),
+        )
+        .await?;
+    Ok(())
+}
+
+/// QEMU's `error-desc` of the last migration, if it has one.
+async fn migration_error(vm: &Vm) -> Option<String> {
+    let info: Value = vm
+        .qmp
+        .execute_value("query-migrate", json!({}))
+        .await
+        .ok()?;
+    info.get("error-desc")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// Waits for a `MIGRATION` event with a final status.
+async fn migration_outcome(events: &mut tokio::sync::broadcast::Receiver<QmpEvent>) -> Outcome {
+    loop {
+        match events.recv().await {
+            Ok(QmpEvent::Other { name, data }) if name == "MIGRATION" => {
+                match data.get("status").and_then(Value::as_str).unwrap_or("") {
+                    "completed" => return Outcome::Completed,
+                    status @ ("failed" | "cancelled") => {
+                        return Outcome::Failed(format!("migration {status}"));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                return Outcome::Failed("the qmp connection closed".into());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VmConfig {
+        let mut c = VmConfig::new("demo", "/runs/a/disk.qcow2", "/runs/a");
+        c.seed_iso = Some(PathBuf::from("/runs/a/seed.iso"));
+        c.memory_mib = 1024;
+        c
+    }
+
+    fn key(config: &VmConfig, accel: Accel, version: &str, layer: CacheKey) -> CacheKey {
+        StateKey {
+            layer,
+            profile: MachineProfile::new(config, accel, version).unwrap(),
+        }
+        .cache_key()
+    }
+
+    const V: &str = "QEMU emulator version 7.2.22";
+
+    fn layer(n: u8) -> CacheKey {
+        CacheKey(digest::Sha256::of(&[n]))
+    }
+
+    #[test]
+    fn per_run_paths_and_ports_do_not_change_the_key() {
+        let a = config();
+        let mut b = VmConfig::new("other", "/elsewhere/x.qcow2", "/tmp/imgbake-123");
+        b.seed_iso = Some(PathBuf::from("/tmp/imgbake-123/seed.iso"));
+        b.memory_mib = 1024;
+        b.ssh_port = crate::SshPort::Fixed(2222);
+        assert_eq!(
+            key(&a, Accel::Tcg, V, layer(1)),
+            key(&b, Accel::Tcg, V, layer(1))
+        );
+    }
+
+    #[test]
+    fn every_input_changes_the_key() {
+        let base = config();
+        let reference = key(&base, Accel::Tcg, V, layer(1));
+        let mut variants: Vec<(&str, CacheKey)> = vec![
+            ("layer", key(&base, Accel::Tcg, V, layer(2))),
+            (
+                "qemu version",
+                key(&base, Accel::Tcg, "QEMU emulator version 8.0.0", layer(1)),
+            ),
+            // KVM also changes the CPU model (`host` against `max`).
+            ("accel and cpu model", key(&base, Accel::Kvm, V, layer(1))),
+        ];
+        let mut changed = |what: &'static str, edit: &dyn Fn(&mut VmConfig)| {
+            let mut c = base.clone();
+            edit(&mut c);
+            variants.push((what, key(&c, Accel::Tcg, V, layer(1))));
+        };
+        changed("machine type", &|c| c.machine = Some("q35".into()));
+        changed("memory", &|c| c.memory_mib = 2048);
+        changed("cpus", &|c| c.cpus = 4);
+        changed("firmware (devices)", &|c| {
+            c.firmware = crate::Firmware::Uefi;
+            c.machine = Some("pc".into());
+        });
+        changed("no seed disk (devices)", &|c| c.seed_iso = None);
+        for (what, k) in &variants {
+            assert_ne!(*k, reference, "{what} did not change the state key");
+        }
+        let mut all: Vec<CacheKey> = variants.iter().map(|(_, k)| *k).collect();
+        all.sort_by_key(|k| k.to_string());
+        all.dedup();
+        assert_eq!(all.len(), variants.len(), "two inputs gave the same key");
+    }
+
+    #[test]
+    fn profile_names_the_cpu_model() {
+        let tcg = MachineProfile::new(&config(), Accel::Tcg, V).unwrap();
+        assert_eq!(tcg.cpu_model(), "max");
+        assert_eq!(tcg.machine, "pc");
+        let kvm = MachineProfile::new(&config(), Accel::Kvm, V).unwrap();
+        assert_eq!(kvm.cpu_model(), "host");
+        assert!(tcg.devices.iter().any(|d| d.starts_with("virtio-rng-pci")));
+        assert!(!tcg.devices.iter().any(|d| d.contains("/runs/a")));
+    }
+
+    #[test]
+    fn uris_quote_the_path_for_the_shell() {
+        assert_eq!(
+            load_uri(Path::new("/c/it's.zst")).unwrap(),
+            r"exec:zstd -q -d -c '/c/it'\''s.zst'"
+        );
+        assert_eq!(
+            load_uri(Path::new("/c/s.zst")).unwrap(),
+            "exec:zstd -q -d -c '/c/s.zst'"
+        );
+    }
+}
