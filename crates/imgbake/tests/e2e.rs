@@ -292,6 +292,18 @@ fn assert_secret_used_masked_and_never_written(
         assert!(!text.contains(secret), "imgbake's {what} holds the secret");
     }
     eprintln!("secret scan: {files} files, {} MiB, no match", bytes >> 20);
+    // VM states are compressed RAM images the scan above cannot read into: a recipe with
+    // secrets saves none, and says so.
+    assert!(
+        run.events_named("vm_state_saved").is_empty(),
+        "a recipe with secrets saved vm states"
+    );
+    assert!(
+        run.events_named("vm_state_not_used")
+            .iter()
+            .any(|e| e.to_string().contains("secrets")),
+        "no event says why no vm state was saved"
+    );
 }
 
 /// The scan above can fail: it finds a value in a sparse file, straddling two of its reads,

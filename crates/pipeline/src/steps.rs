@@ -116,6 +116,7 @@ pub(crate) async fn build_in_vm(
     build.run.accel = vm.accel().accel.to_string();
     build.run.ssh_ready_secs = Some(secs(ssh_ready));
 
+    let support = saving_support(build, support);
     let mut runner = StepRunner {
         progress: Progress {
             current: disk,
@@ -391,6 +392,19 @@ impl StepRunner<'_, '_, '_> {
         });
         Ok(())
     }
+}
+
+/// What saves states after the steps: nothing when the recipe has secrets, because a RAM image
+/// taken after a step that saw them could hold their values (freed tmpfs pages, a process's
+/// memory) and the store keeps it. Restoring an earlier state stays allowed.
+fn saving_support(build: &Build<'_>, support: Option<StateSupport>) -> Option<StateSupport> {
+    if support.is_some() && !build.request.secrets.is_empty() {
+        build.events.emit(BakeEvent::VmStateNotUsed {
+            reason: "no vm states are saved for a recipe with secrets: guest memory could hold their values".into(),
+        });
+        return None;
+    }
+    support
 }
 
 /// Where [`try_restore`] looks for a state.
