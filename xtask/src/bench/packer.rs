@@ -240,14 +240,20 @@ fn reboot_secs(events: &[(f64, Value)]) -> Option<f64> {
 /// Whether a build says it restored a VM state (an event or a `run.json` field naming it).
 /// Until VM-state checkpoints land, no build does.
 fn restored_state(events: &[(f64, Value)], run: &Value) -> bool {
-    let named = |s: &str| s.contains("restor");
+    let named = |s: &str| s.contains("restored") && !s.contains("fail");
+    let truthy = |v: &Value| match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Object(m) => !m.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        _ => true,
+    };
     events
         .iter()
         .any(|(_, v)| v["event"].as_str().is_some_and(named))
-        || run.as_object().is_some_and(|m| {
-            m.iter()
-                .any(|(k, v)| named(k) && !v.is_null() && *v != json!(false))
-        })
+        || run
+            .as_object()
+            .is_some_and(|m| m.iter().any(|(k, v)| named(k) && truthy(v)))
 }
 
 /// Runs `cmd`, stdout lines timestamped and copied to `logs/<log>.log` (stderr too), polling
@@ -785,172 +791,286 @@ pub fn run(bench: &Bench) -> Result<Vec<Measurement>> {
 
     let mut f = Figures::default();
     let mut pairs_data = Vec::new();
+    let mut failures = Vec::new();
     for index in 0..bench.runs {
         let pair = prepare_pair(bench, &ctx, index)?;
-        let d = &pair.dir;
-        let mut builds: Vec<(String, Build)> = Vec::new();
-        let cold = |index: usize| {
+        let mut data = json!({});
+        pair_builds(
+            bench,
+            &pair,
+            index,
+            &packer_version,
+            Progress {
+                figures: &mut f,
+                done: &pairs_data,
+                data: &mut data,
+                failures: &mut failures,
+            },
+        );
+        pairs_data.push(data);
+        // Layers and images are gigabytes; drop them before the next pair.
+        let _ = std::fs::remove_dir_all(&pair.dir);
+    }
+    write_progress(bench, &f, &pairs_data, &packer_version, &failures)?;
+    let mut rows = rows(&f, bench.runs, &packer_version);
+    for row in &mut rows {
+        if !failures.is_empty() {
+            row.detail.push_str(&format!(
+                " [{} build(s) failed, see target/bench/packer-pairs.json]",
+                failures.len()
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+/// Where one pair's figures go while it runs.
+struct Progress<'a> {
+    figures: &'a mut Figures,
+    /// The pairs already finished.
+    done: &'a [Value],
+    /// This pair's builds, for `packer-pairs.json`.
+    data: &'a mut Value,
+    /// `"<build>: <error>"` for every build that failed.
+    failures: &'a mut Vec<String>,
+}
+
+/// `target/bench/packer-pairs.json` and `packer-partial.txt`, rewritten after every build, so a
+/// bench stopped half-way still leaves its figures.
+fn write_progress(
+    bench: &Bench,
+    f: &Figures,
+    pairs: &[Value],
+    packer_version: &str,
+    failures: &[String],
+) -> Result<()> {
+    let dir = bench.logs.parent().unwrap_or(&bench.logs);
+    let report = json!({ "packer_version": packer_version, "pairs": pairs, "failures": failures });
+    std::fs::write(
+        dir.join("packer-pairs.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )
+    .with_context(|| format!("write {}", dir.join("packer-pairs.json").display()))?;
+    let runs = f.packer.len().max(f.cold.len());
+    std::fs::write(
+        dir.join("packer-partial.txt"),
+        super::report::table(&rows(f, runs, packer_version)),
+    )?;
+    Ok(())
+}
+
+/// One pair: Packer and the imgbake cold build (who goes first alternates), then warm, rebuild,
+/// reboot and `--jobs 2`. A failed build is recorded and its figures stay NaN (`n/a`); the
+/// others still run.
+fn pair_builds(bench: &Bench, pair: &Pair, index: usize, packer_version: &str, p: Progress<'_>) {
+    let Progress {
+        figures: f,
+        done,
+        data,
+        failures,
+    } = p;
+    let d = &pair.dir;
+    for v in [
+        &mut f.packer,
+        &mut f.cold,
+        &mut f.warm,
+        &mut f.rebuild,
+        &mut f.reboot_build,
+        &mut f.reboot,
+        &mut f.first_boot,
+        &mut f.jobs,
+    ] {
+        v.push(f64::NAN);
+    }
+    let record = |label: &str, build: &Build, f: &mut Figures, data: &mut Value| {
+        let kb = build.timed.peak_rss_kb.unwrap_or(0);
+        if kb > f.peak_rss_kb {
+            f.peak_rss_kb = kb;
+            f.peak_rss_run = format!("the {label} build of pair {index}");
+        }
+        data[label] = json!({
+            "wall_s": build.secs(),
+            "peak_rss_kb": build.timed.peak_rss_kb,
+            "first_step_event_s": build.timed.first_event("step_started"),
+            "runs": build.runs,
+        });
+    };
+    let progress = |f: &Figures, data: &Value, failures: &[String]| {
+        let mut pairs = done.to_vec();
+        pairs.push(data.clone());
+        if let Err(e) = write_progress(bench, f, &pairs, packer_version, failures) {
+            eprintln!("bench packer: warning: {e:#}");
+        }
+    };
+    let failed = |label: &str, e: anyhow::Error, failures: &mut Vec<String>| {
+        eprintln!("bench packer: {label} of pair {index} failed: {e:#}");
+        failures.push(format!("pair {index} {label}: {e:#}"));
+    };
+    let spec =
+        |log: &str, recipes: &'static [&'static str], cache: &str, out: &str, no_cache: bool| {
+            (
+                format!("packer-{log}-{index}"),
+                recipes,
+                d.join(cache),
+                d.join(out),
+                no_cache,
+            )
+        };
+    let build =
+        |(log, recipes, cache, output, no_cache): (String, &[&str], PathBuf, PathBuf, bool)| {
+            let paths: Vec<&Path> = recipes
+                .iter()
+                .map(|r| match *r {
+                    "main" => pair.recipe.as_path(),
+                    "warm" => pair.warm_recipe.as_path(),
+                    _ => pair.reboot_recipe.as_path(),
+                })
+                .collect();
             imgbake_build(
                 bench,
                 &BuildSpec {
-                    log: format!("packer-cold-{index}"),
-                    recipes: &[&pair.recipe],
-                    cache: &d.join("cache"),
-                    output: &d.join("out-cold"),
-                    no_cache: true,
-                    jobs: 1,
+                    log,
+                    recipes: &paths,
+                    cache: &cache,
+                    output: &output,
+                    no_cache,
+                    jobs: paths.len(),
                 },
             )
         };
-        // Alternate who goes first, so neither always meets a warmer page cache.
-        let (packer, cold) = if index % 2 == 0 {
-            let p = packer_build(bench, &pair, index)?;
-            (p, cold(index)?)
-        } else {
-            let c = cold(index)?;
-            (packer_build(bench, &pair, index)?, c)
-        };
-        let warm = imgbake_build(
-            bench,
-            &BuildSpec {
-                log: format!("packer-warm-{index}"),
-                recipes: &[&pair.warm_recipe],
-                cache: &d.join("cache"),
-                output: &d.join("out-warm"),
-                no_cache: false,
-                jobs: 1,
-            },
-        )?;
-        let warm_statuses = statuses(&warm.runs[0]);
-        ensure!(
-            warm_statuses.iter().all(|(_, s)| s == "ran"),
-            "the warm recipe should run every step, but run.json says {warm_statuses:?}"
-        );
-        let reboot = imgbake_build(
-            bench,
-            &BuildSpec {
-                log: format!("packer-reboot-{index}"),
-                recipes: &[&pair.reboot_recipe],
-                cache: &d.join("cache-reboot"),
-                output: &d.join("out-reboot"),
-                no_cache: true,
-                jobs: 1,
-            },
-        )?;
-        let jobs = imgbake_build(
-            bench,
-            &BuildSpec {
-                log: format!("packer-jobs2-{index}"),
-                recipes: &[&pair.recipe, &pair.reboot_recipe],
-                cache: &d.join("cache-jobs"),
-                output: &d.join("out-jobs"),
-                no_cache: true,
-                jobs: 2,
-            },
-        )?;
-        let script = d.join("steps").join(STEP_TO_EDIT);
-        let text = std::fs::read_to_string(&script)?;
-        ensure!(
-            text.contains(ORIGINAL),
-            "{} no longer contains `{ORIGINAL}`; update the bench's edit",
-            script.display()
-        );
-        std::fs::write(&script, text.replace(ORIGINAL, EDITED))?;
-        let rebuild = imgbake_build(
-            bench,
-            &BuildSpec {
-                log: format!("packer-rebuild-{index}"),
-                recipes: &[&pair.recipe],
-                cache: &d.join("cache"),
-                output: &d.join("out-rebuild"),
-                no_cache: false,
-                jobs: 1,
-            },
-        )?;
-        let rebuild_statuses = statuses(&rebuild.runs[0]);
-        let reused: Vec<&str> = rebuild_statuses
-            .iter()
-            .filter(|(_, s)| s == "reused")
-            .map(|(id, _)| id.as_str())
-            .collect();
-        ensure!(
-            reused == ["01"],
-            "the rebuild should reuse step 01 and rerun 02 and 99, but run.json says {rebuild_statuses:?}"
-        );
 
-        f.packer.push(packer.wall.as_secs_f64());
-        f.cold.push(cold.secs());
-        f.warm.push(warm.secs());
-        f.rebuild.push(rebuild.secs());
-        f.reboot_build.push(reboot.secs());
-        f.reboot
-            .push(reboot_secs(&reboot.events).unwrap_or(f64::NAN));
-        f.first_boot.push(
-            reboot.runs[0]["first_step_secs"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
+    // Alternate who goes first, so neither always meets a warmer page cache.
+    let packer_first = index.is_multiple_of(2);
+    for first in [packer_first, !packer_first] {
+        if first {
+            match packer_build(bench, pair, index) {
+                Ok(t) => {
+                    f.packer[index] = t.wall.as_secs_f64();
+                    data["packer"] = json!({
+                        "wall_s": t.wall.as_secs_f64(),
+                        "ssh_connected_s": t.first_line("Connected to SSH"),
+                        "first_script_s": t.first_line("Provisioning with shell script"),
+                    });
+                }
+                Err(e) => failed("packer", e, failures),
+            }
+        } else {
+            match build(spec("cold", &["main"], "cache", "out-cold", true)) {
+                Ok(b) => {
+                    f.cold[index] = b.secs();
+                    record("cold", &b, f, data);
+                }
+                Err(e) => failed("cold", e, failures),
+            }
+        }
+        progress(f, data, failures);
+    }
+
+    let warm = build(spec("warm", &["warm"], "cache", "out-warm", false)).and_then(|b| {
+        let s = statuses(&b.runs[0]);
+        ensure!(
+            s.iter().all(|(_, s)| s == "ran"),
+            "the warm recipe should run every step, but run.json says {s:?}"
         );
-        f.jobs.push(jobs.secs());
-        for b in [&warm, &rebuild] {
+        Ok(b)
+    });
+    match warm {
+        Ok(b) => {
+            f.warm[index] = b.secs();
             if restored_state(&b.events, &b.runs[0])
                 && let Some(t) = b.timed.first_event("step_started")
             {
                 f.restore_to_first_step.push(t);
             }
+            record("warm", &b, f, data);
         }
-        builds.extend([
-            ("cold".to_owned(), cold),
-            ("warm".to_owned(), warm),
-            ("reboot".to_owned(), reboot),
-            ("jobs2".to_owned(), jobs),
-            ("rebuild".to_owned(), rebuild),
-        ]);
-        let mut pair_data = json!({
-            "packer": {
-                "wall_s": packer.wall.as_secs_f64(),
-                "ssh_connected_s": packer.first_line("Connected to SSH"),
-                "first_script_s": packer.first_line("Provisioning with shell script"),
-            },
-        });
-        for (label, b) in &builds {
-            let kb = b.timed.peak_rss_kb.unwrap_or(0);
-            if kb > f.peak_rss_kb {
-                f.peak_rss_kb = kb;
-                f.peak_rss_run = format!("the {label} build of pair {index}");
-            }
-            pair_data[label] = json!({
-                "wall_s": b.secs(),
-                "peak_rss_kb": b.timed.peak_rss_kb,
-                "first_step_event_s": b.timed.first_event("step_started"),
-                "runs": b.runs,
-            });
-        }
-        eprintln!(
-            "bench packer: pair {index}: packer {:.1}s, cold {:.1}s, warm {:.1}s, reboot build {:.1}s, jobs2 {:.1}s, rebuild {:.1}s",
-            f.packer[index],
-            f.cold[index],
-            f.warm[index],
-            f.reboot_build[index],
-            f.jobs[index],
-            f.rebuild[index],
+        Err(e) => failed("warm", e, failures),
+    }
+    progress(f, data, failures);
+
+    let rebuild = edit_step(d).and_then(|()| {
+        let b = build(spec("rebuild", &["main"], "cache", "out-rebuild", false))?;
+        let s = statuses(&b.runs[0]);
+        let reused: Vec<&str> = s
+            .iter()
+            .filter(|(_, st)| st == "reused")
+            .map(|(id, _)| id.as_str())
+            .collect();
+        ensure!(
+            reused == ["01"],
+            "the rebuild should reuse step 01 and rerun 02 and 99, but run.json says {s:?}"
         );
-        pairs_data.push(pair_data);
-        // Layers and images are gigabytes; drop them before the next pair.
-        let _ = std::fs::remove_dir_all(&pair.dir);
+        Ok(b)
+    });
+    match rebuild {
+        Ok(b) => {
+            f.rebuild[index] = b.secs();
+            if restored_state(&b.events, &b.runs[0])
+                && let Some(t) = b.timed.first_event("step_started")
+            {
+                f.restore_to_first_step.push(t);
+            }
+            record("rebuild", &b, f, data);
+        }
+        Err(e) => failed("rebuild", e, failures),
     }
-    let mut rows = rows(&f, bench.runs, &packer_version);
-    for row in &mut rows {
-        row.data["pairs_in"] = json!("target/bench/packer-pairs.json");
+    progress(f, data, failures);
+
+    match build(spec(
+        "reboot",
+        &["reboot"],
+        "cache-reboot",
+        "out-reboot",
+        true,
+    )) {
+        Ok(b) => {
+            f.reboot_build[index] = b.secs();
+            f.reboot[index] = reboot_secs(&b.events).unwrap_or(f64::NAN);
+            f.first_boot[index] = b.runs[0]["first_step_secs"].as_f64().unwrap_or(f64::NAN);
+            record("reboot", &b, f, data);
+        }
+        Err(e) => failed("reboot", e, failures),
     }
-    let path = bench
-        .logs
-        .parent()
-        .unwrap_or(&bench.logs)
-        .join("packer-pairs.json");
-    let report = json!({ "packer_version": packer_version, "pairs": pairs_data });
-    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("write {}", path.display()))?;
-    Ok(rows)
+    progress(f, data, failures);
+
+    match build(spec(
+        "jobs2",
+        &["main", "reboot"],
+        "cache-jobs",
+        "out-jobs",
+        true,
+    )) {
+        Ok(b) => {
+            f.jobs[index] = b.secs();
+            record("jobs2", &b, f, data);
+        }
+        Err(e) => failed("jobs2", e, failures),
+    }
+    progress(f, data, failures);
+    eprintln!(
+        "bench packer: pair {index}: packer {:.1}s, cold {:.1}s, warm {:.1}s, rebuild {:.1}s, reboot build {:.1}s (reboot {:.1}s, first boot {:.1}s), jobs2 {:.1}s",
+        f.packer[index],
+        f.cold[index],
+        f.warm[index],
+        f.rebuild[index],
+        f.reboot_build[index],
+        f.reboot[index],
+        f.first_boot[index],
+        f.jobs[index],
+    );
+}
+
+/// The rebuild row's edit of step 02 (the last-but-one step) in the pair's scripts.
+fn edit_step(pair_dir: &Path) -> Result<()> {
+    let script = pair_dir.join("steps").join(STEP_TO_EDIT);
+    let text = std::fs::read_to_string(&script)?;
+    ensure!(
+        text.contains(ORIGINAL),
+        "{} no longer contains `{ORIGINAL}`; update the bench's edit",
+        script.display()
+    );
+    std::fs::write(&script, text.replace(ORIGINAL, EDITED))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1128,6 +1248,14 @@ mod tests {
         assert!(restored_state(&[e(2.0, "state_restored")], &Value::Null));
         assert!(restored_state(&events, &json!({ "restored_state": "abc" })));
         assert!(!restored_state(&events, &json!({ "restored_state": null })));
+        assert!(!restored_state(
+            &events,
+            &json!({ "restored_state": false })
+        ));
+        assert!(!restored_state(
+            &[e(2.0, "state_restored_failed")],
+            &Value::Null
+        ));
     }
 
     #[test]
