@@ -8,16 +8,23 @@
 //! | `export` | `imgbake export` throughput | `qemu-img convert -O raw` of the same qcow2 | ≥ 0.95 |
 //! | `verify` | `imgbake verify` wall time on a 25 GB sparse RAW | (absolute) | < 1 s |
 //! | `fetch` | `imgbake fetch` throughput from 127.0.0.1 (hash on the fly) | `curl -o` | ≥ 0.9 |
+//! | `packer` | cold, warm, rebuild, reboot, `--jobs 2`, peak RSS (issue 14; see [`packer`]) | Packer 1.6.6 on the same guest and steps | cold ≤ 0.75, warm ≤ 0.45, … |
 //!
 //! Timings use the release binary (`cargo build --release -p imgbake`). Short benches are run
 //! `--runs` times (default 3, alternating with their baseline) and report medians; the checkpoint
 //! bench boots a guest under TCG and runs once unless `--runs` says otherwise. A missed goal is
 //! reported, never an error: nothing here asserts on time. Work files go to `target/bench/work/`
-//! (removed afterwards); the logs of every command stay in `target/bench/logs/`.
+//! (removed afterwards); the logs of every command stay in `target/bench/logs/`. (`target` is
+//! `CARGO_TARGET_DIR` when set.)
+//!
+//! `packer` is not part of a bare `cargo xtask bench`: it boots about seven TCG guests per pair
+//! (roughly half an hour on a 2-core machine) and needs Debian's `packer` package, which it
+//! installs when missing. Name it: `cargo xtask bench packer --runs 3`.
 
 mod checkpoint;
 mod export;
 mod fetch;
+mod packer;
 mod report;
 mod verify;
 
@@ -28,13 +35,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::project_root;
+use crate::{project_root, target_dir};
 pub use report::{Goal, Measurement};
 
-const USAGE: &str = "usage: cargo xtask bench [checkpoint|export|verify|fetch ...] [--runs N] [--checkpoint-runs N]";
+const USAGE: &str = "usage: cargo xtask bench [checkpoint|export|verify|fetch|packer ...] [--runs N] [--checkpoint-runs N]";
 
-/// Every bench, in the order they run.
+/// Every bench a bare `cargo xtask bench` runs, in order.
 const ALL: &[&str] = &["export", "verify", "fetch", "checkpoint"];
+/// Benches that run only when named (long, or with dependencies of their own).
+const ON_REQUEST: &[&str] = &["packer"];
 
 #[derive(Debug, PartialEq)]
 struct Options {
@@ -63,7 +72,9 @@ fn parse_args(args: &[String]) -> Result<Options> {
         match arg.as_str() {
             "--runs" => opts.runs = count("--runs")?,
             "--checkpoint-runs" => opts.checkpoint_runs = count("--checkpoint-runs")?,
-            name if ALL.contains(&name) => opts.names.push(name.to_owned()),
+            name if ALL.contains(&name) || ON_REQUEST.contains(&name) => {
+                opts.names.push(name.to_owned())
+            }
             other => bail!("unknown bench or option `{other}`\n  {USAGE}"),
         }
     }
@@ -156,7 +167,8 @@ pub fn run(args: &[String]) -> Result<()> {
         .context("run cargo build")?;
     ensure!(status.success(), "cargo build --release -p imgbake failed");
 
-    let out_dir = root.join("target/bench");
+    let target = target_dir(&root);
+    let out_dir = target.join("bench");
     let logs = out_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let mut results = Vec::new();
@@ -165,23 +177,25 @@ pub fn run(args: &[String]) -> Result<()> {
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work)?;
         let bench = Bench {
-            imgbake: root.join("target/release/imgbake"),
+            imgbake: target.join("release/imgbake"),
             work: work.clone(),
             logs: logs.clone(),
             runs: opts.runs,
         };
         eprintln!("bench: {name}");
         let measured = match name.as_str() {
-            "checkpoint" => checkpoint::run(&bench, opts.checkpoint_runs),
-            "export" => export::run(&bench),
-            "verify" => verify::run(&bench),
-            "fetch" => fetch::run(&bench),
+            "checkpoint" => checkpoint::run(&bench, opts.checkpoint_runs).map(|m| vec![m]),
+            "export" => export::run(&bench).map(|m| vec![m]),
+            "verify" => verify::run(&bench).map(|m| vec![m]),
+            "fetch" => fetch::run(&bench).map(|m| vec![m]),
+            "packer" => packer::run(&bench),
             _ => unreachable!("parse_args only accepts known names"),
         };
         let _ = std::fs::remove_dir_all(&work);
-        let measured = measured.with_context(|| format!("bench {name}"))?;
-        eprintln!("bench: {name}: {}", measured.detail);
-        results.push(measured);
+        for m in measured.with_context(|| format!("bench {name}"))? {
+            eprintln!("bench: {}: {}", m.name, m.detail);
+            results.push(m);
+        }
     }
     print!("{}", report::table(&results));
     let path = out_dir.join("report.json");
@@ -215,6 +229,19 @@ mod tests {
         let opts = parse_args(&args(&["fetch", "--runs", "5", "verify"])).unwrap();
         assert_eq!(opts.names, ["fetch", "verify"]);
         assert_eq!(opts.runs, 5);
+    }
+
+    #[test]
+    fn packer_runs_only_when_named() {
+        assert!(
+            !parse_args(&[])
+                .unwrap()
+                .names
+                .contains(&"packer".to_owned())
+        );
+        let opts = parse_args(&args(&["packer", "--runs", "1"])).unwrap();
+        assert_eq!(opts.names, ["packer"]);
+        assert_eq!(opts.runs, 1);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
 use super::{Bench, Goal, Measurement, median};
-use crate::project_root;
+use crate::{project_root, target_dir};
 
 const STEP_TO_EDIT: &str = "05-after-reboot.sh";
 const ORIGINAL: &str = "${SMOKE_EDIT:-original}";
@@ -24,7 +24,13 @@ fn copy_recipe(dir: &Path) -> Result<PathBuf> {
     let root = project_root();
     let recipes = root.join("fixtures/recipes");
     let text = std::fs::read_to_string(recipes.join("smoke.yaml")).context("read smoke.yaml")?;
-    let text = text.replace("../../", &format!("{}/", root.display()));
+    // The fixture lives in the target dir (CARGO_TARGET_DIR when set), the rest in the checkout.
+    let text = text
+        .replace(
+            "../../target/",
+            &format!("{}/", target_dir(&root).display()),
+        )
+        .replace("../../", &format!("{}/", root.display()));
     let recipe = dir.join("smoke.yaml");
     std::fs::write(&recipe, text)?;
     let scripts = dir.join("smoke");
@@ -57,7 +63,7 @@ fn step_statuses(output: &Path) -> Result<(Vec<(String, String)>, Value)> {
 }
 
 pub fn run(bench: &Bench, runs: usize) -> Result<Measurement> {
-    let fixture = project_root().join("target/fixture/debian-bookworm.qcow2");
+    let fixture = target_dir(&project_root()).join("fixture/debian-bookworm.qcow2");
     ensure!(
         fixture.is_file(),
         "the fixture guest is missing ({})\n  try: cargo xtask fixture",

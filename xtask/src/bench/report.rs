@@ -14,6 +14,8 @@ pub enum Goal {
     AtLeast(f64),
     /// The value must stay strictly below this.
     Below(f64),
+    /// No goal: the row is there for its figure (such as `--jobs 2` against sequential builds).
+    None,
 }
 
 impl Goal {
@@ -22,6 +24,7 @@ impl Goal {
             Goal::AtMost(limit) => value <= limit,
             Goal::AtLeast(limit) => value >= limit,
             Goal::Below(limit) => value < limit,
+            Goal::None => true,
         }
     }
 
@@ -31,6 +34,7 @@ impl Goal {
             Goal::AtMost(l) => format!("<= {l}{unit}"),
             Goal::AtLeast(l) => format!(">= {l}{unit}"),
             Goal::Below(l) => format!("< {l}{unit}"),
+            Goal::None => "-".to_owned(),
         }
     }
 }
@@ -55,29 +59,74 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// A row whose figure this build cannot produce (the feature is not there yet): the value
+    /// is NaN, written as `n/a` in the table and `null` in `report.json`.
+    pub fn not_measured(
+        name: &'static str,
+        unit: &'static str,
+        goal: Goal,
+        runs: usize,
+        why: &str,
+    ) -> Measurement {
+        Measurement {
+            name,
+            value: f64::NAN,
+            unit,
+            goal,
+            runs,
+            detail: why.to_owned(),
+            data: Value::Null,
+        }
+    }
+
+    /// Whether the figure was measured at all.
+    pub fn measured(&self) -> bool {
+        !self.value.is_nan()
+    }
+
     pub fn met(&self) -> bool {
         self.goal.met(self.value)
+    }
+
+    /// `met`, `MISSED`, `n/a` (not measured) or `-` (no goal).
+    pub fn status(&self) -> &'static str {
+        match (self.measured(), self.goal) {
+            (false, _) => "n/a",
+            (true, Goal::None) => "-",
+            (true, _) if self.met() => "met",
+            (true, _) => "MISSED",
+        }
+    }
+
+    /// `met` for `report.json`: `null` when not measured or without a goal.
+    fn met_json(&self) -> Value {
+        match (self.measured(), self.goal) {
+            (false, _) | (_, Goal::None) => Value::Null,
+            _ => self.met().into(),
+        }
     }
 }
 
 /// The table printed at the end.
 pub fn table(results: &[Measurement]) -> String {
     let mut out = format!(
-        "\n{:<11} {:>8}  {:<9} {:<6} {:>2}  {}\n",
+        "\n{:<15} {:>9}  {:<9} {:<6} {:>2}  {}\n",
         "bench", "value", "goal", "", "n", "measured"
     );
     for m in results {
-        let value = if m.unit == "ratio" {
+        let value = if !m.measured() {
+            "n/a".to_owned()
+        } else if m.unit == "ratio" {
             format!("{:.3}", m.value)
         } else {
             format!("{:.3}{}", m.value, m.unit)
         };
         out.push_str(&format!(
-            "{:<11} {:>8}  {:<9} {:<6} {:>2}  {}\n",
+            "{:<15} {:>9}  {:<9} {:<6} {:>2}  {}\n",
             m.name,
             value,
             m.goal.text(m.unit),
-            if m.met() { "met" } else { "MISSED" },
+            m.status(),
             m.runs,
             m.detail
         ));
@@ -90,17 +139,18 @@ pub fn write_json(path: &Path, results: &[Measurement]) -> Result<()> {
     let benches: Vec<Value> = results
         .iter()
         .map(|m| {
-            let (kind, limit) = match m.goal {
-                Goal::AtMost(l) => ("at_most", l),
-                Goal::AtLeast(l) => ("at_least", l),
-                Goal::Below(l) => ("below", l),
+            let goal = match m.goal {
+                Goal::AtMost(l) => json!({ "at_most": l }),
+                Goal::AtLeast(l) => json!({ "at_least": l }),
+                Goal::Below(l) => json!({ "below": l }),
+                Goal::None => Value::Null,
             };
             json!({
                 "name": m.name,
                 "value": m.value,
                 "unit": m.unit,
-                "goal": { kind: limit },
-                "met": m.met(),
+                "goal": goal,
+                "met": m.met_json(),
                 "runs": m.runs,
                 "detail": m.detail,
                 "data": m.data,
@@ -158,5 +208,29 @@ mod tests {
         let back: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back["benches"][1]["met"], json!(false));
         assert_eq!(back["benches"][0]["goal"]["at_most"], json!(0.25));
+    }
+
+    #[test]
+    fn rows_without_a_figure_or_a_goal_say_so() {
+        let absent = Measurement::not_measured(
+            "restore",
+            "s",
+            Goal::AtMost(5.0),
+            1,
+            "n/a — not implemented",
+        );
+        let info = m(0.6, Goal::None);
+        assert_eq!((absent.status(), info.status()), ("n/a", "-"));
+        let text = table(&[absent.clone(), info.clone()]);
+        assert!(text.contains("n/a — not implemented"), "{text}");
+        assert!(!text.contains("MISSED") && !text.contains("met "), "{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        write_json(&path, &[absent, info]).unwrap();
+        let back: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back["benches"][0]["value"], Value::Null);
+        assert_eq!(back["benches"][0]["met"], Value::Null);
+        assert_eq!(back["benches"][1]["met"], Value::Null);
+        assert_eq!(back["benches"][1]["goal"], Value::Null);
     }
 }

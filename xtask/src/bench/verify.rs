@@ -11,12 +11,12 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::{Bench, Goal, Measurement, median};
-use crate::project_root;
+use crate::{project_root, target_dir};
 
 const SIZE: &str = "25G";
 
 pub fn run(bench: &Bench) -> Result<Measurement> {
-    let fixture = project_root().join("target/fixture/debian-bookworm.qcow2");
+    let fixture = target_dir(&project_root()).join("fixture/debian-bookworm.qcow2");
     anyhow::ensure!(
         fixture.is_file(),
         "the fixture guest is missing ({})\n  try: cargo xtask fixture",
