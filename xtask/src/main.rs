@@ -24,7 +24,9 @@ commands:
   test               deps + fixture + fmt + clippy + the whole test suite, as CI runs it
   bench [NAME...] [--runs N] [--checkpoint-runs N]
                      speed goals as ratios against a baseline (checkpoint, export, verify,
-                     fetch); prints a table, writes target/bench/report.json
+                     fetch); prints a table, writes target/bench/report.json;
+                     `bench packer` (only when named): imgbake vs Packer 1.6.6 head to head
+                     (cold, warm, rebuild, reboot, --jobs 2, imgbake's peak RSS)
   demo               deps, fixture, then build and verify the fixture smoke recipe
                      into output/fixture-smoke/
   e2e nvidia [--open] [--cache-dir DIR] [--output DIR] [--var NAME=VALUE]...
