@@ -198,6 +198,8 @@ fn a_second_build_into_a_held_output_directory_fails_at_once_naming_the_holder()
     let cache = work.path().join("cache");
     let recipe = test_support::workspace_root().join("fixtures/recipes/smoke.yaml");
     let out = imgbake()
+        // The smoke recipe's secret: checked before the lock, so it must be set.
+        .env("SMOKE_SECRET", "unused: the build stops at the lock")
         .arg("recipe")
         .arg(&recipe)
         .arg("--output")
