@@ -172,6 +172,15 @@ pub enum Error {
         recorded: u64,
     },
 
+    /// The uncompressed copy of a base could not be made.
+    #[error("cannot make an uncompressed copy of {}: {detail}", base.display())]
+    PlainCopy {
+        /// The base image.
+        base: PathBuf,
+        /// What went wrong (qemu-img's message).
+        detail: String,
+    },
+
     /// The fetch was cancelled. A partial download is kept for resuming.
     #[error("fetch cancelled")]
     Cancelled,
