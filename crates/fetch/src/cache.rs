@@ -3,6 +3,8 @@
 //! Layout of `<dir>`:
 //! - `<sha256hex>` — a verified image, read-only (0444), named by its digest;
 //! - `<sha256hex>.json` — its sidecar: source (redacted), size, fetched-at;
+//! - `<sha256hex>.plain.qcow2` + `<sha256hex>.plain.json` — its uncompressed copy and record
+//!   (see [`crate::plain`]); also made for local bases, which are not copied in themselves;
 //! - `.partial/<sha256hex>.part` + `.part.json` — a download in progress and its resume record;
 //! - `.locks/<sha256hex>.lock` — the per-digest lock (an OS file lock, released on close/exit);
 //! - `.sums/<sha256 of url>.txt` + `.json` — the last copy of each SHA256SUMS list fetched, so
@@ -147,7 +149,8 @@ impl BaseCache {
         Ok(out)
     }
 
-    /// Removes the image with `digest` (and its sidecar). Returns whether it was there.
+    /// Removes the image with `digest`, its sidecar and its uncompressed copy. Returns whether
+    /// the image was there.
     pub fn remove(&self, digest: &Sha256) -> Result<bool> {
         let path = self.entry_path(digest);
         let existed = match fs::remove_file(&path) {
@@ -156,6 +159,7 @@ impl BaseCache {
             Err(e) => return Err(Error::cache_io("remove", path)(e)),
         };
         let _ = fs::remove_file(self.sidecar_path(digest));
+        self.remove_plain(digest)?;
         Ok(existed)
     }
 
@@ -244,10 +248,20 @@ impl BaseCache {
         progress: &(dyn Fn(FetchEvent) + Send + Sync),
         cancel: &CancellationToken,
     ) -> Result<DigestLock> {
-        let path = self
-            .dir
-            .join(LOCKS)
-            .join(format!("{}.lock", digest.to_hex()));
+        self.lock_named(&digest.to_hex(), digest, progress, cancel)
+            .await
+    }
+
+    /// Takes the lock `.locks/<name>.lock` (about the image `digest`), waiting (cancellably)
+    /// while another process holds it.
+    pub(crate) async fn lock_named(
+        &self,
+        name: &str,
+        digest: &Sha256,
+        progress: &(dyn Fn(FetchEvent) + Send + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<DigestLock> {
+        let path = self.dir.join(LOCKS).join(format!("{name}.lock"));
         let file = File::options()
             .create(true)
             .truncate(false)

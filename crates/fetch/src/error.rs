@@ -176,6 +176,14 @@ pub enum Error {
     /// free. A partial download is kept for resuming once there is room.
     #[error(transparent)]
     NoSpace(#[from] digest::NoSpace),
+    /// The uncompressed copy of a base could not be made.
+    #[error("cannot make an uncompressed copy of {}: {detail}", base.display())]
+    PlainCopy {
+        /// The base image.
+        base: PathBuf,
+        /// What went wrong (qemu-img's message).
+        detail: String,
+    },
 
     /// The fetch was cancelled. A partial download is kept for resuming.
     #[error("fetch cancelled")]

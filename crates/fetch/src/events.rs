@@ -75,6 +75,18 @@ pub enum FetchEvent {
         /// Its size in bytes.
         size: u64,
     },
+    /// The uncompressed copy of the base with this digest is being made (once per base).
+    MakingPlainCopy {
+        /// The base's digest.
+        digest: Sha256,
+    },
+    /// The uncompressed copy of a base was damaged; it is removed and made again.
+    PlainCopyDamaged {
+        /// The base's digest.
+        digest: Sha256,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 /// Where the expected digest came from.

@@ -12,6 +12,9 @@
 //!   after the digest matched. A per-digest lock makes concurrent fetches download once.
 //! - Local bases are hashed in place, never copied.
 //! - Progress is reported as typed [`FetchEvent`]s through a callback; this crate never prints.
+//! - [`BaseCache::plain_copy`] keeps an uncompressed qcow2 copy of each base ([`PlainCopy`],
+//!   made once, content-addressed by the base's digest): builds boot on it, so the guest reads
+//!   plain clusters instead of decompressing zlib ones.
 //! - Errors ([`enum@Error`]) show URLs redacted (no password, no query string).
 //!
 //! Decisions worth knowing:
@@ -57,6 +60,7 @@ mod fetcher;
 mod hash;
 mod http;
 mod options;
+mod plain;
 mod source;
 pub mod sums;
 
@@ -72,4 +76,5 @@ pub use error::{Error, Result};
 pub use events::{DigestOrigin, FetchEvent, HashPurpose, RestartReason};
 pub use fetcher::{CachedBase, Outcome, Progress};
 pub use options::FetchOptions;
+pub use plain::PlainCopy;
 pub use source::{BaseSource, ExpectedDigest, Location, redact};

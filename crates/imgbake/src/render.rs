@@ -91,6 +91,13 @@ impl BakeRenderer {
             BakeEvent::BaseReady { path, sha256 } => {
                 format!("base image ready: {} (sha256 {}…)", path.display(), &sha256[..12])
             }
+            BakeEvent::PlainBaseReady { path, made_secs } => match made_secs {
+                Some(secs) => format!(
+                    "uncompressed copy of the base made in {secs:.1}s: {}",
+                    path.display()
+                ),
+                None => return None,
+            },
             BakeEvent::CheckpointDiscarded { reason } => paint.hint(&format!("note: {reason}")),
             BakeEvent::StepsReused { ids, resumed } => {
                 let range = match (ids.first(), ids.last()) {

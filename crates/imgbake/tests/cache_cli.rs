@@ -517,3 +517,104 @@ fn boot_with_a_bad_recipe_fails_before_anything_starts() {
     expect_code(imgbake(&cache).args(["boot", "no-such-recipe.yaml"]), 3);
     assert!(!cache.exists(), "a failed boot touched the cache");
 }
+
+/// The uncompressed copy of a base, made by the fetch cache's own code as a build makes it.
+fn plain_copy(base_dir: &Path, image: &Path) -> PathBuf {
+    let cache = fetch::BaseCache::open(base_dir).unwrap();
+    let base = fetch::CachedBase {
+        path: image.to_path_buf(),
+        digest: fetch::Sha256::of(&std::fs::read(image).unwrap()),
+        size: std::fs::metadata(image).unwrap().len(),
+        source: fetch::Location::File(image.to_path_buf()),
+        outcome: fetch::Outcome::LocalFile,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let copy = runtime
+        .block_on(cache.plain_copy(
+            &base,
+            false,
+            &|_| {},
+            &tokio_util::sync::CancellationToken::new(),
+        ))
+        .unwrap();
+    assert!(copy.made);
+    copy.path
+}
+
+#[test]
+fn uncompressed_base_copies_are_listed_and_go_when_nothing_needs_them() {
+    if !tools() {
+        return;
+    }
+    let cache = Cache::new();
+    let base_dir = cache.root.join("base");
+    // The cached base's copy, and the copy of a local base outside the cache that a chain of
+    // recipe `local` is backed by.
+    let cached_copy = plain_copy(&base_dir, &cache.base);
+    let local = cache._dir.path().join("local.qcow2");
+    let local_s = local.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", "qcow2", local_s, "1G"]);
+    run("qemu-io", &["-c", "write -P 0x22 0 1M", local_s]);
+    let local_copy = plain_copy(&base_dir, &local);
+    let store_dir = cache.store_dir();
+    let chain = ChainSpec {
+        store_dir: &store_dir,
+        base: &local_copy,
+        recipe: "local",
+        root: &key(300),
+    };
+    let layers = [LayerSpec {
+        key: key(5),
+        step_id: "01".into(),
+        step_name: "01-step".into(),
+        write_mib: Some(1),
+    }];
+    test_support::checkpoints::publish_chain(&chain, &layers);
+    cache.chain("alpha", 100, &[(1, "01", 1)]);
+
+    let listing = cache.ls();
+    let copies = listing["plain_copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2, "{listing:#}");
+    let paths: Vec<&str> = copies.iter().map(|c| c["path"].as_str().unwrap()).collect();
+    assert!(paths.contains(&cached_copy.to_str().unwrap()), "{paths:?}");
+    assert!(paths.contains(&local_copy.to_str().unwrap()), "{paths:?}");
+    assert_eq!(listing["total"]["plain_copies"], 2);
+    // Counted with the base images, by their blocks.
+    let bases = allocated(&cache.base) + allocated(&cached_copy) + allocated(&local_copy);
+    assert_eq!(listing["total"]["base_allocated"], bases);
+    let out = expect_code(imgbake(&cache.root).args(["cache", "ls"]), 0);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("uncompressed copies"), "{text}");
+
+    // Removing another recipe's checkpoints leaves both: the local copy still backs `local`.
+    expect_code(imgbake(&cache.root).args(["cache", "rm", "alpha"]), 0);
+    assert!(cached_copy.exists() && local_copy.exists());
+
+    // Once `local`'s checkpoints go, its copy goes too (a dry run first only says so); the
+    // cached base keeps its copy.
+    let out = expect_code(
+        imgbake(&cache.root).args(["cache", "rm", "local", "--dry-run"]),
+        0,
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "would remove the uncompressed base copy {}",
+            local_copy.display()
+        )),
+        "{text}"
+    );
+    assert!(local_copy.exists());
+    let out = expect_code(
+        imgbake(&cache.root).args(["cache", "rm", "local", "--json"]),
+        0,
+    );
+    let removal: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        removal["plain_copies_removed"],
+        serde_json::json!([local_copy.to_str().unwrap()])
+    );
+    assert!(!local_copy.exists());
+    assert!(cached_copy.exists());
+    assert_eq!(cache.ls()["total"]["plain_copies"], 1);
+}

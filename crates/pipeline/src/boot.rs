@@ -182,6 +182,8 @@ pub async fn boot_interactive(
         &cancel.graceful,
     )
     .await?;
+    let boot_base =
+        crate::build::plain_base(&request.cache_dir, &base, &events, &cancel.graceful).await?;
     // Short path (the QMP socket lives in it), mode 0700, removed when dropped.
     let run_dir = tempfile::Builder::new()
         .prefix("imgbake-boot-")
@@ -201,8 +203,7 @@ pub async fn boot_interactive(
         &seed,
     )?;
     let disk = dir.join("disk.qcow2");
-    let base_path = std::path::absolute(&base.path).map_err(io_err("resolve", &base.path))?;
-    qemu_driver::overlay::create(&base_path, &disk, Some(recipe.vm.disk_size.as_u64())).await?;
+    qemu_driver::overlay::create(&boot_base, &disk, Some(recipe.vm.disk_size.as_u64())).await?;
 
     let keys = Arc::new(keys);
     let booted = boot(

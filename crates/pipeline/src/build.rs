@@ -191,6 +191,8 @@ pub async fn bake(
         offline: request.offline,
     };
     let base = fetch_base(&fetch, &events, &cancel.graceful).await?;
+    // Before the reuse check: a reused first layer may be backed by the copy.
+    let boot_base = plain_base(&request.cache_dir, &base, &events, &cancel.graceful).await?;
     let plan = BuildPlan::new(recipe, BaseIdentity::Digest(base.digest));
 
     let store = CheckpointStore::open(&request.cache_dir.join("checkpoints"))?;
@@ -268,7 +270,7 @@ pub async fn bake(
         None => {
             let setup = VmSetup {
                 start: &start,
-                base: &base.path,
+                base: &boot_base,
                 keys: Arc::new(keys),
                 secrets: &secrets,
                 run_dir: run_dir.path(),
@@ -373,6 +375,35 @@ pub(crate) async fn fetch_base(
         sha256: base.digest.to_string(),
     });
     Ok(base)
+}
+
+/// The uncompressed copy of `base` in the cache (see [`fetch::PlainCopy`]), made if it is missing
+/// or damaged: what a VM boots its overlay on. The checkpoint keys stay those of `base`'s
+/// digest, as the copy has the same content.
+pub(crate) async fn plain_base(
+    cache_dir: &Path,
+    base: &fetch::CachedBase,
+    events: &Emitter,
+    cancel: &CancellationToken,
+) -> Result<PathBuf> {
+    let cache = fetch::BaseCache::open(cache_dir.join("base"))?;
+    let began = Instant::now();
+    let progress = |event: fetch::FetchEvent| {
+        if let fetch::FetchEvent::PlainCopyDamaged { reason, .. } = event {
+            events.emit(BakeEvent::Warning {
+                message: format!(
+                    "the uncompressed copy of the base is damaged ({reason}); making it again"
+                ),
+            });
+        }
+    };
+    let copy = cache.plain_copy(base, false, &progress, cancel).await?;
+    let path = std::path::absolute(&copy.path).map_err(io_err("resolve", &copy.path))?;
+    events.emit(BakeEvent::PlainBaseReady {
+        path: path.clone(),
+        made_secs: copy.made.then(|| elapsed_secs(began)),
+    });
+    Ok(path)
 }
 
 /// The SSH keys a chain's guests were seeded with, kept in the store's chain secrets. A chain

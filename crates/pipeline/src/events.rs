@@ -26,6 +26,13 @@ pub enum BakeEvent {
         /// Its sha256.
         sha256: String,
     },
+    /// The uncompressed copy of the base that the build boots on (made once per base).
+    PlainBaseReady {
+        /// The copy.
+        path: PathBuf,
+        /// Whether it was made now, and how long that took.
+        made_secs: Option<f64>,
+    },
     /// Checkpoints that were broken or cut off and were thrown away.
     CheckpointDiscarded {
         /// Why, as a sentence.

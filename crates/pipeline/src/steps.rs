@@ -163,6 +163,13 @@ pub(crate) async fn build_in_vm(
             return Err(Error::Interrupted { last_checkpoint: runner.progress.last_published });
         }
     }
+    // The disk ignored the guest's flushes (`DiskCache::Unsafe`): QEMU wrote everything out
+    // when it closed the image, but only into the host's page cache. Make it durable before
+    // it is exported.
+    let top = &runner.progress.current;
+    std::fs::File::open(top)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("sync", top))?;
     Ok((runner.progress.current, runner.facts))
 }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::accel::Accel;
-use crate::config::{Firmware, RunPaths, VmConfig};
+use crate::config::{DiskCache, Firmware, RunPaths, VmConfig};
 use crate::error::{Error, Result};
 
 /// Node name of the guest disk's format (qcow2) node at launch.
@@ -44,7 +44,7 @@ pub fn qemu_args(plan: &LaunchPlan<'_>) -> Result<Vec<OsString>> {
     if config.firmware == Firmware::Uefi {
         args.extend(uefi_args(&config.uefi.code, &plan.paths.uefi_vars)?);
     }
-    args.extend(disk_args(&config.disk)?);
+    args.extend(disk_args(&config.disk, config.disk_cache)?);
     if let Some(seed) = &config.seed_iso {
         args.extend(seed_args(seed)?);
     }
@@ -175,17 +175,20 @@ pub fn uefi_args(code: &Path, vars: &Path) -> Result<Vec<OsString>> {
     Ok(args)
 }
 
-/// The qcow2 disk as `disk0-file` → `disk0`, on a virtio-blk device that boots first.
-pub fn disk_args(disk: &Path) -> Result<Vec<OsString>> {
+/// The qcow2 disk as `disk0-file` → `disk0`, on a virtio-blk device that boots first. Both
+/// nodes get `cache` (see [`DiskCache`]): with `-blockdev` a referenced child does not inherit
+/// its parent's cache options, and QEMU skips the host flush of a node only when that node
+/// itself has `no-flush`.
+pub fn disk_args(disk: &Path, cache: DiskCache) -> Result<Vec<OsString>> {
     let filename = utf8_path(disk, "disk")?;
     let mut args = Vec::new();
     args.extend(blockdev(json!({
         "driver": "file", "node-name": DISK_FILE_NODE, "filename": filename,
-        "discard": "unmap",
+        "discard": "unmap", "cache": cache.blockdev_cache(),
     })));
     args.extend(blockdev(json!({
         "driver": "qcow2", "node-name": DISK_NODE, "file": DISK_FILE_NODE,
-        "discard": "unmap",
+        "discard": "unmap", "cache": cache.blockdev_cache(),
     })));
     args.push(os("-device"));
     args.push(os(format!(
@@ -348,7 +351,11 @@ mod tests {
 
     #[test]
     fn blockdevs_are_json_with_node_names() {
-        let args = disk_args(Path::new("/x/with,comma \"quoted\".qcow2")).unwrap();
+        let args = disk_args(
+            Path::new("/x/with,comma \"quoted\".qcow2"),
+            DiskCache::Writeback,
+        )
+        .unwrap();
         let nodes: Vec<serde_json::Value> = values(&args, "-blockdev")
             .iter()
             .map(|v| serde_json::from_str(v).unwrap())
@@ -359,6 +366,8 @@ mod tests {
         assert_eq!(nodes[1]["driver"], "qcow2");
         assert_eq!(nodes[1]["node-name"], DISK_NODE);
         assert_eq!(nodes[1]["file"], DISK_FILE_NODE);
+        // Writeback: guest flushes reach the host on both nodes.
+        assert!(nodes.iter().all(|n| n["cache"]["no-flush"] == false));
 
         let seed = seed_args(Path::new("/s.iso")).unwrap();
         let nodes: Vec<serde_json::Value> = values(&seed, "-blockdev")
@@ -366,6 +375,23 @@ mod tests {
             .map(|v| serde_json::from_str(v).unwrap())
             .collect();
         assert!(nodes.iter().all(|n| n["read-only"] == true));
+    }
+
+    #[test]
+    fn unsafe_cache_ignores_flushes_on_both_disk_nodes() {
+        let args = disk_args(Path::new("/x/d.qcow2"), DiskCache::Unsafe).unwrap();
+        let nodes: Vec<serde_json::Value> = values(&args, "-blockdev")
+            .iter()
+            .map(|v| serde_json::from_str(v).unwrap())
+            .collect();
+        assert_eq!(nodes.len(), 2);
+        for node in &nodes {
+            assert_eq!(
+                node["cache"],
+                json!({"direct": false, "no-flush": true}),
+                "{node}"
+            );
+        }
     }
 
     #[test]
@@ -413,7 +439,7 @@ mod tests {
     #[test]
     fn non_utf8_disk_path_is_an_error_not_a_panic() {
         let path = PathBuf::from(OsString::from_vec(vec![b'/', 0xff, b'x']));
-        let err = disk_args(&path).unwrap_err();
+        let err = disk_args(&path, DiskCache::Writeback).unwrap_err();
         assert!(err.to_string().contains("not valid UTF-8"), "{err}");
     }
 }

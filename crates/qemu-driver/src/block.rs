@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use qapi::qmp::{
-    BlockdevOptions, BlockdevOptionsBase, BlockdevOptionsFile, BlockdevOptionsGenericCOWFormat,
-    BlockdevOptionsGenericFormat, BlockdevOptionsQcow2, BlockdevRef, BlockdevRefOrNull,
-    BlockdevSnapshot,
+    BlockdevCacheOptions, BlockdevOptions, BlockdevOptionsBase, BlockdevOptionsFile,
+    BlockdevOptionsGenericCOWFormat, BlockdevOptionsGenericFormat, BlockdevOptionsQcow2,
+    BlockdevRef, BlockdevRefOrNull, BlockdevSnapshot,
 };
 use serde::Deserialize;
 
 use crate::args::DISK_DEVICE;
+use crate::config::DiskCache;
 use crate::error::{Error, Result};
 use crate::overlay;
 use crate::vm::Vm;
@@ -88,14 +89,23 @@ pub fn plain_filename(name: &str) -> PathBuf {
 
 /// The `blockdev-add` arguments for a qcow2 overlay at `path` with nodes `node`/`file_node`
 /// and `backing: null` (QEMU must not open the backing file named in its header; the
-/// `blockdev-snapshot` that follows attaches the current top instead).
-pub fn overlay_blockdev(node: &str, file_node: &str, path: &Path) -> Result<BlockdevOptions> {
+/// `blockdev-snapshot` that follows attaches the current top instead). Both nodes get `cache`'s
+/// mode, so the guest's flushes are treated as they were on the launch disk.
+pub fn overlay_blockdev(
+    node: &str,
+    file_node: &str,
+    path: &Path,
+    cache: DiskCache,
+) -> Result<BlockdevOptions> {
     let filename = path.to_str().ok_or_else(|| Error::InvalidConfig {
         reason: format!("overlay path {} is not valid UTF-8", path.display()),
     })?;
     let base = |node_name: &str| BlockdevOptionsBase {
         auto_read_only: None,
-        cache: None,
+        cache: Some(BlockdevCacheOptions {
+            direct: Some(false),
+            no_flush: Some(cache == DiskCache::Unsafe),
+        }),
         detect_zeroes: None,
         discard: Some(qapi::qmp::BlockdevDiscardOptions::unmap),
         force_share: None,
@@ -181,7 +191,7 @@ impl Vm {
         let n = top.layers + 1;
         let node = format!("layer{n}");
         let file_node = format!("layer{n}-file");
-        let options = overlay_blockdev(&node, &file_node, new_overlay)?;
+        let options = overlay_blockdev(&node, &file_node, new_overlay, self.config().disk_cache)?;
         if let Err(e) = self.qmp.execute(qapi::qmp::blockdev_add(options)).await {
             let _ = std::fs::remove_file(new_overlay);
             return Err(e);
@@ -223,7 +233,13 @@ mod tests {
 
     #[test]
     fn overlay_blockdev_serialises_like_qmp_expects() {
-        let options = overlay_blockdev("layer1", "layer1-file", Path::new("/c/02.qcow2")).unwrap();
+        let options = overlay_blockdev(
+            "layer1",
+            "layer1-file",
+            Path::new("/c/02.qcow2"),
+            DiskCache::Unsafe,
+        )
+        .unwrap();
         let value = serde_json::to_value(qapi::qmp::blockdev_add(options)).unwrap();
         assert_eq!(
             value,
@@ -231,11 +247,13 @@ mod tests {
                 "driver": "qcow2",
                 "node-name": "layer1",
                 "discard": "unmap",
+                "cache": {"direct": false, "no-flush": true},
                 "backing": null,
                 "file": {
                     "driver": "file",
                     "node-name": "layer1-file",
                     "discard": "unmap",
+                    "cache": {"direct": false, "no-flush": true},
                     "filename": "/c/02.qcow2"
                 }
             })

@@ -60,7 +60,7 @@ pub mod vmstate;
 
 pub use accel::{Accel, AccelChoice, AccelDecision, AccelReason};
 pub use block::{Layer, TopImage};
-pub use config::{Firmware, RunPaths, SshPort, UefiFirmware, VmConfig};
+pub use config::{DiskCache, Firmware, RunPaths, SshPort, UefiFirmware, VmConfig};
 pub use error::{Error, Result, Tails};
 pub use state::VmState;
 pub use supervisor::{ShutdownCause, VmStatus};

@@ -48,6 +48,7 @@
 #![warn(missing_docs)]
 
 mod iso;
+mod modules;
 mod render;
 
 use std::collections::BTreeMap;
@@ -255,6 +256,9 @@ pub fn render(config: &SeedConfig) -> Result<SeedFiles> {
             &user_values,
         )?,
     };
+    // The lean module lists (see `modules`): what a build boot runs.
+    user_data.push_str("\n# cloud-init modules a build needs (the image keeps its cloud.cfg)\n");
+    user_data.push_str(&modules::lines(&config.extra_cloud_config));
     render::append_extra(&mut user_data, &config.extra_cloud_config)?;
 
     let meta_values = render::Values::default()
@@ -345,6 +349,7 @@ fn fingerprint_with(templates: [&str; 3], config: &SeedConfig) -> Sha256 {
         Some(nic_match) => field(nic_match.to_string().as_bytes()),
         None => field(b"none"),
     }
+    field(modules::lines(&config.extra_cloud_config).as_bytes());
     field(
         serde_json::Value::from_iter(config.extra_cloud_config.clone())
             .to_string()

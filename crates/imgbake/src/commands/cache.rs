@@ -174,6 +174,17 @@ struct BaseRow {
     fetched_at: Option<String>,
 }
 
+/// An uncompressed copy of a base (what builds boot on) as `ls --json` prints it.
+#[derive(Debug, Serialize)]
+struct PlainRow {
+    /// The digest of the base it copies.
+    base_sha256: String,
+    path: PathBuf,
+    size: u64,
+    allocated: u64,
+    source: Option<String>,
+}
+
 /// The space used.
 #[derive(Debug, Default, Serialize)]
 struct Total {
@@ -181,7 +192,7 @@ struct Total {
     allocated: u64,
     /// Of which the checkpoint store (layer files, records, layers still being written).
     checkpoints_allocated: u64,
-    /// Of which the base images.
+    /// Of which the base images and their uncompressed copies.
     base_allocated: u64,
     /// Apparent size of the same files, for comparison.
     apparent: u64,
@@ -189,6 +200,7 @@ struct Total {
     /// Saved VM states (counted in `checkpoints_allocated`).
     vm_states: usize,
     base_images: usize,
+    plain_copies: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -196,6 +208,7 @@ struct Listing {
     cache_dir: PathBuf,
     checkpoints: Vec<CheckpointRow>,
     base_images: Vec<BaseRow>,
+    plain_copies: Vec<PlainRow>,
     total: Total,
 }
 
@@ -207,6 +220,9 @@ struct Removal {
     freed: u64,
     /// Incomplete layers that `gc` swept away (cut off by a crash or Ctrl-C).
     discarded: Vec<String>,
+    /// Uncompressed base copies removed: their base is not in the cache and no checkpoint is
+    /// backed by them any more (a build makes one again when it needs it).
+    plain_copies_removed: Vec<PathBuf>,
 }
 
 /// Runs `imgbake cache`.
@@ -277,6 +293,7 @@ fn list(root: &Path) -> Result<Listing, Failure> {
         cache_dir: root.to_path_buf(),
         checkpoints: Vec::new(),
         base_images: Vec::new(),
+        plain_copies: Vec::new(),
         total: Total::default(),
     };
     let (layers, usage) = pipeline::cache::list(root)?;
@@ -299,11 +316,24 @@ fn list(root: &Path) -> Result<Listing, Failure> {
                 fetched_at: entry.fetched_at,
             });
         }
+        for copy in fetch::BaseCache::open(&base_dir)?.plain_copies()? {
+            let (allocated, apparent) = allocated(&copy.path);
+            listing.total.base_allocated += allocated;
+            listing.total.apparent += apparent;
+            listing.plain_copies.push(PlainRow {
+                base_sha256: copy.base.to_hex(),
+                path: copy.path,
+                size: copy.size,
+                allocated,
+                source: copy.source,
+            });
+        }
     }
     let t = &mut listing.total;
     t.allocated = t.checkpoints_allocated + t.base_allocated;
     t.checkpoints = listing.checkpoints.len();
     t.base_images = listing.base_images.len();
+    t.plain_copies = listing.plain_copies.len();
     Ok(listing)
 }
 
@@ -361,13 +391,34 @@ fn render_listing(listing: &Listing, out: &Output) -> String {
         }
         s.push_str(&columns(&rows, &[false, true, true, false, false]));
     }
+    if !listing.plain_copies.is_empty() {
+        s.push_str(&format!(
+            "{} (what builds boot on)\n",
+            paint.bold("uncompressed copies")
+        ));
+        let mut rows = vec![[
+            "BASE".to_owned(),
+            "SIZE".into(),
+            "ALLOCATED".into(),
+            "SOURCE".into(),
+        ]];
+        for c in &listing.plain_copies {
+            rows.push([
+                c.base_sha256[..12].to_owned(),
+                HumanBytes(c.size).to_string(),
+                HumanBytes(c.allocated).to_string(),
+                c.source.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        s.push_str(&columns(&rows, &[false, true, true, false]));
+    }
     let t = &listing.total;
     let states = match t.vm_states {
         0 => String::new(),
         n => format!(" + {n} {}", plural(n, "vm state", "vm states")),
     };
     s.push_str(&format!(
-        "\n{} {} on disk: checkpoints {} ({} {}{states}), base images {} ({} {})\n",
+        "\n{} {} on disk: checkpoints {} ({} {}{states}), base images {} ({} {}, {} uncompressed {})\n",
         paint.bold("total"),
         HumanBytes(t.allocated),
         HumanBytes(t.checkpoints_allocated),
@@ -376,6 +427,8 @@ fn render_listing(listing: &Listing, out: &Output) -> String {
         HumanBytes(t.base_allocated),
         t.base_images,
         plural(t.base_images, "image", "images"),
+        t.plain_copies,
+        plural(t.plain_copies, "copy", "copies"),
     ));
     s.push_str(&format!(
         "  (allocated blocks; the files' apparent size is {}; local base files outside the cache are not counted)\n",
@@ -463,7 +516,8 @@ fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failu
         live_recipes: recipes,
         dry_run: args.dry_run,
     };
-    let removal = removal(pipeline::cache::gc(root, &request)?);
+    let mut removal = removal(pipeline::cache::gc(root, &request)?);
+    removal.plain_copies_removed = sweep_plain_copies(root, &removal)?;
     print_removal(&removal, args.json, out)?;
     Ok(ExitStatus::Success)
 }
@@ -495,7 +549,8 @@ fn remove(root: &Path, args: &RmArgs, out: &Output) -> Result<ExitStatus, Failur
         .iter()
         .filter(|r| !known.contains(*r))
         .collect();
-    let removal = removal(found.removal);
+    let mut removal = removal(found.removal);
+    removal.plain_copies_removed = sweep_plain_copies(root, &removal)?;
     print_removal(&removal, args.json, out)?;
     if unknown.is_empty() {
         return Ok(ExitStatus::Success);
@@ -527,7 +582,43 @@ fn removal(store: StoreRemoval) -> Removal {
         freed: store.freed,
         removed: store.removed.iter().map(CheckpointRow::from).collect(),
         discarded: store.discarded,
+        plain_copies_removed: Vec::new(),
     }
+}
+
+/// After `gc`/`rm`: removes (or, in a dry run, names) the uncompressed base copies that nothing
+/// needs any more: the base is not in the cache (removed, or a local file outside it) and no
+/// checkpoint left is backed by the copy. A build makes a copy again when it needs one.
+fn sweep_plain_copies(root: &Path, removal: &Removal) -> Result<Vec<PathBuf>, Failure> {
+    let base_dir = root.join("base");
+    if !base_dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let cache = fetch::BaseCache::open(&base_dir)?;
+    let copies = cache.plain_copies()?;
+    if copies.is_empty() {
+        return Ok(Vec::new());
+    }
+    let gone: BTreeSet<&str> = removal.removed.iter().map(|c| c.key.as_str()).collect();
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let backing: BTreeSet<PathBuf> = pipeline::cache::list(root)?
+        .0
+        .iter()
+        // A dry run removed nothing yet: leave out what it would remove.
+        .filter(|l| !gone.contains(l.meta.key.to_string().as_str()))
+        .map(|l| absolute(&l.meta.backing))
+        .collect();
+    let mut swept = Vec::new();
+    for copy in copies {
+        if cache.get(&copy.base)?.is_some() || backing.contains(&absolute(&copy.path)) {
+            continue;
+        }
+        if !removal.dry_run {
+            cache.remove_plain(&copy.base)?;
+        }
+        swept.push(copy.path);
+    }
+    Ok(swept)
 }
 
 fn print_removal(removal: &Removal, json: bool, out: &Output) -> Result<(), Failure> {
@@ -543,6 +634,17 @@ fn print_removal(removal: &Removal, json: bool, out: &Output) -> Result<(), Fail
     }
     let n = removal.removed.len();
     let layers = plural(n, "checkpoint", "checkpoints");
+    for path in &removal.plain_copies_removed {
+        let verb = if removal.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        s.push_str(&format!(
+            "{verb} the uncompressed base copy {} (no checkpoint uses it; builds make it again)\n",
+            path.display()
+        ));
+    }
     if n == 0 {
         s.push_str(if removal.dry_run {
             "nothing would be removed\n"
