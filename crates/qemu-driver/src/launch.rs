@@ -201,7 +201,7 @@ async fn start_once(
     };
     let args = qemu_args(&plan)?;
     tracing::debug!("starting {} {:?}", config.qemu_binary.display(), args);
-    let mut spawned = process::spawn(&config.qemu_binary, &args, &paths.qemu_log)?;
+    let mut spawned = process::spawn(&config.qemu_binary, &args, &paths.qemu_log).await?;
 
     let connect = async {
         let (stream, _) = listener.accept().await.map_err(|source| Error::QmpSocket {
