@@ -121,7 +121,10 @@ fn sigkill_of_the_parent_takes_the_child_along() {
     let pid: u32 = lines
         .by_ref()
         .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("child-pid ").and_then(|p| p.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("child-pid ")
+                .and_then(|p| p.trim().parse().ok())
+        })
         .expect("the helper prints its child's pid");
     assert!(state_and_group(pid).is_some_and(|(s, _)| s != 'Z'));
     parent.kill().unwrap(); // SIGKILL: no cleanup in the helper at all
