@@ -1,5 +1,6 @@
-//! Running `qemu-img`: own process group, stderr drained into a bounded tail, killed (the
-//! whole group) on cancel, deadline or drop.
+//! Running `qemu-img`: own process group with SIGKILL as parent-death signal (through
+//! [`child::spawn`], so it cannot outlive `kill -9 imgbake`), stderr drained into a bounded
+//! tail, killed (the whole group) on cancel, deadline or drop.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -83,18 +84,17 @@ pub(crate) async fn run(
     ok_codes: &[i32],
 ) -> Result<(i32, String)> {
     let command = command_line(program, args);
-    let mut child = Command::new(program)
+    let mut spawn = Command::new(program);
+    spawn
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            program: program.display().to_string(),
-            source,
-        })?;
+        .kill_on_drop(true);
+    let mut child = child::spawn(spawn).await.map_err(|source| Error::Spawn {
+        program: program.display().to_string(),
+        source,
+    })?;
     let stderr = child.stderr.take().map(|s| tokio::spawn(drain_tail(s)));
     let mut stdout = child.stdout.take();
     let mut collected = Vec::new();

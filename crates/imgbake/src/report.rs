@@ -286,6 +286,20 @@ pub fn write_error(
     Ok(())
 }
 
+/// `register` / `upload` refusing a plain-http URL: the error, the flag that allows it, exit 2
+/// (the command line asks for something only a flag permits).
+pub fn refuse_plain_http(err: &publish::Error, out: &Output) -> ExitStatus {
+    let hint = "use an https:// URL, or pass --insecure-http if plain http is meant (a test \
+                server on this machine)";
+    let _ = write_error(
+        &mut io::stderr().lock(),
+        err,
+        Some(hint.to_owned()),
+        out.stderr(),
+    );
+    ExitStatus::Usage
+}
+
 /// Each diagnostic: `error: file:line:col: message`, the snippet, `try: hint`; a blank line
 /// between them.
 pub fn write_diagnostics(

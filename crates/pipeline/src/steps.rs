@@ -137,7 +137,10 @@ pub(crate) async fn build_in_vm(
     };
     if let Err(e) = runner.run_steps(&vm, first).await {
         let cancel = runner.build.cancel;
-        if let (Error::StepFailed(_), true) = (&e, runner.build.request.keep_on_failure) {
+        // The signal that ends a kept VM is how the user says "done debugging": the build
+        // still failed because of its step, and says so (exit 4, not 130).
+        let kept = matches!(e, Error::StepFailed(_)) && runner.build.request.keep_on_failure;
+        if kept {
             let access = DebugAccess {
                 keys: &setup.keys,
                 secrets: setup.secrets,
@@ -146,7 +149,7 @@ pub(crate) async fn build_in_vm(
             keep_for_debugging(&vm, runner.build, &access).await;
         }
         stop_vm(vm, &runner.build.events, cancel).await;
-        return Err(if cancel.graceful.is_cancelled() {
+        return Err(if cancel.graceful.is_cancelled() && !kept {
             Error::Interrupted {
                 last_checkpoint: runner.progress.last_published,
             }

@@ -202,6 +202,16 @@ pub enum Error {
         /// The variable's name.
         var: String,
     },
+    /// Credentials would travel over plain `http://`.
+    #[error("the {what} {url} is plain http: the {credential} would cross the network unencrypted")]
+    PlainHttp {
+        /// `API URL`, `S3 endpoint`.
+        what: &'static str,
+        /// The URL.
+        url: String,
+        /// What would be exposed (`bearer token`, `request signatures`).
+        credential: &'static str,
+    },
     /// An organization or region id cannot be used in a URL path.
     #[error("invalid {what} {given:?}: {reason}")]
     InvalidApiTarget {

@@ -134,6 +134,19 @@ impl ApiTarget {
         })
     }
 
+    /// Refuses an `http://` API: the bearer token would be sent in clear. Callers that talk
+    /// to a test server on purpose skip this (imgbake's `--insecure-http`).
+    pub fn refuse_plain_http(&self) -> Result<()> {
+        if self.api.scheme() == "http" {
+            return Err(Error::PlainHttp {
+                what: "API URL",
+                url: self.api.to_string(),
+                credential: "bearer token",
+            });
+        }
+        Ok(())
+    }
+
     /// `{api}/api/v1/organizations/{org}/regions/{region}/images`.
     pub fn images_url(&self) -> Url {
         let mut url = self.api.clone();
@@ -995,6 +1008,16 @@ mod tests {
             );
         }
         assert!(ApiTarget::new("ftp://a", "o", "r").is_err());
+        let plain = ApiTarget::new("http://api.example.com", "o", "r").unwrap();
+        assert!(matches!(
+            plain.refuse_plain_http(),
+            Err(Error::PlainHttp {
+                what: "API URL",
+                ..
+            })
+        ));
+        let tls = ApiTarget::new("https://api.example.com", "o", "r").unwrap();
+        assert!(tls.refuse_plain_http().is_ok());
     }
 
     #[test]

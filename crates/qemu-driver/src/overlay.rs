@@ -29,17 +29,26 @@ pub struct ImageInfo {
     pub full_backing_filename: Option<String>,
 }
 
+/// Runs `qemu-img ARGS` to the end (through [`child::spawn`]: own process group, killed with
+/// imgbake) and returns its stdout.
 async fn run_qemu_img(action: String, args: Vec<OsString>) -> Result<Vec<u8>> {
-    let output = Command::new(QEMU_IMG)
+    let spawn_err = |source| Error::Spawn {
+        program: QEMU_IMG.into(),
+        source,
+    };
+    let mut command = Command::new(QEMU_IMG);
+    command
         .args(&args)
         .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = child::spawn(command)
         .await
-        .map_err(|source| Error::Spawn {
-            program: QEMU_IMG.into(),
-            source,
-        })?;
+        .map_err(spawn_err)?
+        .wait_with_output()
+        .await
+        .map_err(spawn_err)?;
     if output.status.success() {
         Ok(output.stdout)
     } else {

@@ -79,12 +79,10 @@ pub struct Spawned {
 }
 
 /// Starts `program args` in its own process group (a terminal Ctrl-C reaches only imgbake),
-/// with SIGKILL as parent-death signal (even `kill -9 imgbake` takes QEMU along) and
+/// with SIGKILL as parent-death signal (even `kill -9 imgbake` takes QEMU along; both through
+/// [`child::spawn`], which forks on a thread that lives as long as imgbake) and
 /// `kill_on_drop` as backstop. stderr is drained all the time into `log` and a bounded tail.
-///
-/// The parent-death signal fires when the *thread* that spawned QEMU ends, so call this from an
-/// async task (runtime worker threads live as long as the runtime), not from `spawn_blocking`.
-pub fn spawn(program: &Path, args: &[OsString], log: &Path) -> Result<Spawned> {
+pub async fn spawn(program: &Path, args: &[OsString], log: &Path) -> Result<Spawned> {
     let log_file = std::fs::File::create(log).map_err(|source| Error::RunDir {
         path: log.to_path_buf(),
         source,
@@ -95,10 +93,8 @@ pub fn spawn(program: &Path, args: &[OsString], log: &Path) -> Result<Spawned> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
-    set_parent_death_signal(&mut command);
-    let mut child = command.spawn().map_err(|source| Error::Spawn {
+    let mut child = child::spawn(command).await.map_err(|source| Error::Spawn {
         program: program.display().to_string(),
         source,
     })?;
@@ -118,26 +114,6 @@ pub fn spawn(program: &Path, args: &[OsString], log: &Path) -> Result<Spawned> {
         stderr,
         drain,
     })
-}
-
-// `pre_exec` is unsafe because the closure runs between fork and exec. It only makes two
-// async-signal-safe syscalls (prctl, getppid) and allocates nothing. No crate offers
-// PR_SET_PDEATHSIG on tokio's Command without this.
-#[allow(unsafe_code)]
-fn set_parent_death_signal(command: &mut Command) {
-    use rustix::process::{Signal, getpid, getppid, set_parent_process_death_signal};
-    let parent = getpid();
-    // SAFETY: see above; the closure touches no shared state.
-    unsafe {
-        command.pre_exec(move || {
-            set_parent_process_death_signal(Some(Signal::KILL))?;
-            // The parent may have died before prctl took effect.
-            if getppid() != Some(parent) {
-                return Err(std::io::Error::other("parent exited during spawn"));
-            }
-            Ok(())
-        });
-    }
 }
 
 async fn drain(pipe: ChildStderr, mut log: tokio::fs::File, tail: Arc<StderrTail>) {

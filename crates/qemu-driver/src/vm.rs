@@ -92,8 +92,8 @@ impl Vm {
     /// start (QEMU is killed); once running, the VM ignores it — stop it with
     /// [`Vm::shutdown`] or [`Vm::kill`].
     ///
-    /// Must be called inside a tokio runtime (QEMU gets a parent-death signal tied to the
-    /// spawning thread; see [`crate::process::spawn`]).
+    /// Must be called inside a tokio runtime (QEMU is spawned through [`child::spawn`]: own
+    /// process group, killed with imgbake; see [`crate::process::spawn`]).
     ///
     /// With [`AccelChoice::Kvm`](crate::AccelChoice::Kvm) on a machine whose `/dev/kvm` comes
     /// from `kvm_pvm` alone ([`accel::KvmBackend::Pvm`]), this fails at once with

@@ -29,7 +29,8 @@ once with what is wrong. --wait then polls the image until it is ready (or faile
 
 The bearer token is read from the environment variable named by --token-env (default \
 NSCALE_API_TOKEN). It is never printed or logged, not even with -vvv; --dry-run shows the \
-request with the token redacted.";
+request with the token redacted. An http:// API URL is refused (the token would travel in \
+clear) unless --insecure-http is given, e.g. for a test server on this machine.";
 
 pub const AFTER_HELP: &str = concat!(
     "EXAMPLES:\n",
@@ -63,6 +64,9 @@ pub struct RegisterArgs {
     /// Environment variable that holds the bearer token
     #[arg(long, value_name = "NAME", default_value = publish::DEFAULT_TOKEN_ENV)]
     pub token_env: String,
+    /// Allow an http:// API URL: the bearer token then crosses the network unencrypted
+    #[arg(long)]
+    pub insecure_http: bool,
     /// Print the request (token redacted) instead of sending it
     #[arg(long)]
     pub dry_run: bool,
@@ -91,6 +95,11 @@ pub fn run(args: &RegisterArgs, out: &Output) -> Result<ExitStatus, CliError> {
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
+    if !args.insecure_http
+        && let Err(e) = target.refuse_plain_http()
+    {
+        return Ok(report::refuse_plain_http(&e, out));
+    }
     let mut stdout = std::io::stdout().lock();
     if args.dry_run {
         return match Registrar::dry_run(&target, &payload, &format!("${}", args.token_env)) {

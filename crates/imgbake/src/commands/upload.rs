@@ -34,7 +34,8 @@ Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_T
 from the profile named by AWS_PROFILE (default: default) in ~/.aws/credentials and \
 ~/.aws/config. The region comes from --region, AWS_REGION, AWS_DEFAULT_REGION or the \
 profile; the endpoint from --endpoint, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the \
-profile's endpoint_url.";
+profile's endpoint_url. An http:// endpoint is refused (signed requests and the image would \
+travel in clear) unless --insecure-http is given, e.g. for a test server on this machine.";
 
 pub const AFTER_HELP: &str = concat!(
     "EXAMPLES:\n",
@@ -78,6 +79,10 @@ pub struct UploadArgs {
     /// Make the object readable without credentials (public-read ACL), as the region API needs
     #[arg(long)]
     pub public: bool,
+    /// Allow an http:// endpoint: signed requests and the image then cross the network
+    /// unencrypted
+    #[arg(long)]
+    pub insecure_http: bool,
     /// Print the result as one JSON document
     #[arg(long)]
     pub json: bool,
@@ -119,6 +124,11 @@ pub fn run(args: &UploadArgs, out: &Output) -> Result<ExitStatus, CliError> {
         Ok(u) => u,
         Err(e) => return fail(&e, None),
     };
+    if !args.insecure_http
+        && let Err(e) = uploader.refuse_plain_http()
+    {
+        return Ok(report::refuse_plain_http(&e, out));
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&e, None),

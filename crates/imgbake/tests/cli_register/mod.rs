@@ -1,5 +1,6 @@
 //! `imgbake register` and `imgbake upload` at the command line: the schema check (also under
-//! --dry-run), the image URI check before anything reaches the API, the help text.
+//! --dry-run), the image URI check before anything reaches the API, plain http refused without
+//! --insecure-http, the help text.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -78,7 +79,11 @@ fn dry_run_refuses_the_payloads_the_api_refuses_naming_the_json_path() {
         let mut payload = valid("PLACEHOLDER");
         change(&mut payload);
         let path = write_payload(dir.path(), &format!("{name}.json"), &payload);
-        let out = register(&path, "http://127.0.0.1:9", &["--dry-run"]);
+        let out = register(
+            &path,
+            "http://127.0.0.1:9",
+            &["--dry-run", "--insecure-http"],
+        );
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{name}: {err}");
         assert!(
@@ -101,7 +106,11 @@ fn dry_run_refuses_the_payloads_the_api_refuses_naming_the_json_path() {
 fn dry_run_of_a_valid_payload_shows_the_request_without_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_payload(dir.path(), "ok.json", &valid("PLACEHOLDER"));
-    let out = register(&path, "http://127.0.0.1:9", &["--dry-run", "-vvv"]);
+    let out = register(
+        &path,
+        "http://127.0.0.1:9",
+        &["--dry-run", "-vvv", "--insecure-http"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
@@ -169,6 +178,7 @@ fn a_qcow2_uri_is_refused_before_anything_reaches_the_api() {
             "org-42",
             "--region",
             "eu-west-1",
+            "--insecure-http",
         ])
         .env("NSCALE_API_TOKEN", TOKEN)
         .env("NO_COLOR", "1")
@@ -194,6 +204,89 @@ fn a_qcow2_uri_is_refused_before_anything_reaches_the_api() {
     );
 }
 
+/// A listener that must see no connection: nonblocking, so `accept` answers at once.
+fn silent_server() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+fn assert_nothing_reached(listener: &TcpListener, what: &str) {
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "{what}: a connection reached the server"
+    );
+}
+
+#[test]
+fn register_refuses_an_http_api_unless_insecure_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_payload(dir.path(), "p.json", &valid("PLACEHOLDER"));
+    let (api, api_url) = silent_server();
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let out = register(&path, &api_url, extra);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains(&format!("the API URL {api_url}/ is plain http"))
+                && err.contains("bearer token would cross the network unencrypted"),
+            "{extra:?}: {err}"
+        );
+        assert!(
+            err.contains("try: ") && err.contains("--insecure-http"),
+            "{err}"
+        );
+        assert!(!err.contains(TOKEN) && stdout(&out).is_empty(), "{err}");
+    }
+    assert_nothing_reached(&api, "refused register");
+    // The flag lets the same request through (here: --dry-run prints it).
+    let out = register(&path, &api_url, &["--dry-run", "--insecure-http"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with(&format!("POST {api_url}/api/v1/")));
+    // https is never refused: the dry run goes through without the flag.
+    let out = register(&path, "https://region.example.net", &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn upload_refuses_an_http_endpoint_unless_insecure_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.raw");
+    std::fs::write(&image, vec![0u8; 4096]).unwrap();
+    let (endpoint, endpoint_url) = silent_server();
+    let upload = |extra: &[&str]| {
+        imgbake()
+            .arg("upload")
+            .arg(&image)
+            .args(["--to", "s3://images/gpu/", "--endpoint", &endpoint_url])
+            .args(["--region", "eu-west-1", "--path-style"])
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", "AKIDCLITEST")
+            .env("AWS_SECRET_ACCESS_KEY", "cli-secret-key-27182")
+            .env("AWS_CONFIG_FILE", dir.path().join("no-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.path().join("no-credentials"),
+            )
+            .env("NO_COLOR", "1")
+            .timeout(std::time::Duration::from_secs(60))
+            .output()
+            .unwrap()
+    };
+    let out = upload(&[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("the S3 endpoint {endpoint_url}/ is plain http")),
+        "{err}"
+    );
+    assert!(err.contains("--insecure-http"), "{err}");
+    assert!(!err.contains("cli-secret-key"), "{err}");
+    assert_nothing_reached(&endpoint, "refused upload");
+}
+
 #[test]
 fn register_and_upload_help_explain_the_checks() {
     // Words, not lines: help text is wrapped to the terminal.
@@ -207,6 +300,7 @@ fn register_and_upload_help_explain_the_checks() {
         "55 AA",
         "at most once",
         "JSON path",
+        "--insecure-http",
     ] {
         assert!(
             text.contains(wanted),
@@ -215,7 +309,12 @@ fn register_and_upload_help_explain_the_checks() {
     }
     let out = imgbake().args(["upload", "--help"]).output().unwrap();
     let text = words(&out);
-    for wanted in ["--public", "public-read", "bucket policy"] {
+    for wanted in [
+        "--public",
+        "public-read",
+        "bucket policy",
+        "--insecure-http",
+    ] {
         assert!(
             text.contains(wanted),
             "upload help lacks {wanted:?}:\n{text}"

@@ -567,6 +567,61 @@ fn processes() -> Vec<Proc> {
     found
 }
 
+/// `/proc/PID/stat` of one process: `(state, process group)`; `None` once it is gone.
+pub fn proc_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid pgrp …"; comm may hold spaces and parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let group = fields.nth(1)?.parse().ok()?;
+    Some((state, group))
+}
+
+/// Children of `parent` whose program's file name starts with `name` (`qemu-img`, `qemu-system`).
+pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.ppid == parent)
+        .filter(|p| {
+            Path::new(&p.argv0)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(name))
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Live members (zombies excluded) of process group `group`, by pid.
+pub fn group_members(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| proc_state(*pid).is_some_and(|(state, g)| g == group && state != 'Z'))
+        .collect()
+}
+
+/// Fails unless process group `group` (a child imgbake started in its own group) has no live
+/// member left. A process killed by its parent-death signal may take a moment to go (and may
+/// stay a zombie where PID 1 does not reap), so this waits up to 10 s.
+pub fn assert_group_gone(group: u32, context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = group_members(group);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{context}: process group {group} still has live members {left:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `kill -NAME PID` (the test crate has no signal crate; this keeps it that way).
 pub fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")

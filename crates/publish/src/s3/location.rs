@@ -132,6 +132,11 @@ impl Endpoint {
         })
     }
 
+    /// The endpoint's base URL.
+    pub(crate) fn base(&self) -> &Url {
+        &self.base
+    }
+
     /// The URL of `key` in `bucket` (key `""` gives the bucket URL).
     pub(crate) fn object_url(&self, bucket: &str, key: &str) -> Url {
         let encoded = utf8_percent_encode(key, KEY_ENCODE).to_string();

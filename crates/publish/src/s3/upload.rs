@@ -209,6 +209,21 @@ impl Uploader {
         })
     }
 
+    /// Refuses an `http://` endpoint: the requests' signatures (replayable for minutes) and
+    /// the image would cross the network in clear. Callers that talk to a test server on
+    /// purpose skip this (imgbake's `--insecure-http`).
+    pub fn refuse_plain_http(&self) -> Result<()> {
+        let url = self.endpoint.base();
+        if url.scheme() == "http" {
+            return Err(Error::PlainHttp {
+                what: "S3 endpoint",
+                url: url.to_string(),
+                credential: "request signatures",
+            });
+        }
+        Ok(())
+    }
+
     /// The signing region in use.
     pub fn region(&self) -> &str {
         &self.region

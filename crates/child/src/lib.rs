@@ -1,0 +1,111 @@
+//! Spawning the children imgbake must never leave behind (QEMU, `qemu-img`).
+//!
+//! [`spawn`] starts a [`tokio::process::Command`] so that
+//! - it runs in its **own process group**: a Ctrl-C in the terminal signals the foreground
+//!   group, which then holds imgbake alone; imgbake stops its children itself, in order
+//!   (powerdown, then kill);
+//! - it gets **SIGKILL as parent-death signal** (`PR_SET_PDEATHSIG`): even `kill -9 imgbake`
+//!   takes it along.
+//!
+//! Linux sends the parent-death signal when the *thread* that forked the child ends, not the
+//! process. A tokio worker thread is not a safe parent (a `block_in_place` anywhere turns it
+//! into a pool thread that ends after idling, and `spawn_blocking` threads end after 10 s
+//! idle), so every fork happens on one spawner thread that lives until the process exits.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let mut command = tokio::process::Command::new("true");
+//! command.kill_on_drop(true);
+//! let mut child = child::spawn(command).await?;
+//! assert!(child.wait().await?.success());
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+use std::io;
+use std::sync::OnceLock;
+use std::sync::mpsc;
+
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+/// One spawn request for the spawner thread.
+struct Request {
+    command: Command,
+    /// The caller's runtime: the child is registered with its process driver.
+    runtime: tokio::runtime::Handle,
+    reply: oneshot::Sender<io::Result<Child>>,
+}
+
+/// The spawner thread's queue. The sender lives in this static, so the thread's `recv` never
+/// fails and the thread lives as long as the process.
+static SPAWNER: OnceLock<io::Result<mpsc::Sender<Request>>> = OnceLock::new();
+
+fn spawner() -> io::Result<&'static mpsc::Sender<Request>> {
+    let started = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("imgbake-spawner".into())
+            .spawn(move || {
+                while let Ok(request) = rx.recv() {
+                    let Request {
+                        mut command,
+                        runtime,
+                        reply,
+                    } = request;
+                    let _context = runtime.enter();
+                    // The caller may have given up (its task was cancelled); the child is then
+                    // dropped here, and `kill_on_drop` (if set) ends it.
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .map(|_| tx)
+    });
+    started
+        .as_ref()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the spawner thread: {e}")))
+}
+
+/// Spawns `command` in its own process group with SIGKILL as parent-death signal, from the
+/// process-long spawner thread (see the crate docs). Call it inside a tokio runtime; the child
+/// belongs to that runtime as if spawned with [`Command::spawn`]. Everything else about the
+/// command (pipes, `kill_on_drop`, environment) is the caller's.
+pub async fn spawn(mut command: Command) -> io::Result<Child> {
+    command.process_group(0);
+    set_parent_death_signal(&mut command);
+    let (reply, answer) = oneshot::channel();
+    let request = Request {
+        command,
+        runtime: tokio::runtime::Handle::try_current().map_err(io::Error::other)?,
+        reply,
+    };
+    spawner()?
+        .send(request)
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    answer
+        .await
+        .map_err(|_| io::Error::other("the spawner thread dropped the request"))?
+}
+
+// `pre_exec` is unsafe because the closure runs between fork and exec. It only makes two
+// async-signal-safe syscalls (prctl, getppid) and allocates nothing. No crate offers
+// PR_SET_PDEATHSIG on tokio's Command without this.
+#[allow(unsafe_code)]
+fn set_parent_death_signal(command: &mut Command) {
+    use rustix::process::{Signal, getpid, getppid, set_parent_process_death_signal};
+    let parent = getpid();
+    // SAFETY: see above; the closure touches no shared state.
+    unsafe {
+        command.pre_exec(move || {
+            set_parent_process_death_signal(Some(Signal::KILL))?;
+            // imgbake may have died before prctl took effect: then nobody would kill us.
+            if getppid() != Some(parent) {
+                return Err(io::Error::other("imgbake exited during the spawn"));
+            }
+            Ok(())
+        });
+    }
+}
