@@ -146,7 +146,7 @@ impl BakeRenderer {
             BakeEvent::VmStateRestored { id, after_secs } => {
                 format!("resumed the guest from the vm state after step {id} in {after_secs:.1}s (no boot)")
             }
-            BakeEvent::VmStateNotUsed { reason } => paint.hint(&format!("booting from the disk checkpoint: {reason}")),
+            BakeEvent::VmStateNotUsed { reason } => paint.hint(&format!("vm state not used: {reason}")),
             BakeEvent::Sealing => "sealing: removing what imgbake added (build user, keys, /var/lib/imgbake, host key, build hostname, cloud-init instance)".to_owned(),
             BakeEvent::ShuttingDown => "powering the guest off".to_owned(),
             BakeEvent::OutputWritten { path } => format!("wrote {}", path.display()),
