@@ -143,6 +143,21 @@ pub fn median(times: &[Duration]) -> Duration {
     sorted[sorted.len() / 2]
 }
 
+/// A rebuild row's edit of one step script: `original` becomes `edited`, or an error if the
+/// script no longer holds `original` (the bench would then measure no edit at all).
+pub fn edit_script(script: &Path, original: &str, edited: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(script).with_context(|| format!("read {}", script.display()))?;
+    ensure!(
+        text.contains(original),
+        "{} no longer contains `{original}`; update the bench's edit",
+        script.display()
+    );
+    std::fs::write(script, text.replace(original, edited))
+        .with_context(|| format!("write {}", script.display()))?;
+    Ok(())
+}
+
 /// `sync`: no dirty pages of one run slow down the next.
 pub fn settle() -> Result<()> {
     let status = Command::new("sync").status().context("run sync")?;

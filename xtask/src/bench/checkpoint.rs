@@ -96,14 +96,7 @@ pub fn run(bench: &Bench, runs: usize) -> Result<Measurement> {
         full.push(build("full", &full_out)?);
         let (_, full_run) = step_statuses(&full_out)?;
 
-        let script = dir.join("smoke").join(STEP_TO_EDIT);
-        let text = std::fs::read_to_string(&script)?;
-        ensure!(
-            text.contains(ORIGINAL),
-            "{} no longer contains `{ORIGINAL}`; update the bench's edit",
-            script.display()
-        );
-        std::fs::write(&script, text.replace(ORIGINAL, EDITED))?;
+        super::edit_script(&dir.join("smoke").join(STEP_TO_EDIT), ORIGINAL, EDITED)?;
 
         let rebuild_out = dir.join("out-rebuild");
         rebuild.push(build("rebuild", &rebuild_out)?);

@@ -1062,15 +1062,7 @@ fn pair_builds(bench: &Bench, pair: &Pair, index: usize, packer_version: &str, p
 
 /// The rebuild row's edit of step 02 (the last-but-one step) in the pair's scripts.
 fn edit_step(pair_dir: &Path) -> Result<()> {
-    let script = pair_dir.join("steps").join(STEP_TO_EDIT);
-    let text = std::fs::read_to_string(&script)?;
-    ensure!(
-        text.contains(ORIGINAL),
-        "{} no longer contains `{ORIGINAL}`; update the bench's edit",
-        script.display()
-    );
-    std::fs::write(&script, text.replace(ORIGINAL, EDITED))?;
-    Ok(())
+    super::edit_script(&pair_dir.join("steps").join(STEP_TO_EDIT), ORIGINAL, EDITED)
 }
 
 #[cfg(test)]
