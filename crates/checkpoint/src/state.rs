@@ -3,9 +3,9 @@
 //! it is published only for a layer this run published, looked up only while that layer is
 //! published, and removed with it (gc, rm, a corrupt layer).
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,7 +13,7 @@ use digest::CacheKey;
 
 use crate::error::io_err;
 use crate::layer::key_from_name;
-use crate::store::TempName;
+use crate::store::{link_record, make_private_and_durable};
 use crate::{CheckpointStore, Error, Result, RunLease};
 
 /// The record published beside a state file (`states/<key>.json`).
@@ -221,36 +221,19 @@ impl RunLease<'_> {
             key: req.key.to_string(),
             source,
         })?;
-        let dir = store.states_dir();
         // Guest RAM holds whatever the steps had in memory (secrets included): owner only, as
         // the layers.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .map_err(io_err("chmod", &path))?;
-        fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("sync", &path))?;
+        make_private_and_durable(&path)?;
         // Like a layer's record: temp name, then a hard link that fails if the key is taken.
-        let tmp = TempName(dir.join(format!(".{}.{}.json.tmp", req.key, self.run_id())));
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp.0)
-            .and_then(|mut f| f.write_all(&json).and_then(|()| f.sync_all()))
-            .map_err(io_err("write", &tmp.0))?;
-        let linked = fs::hard_link(&tmp.0, store.state_record_path(req.key));
-        drop(tmp);
-        match linked {
-            Ok(()) => {
-                digest::fsync_dir(&dir).map_err(io_err("sync", &dir))?;
-                self.published_states.push(path.clone());
-                Ok(Some(SavedState { path, meta }))
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let _ = fs::remove_file(&path);
-                Ok(None)
-            }
-            Err(e) => Err(io_err("publish", store.state_record_path(req.key))(e)),
+        let tmp = store
+            .states_dir()
+            .join(format!(".{}.{}.json.tmp", req.key, self.run_id()));
+        if link_record(tmp, &json, &store.state_record_path(req.key))? {
+            self.published_states.push(path.clone());
+            Ok(Some(SavedState { path, meta }))
+        } else {
+            let _ = fs::remove_file(&path);
+            Ok(None)
         }
     }
 }

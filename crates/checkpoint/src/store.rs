@@ -534,38 +534,15 @@ impl RunLease<'_> {
         })?;
         let dir = self.store.layers_dir();
         let record = self.store.record_path(req.key);
-        // The record is written under a temp name and hard-linked into place, not renamed:
-        // hard_link fails if the record exists, so publishing never replaces another build's
-        // layer. The temp name carries the run id so a sweep can tell a live run's from a
-        // dead one's; it is removed once linked.
-        let tmp = TempName(dir.join(format!(".{}.{}.json.tmp", req.key, self.run)));
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp.0)
-            .and_then(|mut f| f.write_all(&json).and_then(|()| f.sync_all()))
-            .map_err(io_err("write", &tmp.0))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .map_err(io_err("chmod", &path))?;
-        File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err("sync", &path))?;
-        let linked = fs::hard_link(&tmp.0, &record);
-        drop(tmp);
-        if linked.is_ok() {
-            digest::fsync_dir(&dir).map_err(io_err("sync", &dir))?;
-        }
-        match linked {
-            Ok(()) => {
-                self.published.push(path.clone());
-                Ok(Some(Layer { path, meta }))
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                self.diverged = true;
-                Ok(None)
-            }
-            Err(e) => Err(io_err("publish", &record)(e)),
+        // Another build's record for this key wins (see `link_record`).
+        make_private_and_durable(&path)?;
+        let tmp = dir.join(format!(".{}.{}.json.tmp", req.key, self.run));
+        if link_record(tmp, &json, &record)? {
+            self.published.push(path.clone());
+            Ok(Some(Layer { path, meta }))
+        } else {
+            self.diverged = true;
+            Ok(None)
         }
     }
 
@@ -625,6 +602,41 @@ impl RunLease<'_> {
         };
         let unlocked = lock.unlock().map_err(io_err("unlock", &self.lock_path));
         removed.and(unlocked)
+    }
+}
+
+/// Makes a file about to be published owner-only (layers and states hold a chain's keys, env
+/// files, guest RAM) and flushes it to disk, so a record never names data still in flight.
+pub(crate) fn make_private_and_durable(path: &Path) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", path))?;
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("sync", path))
+}
+
+/// Publishes `json` as `record`: written under `tmp` (whose name carries the run id, so a sweep
+/// can tell a live run's temp from a dead one's), then hard-linked into place, not renamed:
+/// hard_link fails if the record exists, so publishing never replaces another build's record.
+/// `false` when another build's record was there first; the temp is removed either way.
+pub(crate) fn link_record(tmp: PathBuf, json: &[u8], record: &Path) -> Result<bool> {
+    let tmp = TempName(tmp);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp.0)
+        .and_then(|mut f| f.write_all(json).and_then(|()| f.sync_all()))
+        .map_err(io_err("write", &tmp.0))?;
+    let linked = fs::hard_link(&tmp.0, record);
+    drop(tmp);
+    match linked {
+        Ok(()) => {
+            let dir = record.parent().unwrap_or(Path::new("."));
+            digest::fsync_dir(dir).map_err(io_err("sync", dir))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io_err("publish", record)(e)),
     }
 }
 
