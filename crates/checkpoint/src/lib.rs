@@ -38,6 +38,7 @@
 
 mod error;
 mod layer;
+mod rebase;
 mod secrets;
 mod state;
 mod store;

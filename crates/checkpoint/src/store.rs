@@ -94,7 +94,7 @@ impl CheckpointStore {
         self.root.join("layers")
     }
 
-    fn record_path(&self, key: &CacheKey) -> PathBuf {
+    pub(crate) fn record_path(&self, key: &CacheKey) -> PathBuf {
         self.layers_dir().join(format!("{key}.json"))
     }
 
@@ -299,15 +299,23 @@ impl CheckpointStore {
     }
 
     /// The longest prefix of `keys` (a chain, first step first) that is published, intact and
-    /// linked parent to child. Broken checkpoints met on the way are removed and returned.
-    pub fn reusable_prefix(&self, keys: &[CacheKey]) -> Result<(Vec<Layer>, Vec<Discarded>)> {
+    /// linked parent to child, its first layer backed by `base` (this build's base file). A first
+    /// layer backed by another path is not used: that file's content is not what the key vouches
+    /// for (see [`CheckpointStore::rebase_root`]). Broken checkpoints met on the way are removed
+    /// and returned.
+    pub fn reusable_prefix(
+        &self,
+        keys: &[CacheKey],
+        base: &Path,
+    ) -> Result<(Vec<Layer>, Vec<Discarded>)> {
         let mut layers: Vec<Layer> = Vec::new();
         let mut discarded = Vec::new();
         for key in keys {
             match self.lookup(key)? {
                 Lookup::Hit(layer) => {
+                    let expected_backing = layers.last().map_or(base, |p| p.path.as_path());
                     let linked = layer.meta.parent.as_ref() == layers.last().map(|l| &l.meta.key)
-                        && layers.last().is_none_or(|p| p.path == layer.meta.backing);
+                        && layer.meta.backing == expected_backing;
                     let backing_ok = layer.meta.backing.exists();
                     if !(linked && backing_ok) {
                         break;
@@ -393,7 +401,7 @@ fn is_plain_file_name(file: &str) -> bool {
 
 /// The backing file name in a qcow2 header (`None`: no backing file). The header is big-endian:
 /// magic `QFI\xfb`, then at byte 8 the name's offset (u64) and at 16 its length (u32).
-fn qcow2_backing(path: &Path) -> io::Result<Option<PathBuf>> {
+pub(crate) fn qcow2_backing(path: &Path) -> io::Result<Option<PathBuf>> {
     use std::os::unix::ffi::OsStrExt;
     let mut file = File::open(path)?;
     let mut header = [0u8; 20];
@@ -537,12 +545,31 @@ impl RunLease<'_> {
         // Another build's record for this key wins (see `link_record`).
         make_private_and_durable(&path)?;
         let tmp = dir.join(format!(".{}.{}.json.tmp", req.key, self.run));
-        if link_record(tmp, &json, &record)? {
+        if link_record(tmp.clone(), &json, &record)?
+            || (self.replace_stale(req)? && link_record(tmp, &json, &record)?)
+        {
             self.published.push(path.clone());
             Ok(Some(Layer { path, meta }))
         } else {
             self.diverged = true;
             Ok(None)
+        }
+    }
+
+    /// Another record holds `req.key`. If it is a sibling of this layer (an intact layer on the
+    /// same backing file: a concurrent build got there first) it wins. Anything else is stale —
+    /// broken, or chained to a file this build did not reuse (a first layer on an older base
+    /// path) — and would otherwise keep this build's layer, and every layer after it, from ever
+    /// being published: it is removed with its descendants, and `true` says to publish again.
+    fn replace_stale(&self, req: &PublishRequest<'_>) -> Result<bool> {
+        match self.store.lookup(req.key)? {
+            Lookup::Hit(existing) if existing.meta.backing == req.backing => Ok(false),
+            Lookup::Hit(existing) => {
+                self.store.discard(req.key, Some(&existing.path))?;
+                Ok(true)
+            }
+            // Lookup already removed a broken one.
+            Lookup::Miss | Lookup::Discarded(_) => Ok(true),
         }
     }
 

@@ -131,7 +131,7 @@ fn reusable_prefix_stops_at_the_first_gap() {
             .unwrap();
         backing = lease.layer_path(k);
     }
-    let (layers, discarded) = store.reusable_prefix(&keys).unwrap();
+    let (layers, discarded) = store.reusable_prefix(&keys, &base).unwrap();
     assert_eq!(
         layers.iter().map(|l| l.meta.key).collect::<Vec<_>>(),
         keys[..2].to_vec()
@@ -139,7 +139,9 @@ fn reusable_prefix_stops_at_the_first_gap() {
     assert!(discarded.is_empty());
 
     // A chain whose second key differs reuses only the first layer.
-    let (layers, _) = store.reusable_prefix(&[key(1), key(9), key(3)]).unwrap();
+    let (layers, _) = store
+        .reusable_prefix(&[key(1), key(9), key(3)], &base)
+        .unwrap();
     assert_eq!(layers.len(), 1);
 }
 
@@ -250,7 +252,7 @@ fn a_corrupt_layer_takes_its_descendants_along_so_a_rebuild_can_publish_them() {
     fs::write(&layer_2, b"layer 1, bit-rotted").unwrap();
     // Layer 2 rots: the walk stops there, and layer 3 (backed by it) goes too.
     let mut lease = store.lease().unwrap();
-    let (layers, discarded) = store.reusable_prefix(&keys).unwrap();
+    let (layers, discarded) = store.reusable_prefix(&keys, &base).unwrap();
     assert_eq!(layers.len(), 1);
     assert_eq!(discarded.len(), 1);
     assert_eq!(store.lookup(&key(3)).unwrap(), Lookup::Miss);
@@ -267,7 +269,7 @@ fn a_corrupt_layer_takes_its_descendants_along_so_a_rebuild_can_publish_them() {
         );
         backing = lease.layer_path(k);
     }
-    assert_eq!(store.reusable_prefix(&keys).unwrap().0.len(), 3);
+    assert_eq!(store.reusable_prefix(&keys, &base).unwrap().0.len(), 3);
 }
 
 #[test]
@@ -790,4 +792,131 @@ fn a_full_file_system_publishes_nothing_and_the_same_layer_publishes_once_there_
         .expect("published once there is room");
     assert_eq!(store.lookup(&k1).unwrap(), Lookup::Hit(layer));
     lease.finish().unwrap();
+}
+
+/// A chain 1 → 2 published on `base` (a real qcow2), its lease ended.
+fn chain_on(store: &CheckpointStore, base: &Path, keys: &[CacheKey]) {
+    let mut lease = store.lease().unwrap();
+    let mut backing = base.to_path_buf();
+    for (i, k) in keys.iter().enumerate() {
+        qcow2(&lease.layer_path(k), Some(&backing));
+        let parent = i.checked_sub(1).map(|p| &keys[p]);
+        lease
+            .publish(&request(k, parent, &key(0), &backing))
+            .unwrap()
+            .expect("nothing else publishes these keys");
+        backing = lease.layer_path(k);
+    }
+    lease.finish().unwrap();
+}
+
+#[test]
+fn a_first_layer_on_another_base_path_is_not_reused_and_its_rebuild_replaces_the_chain() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (old_base, base) = (dir.path().join("old.qcow2"), dir.path().join("base.qcow2"));
+    qcow2(&old_base, None);
+    qcow2(&base, None);
+    let store = CheckpointStore::open(&dir.path().join("store")).unwrap();
+    let keys = [key(1), key(2)];
+    chain_on(&store, &old_base, &keys);
+    // The old path still exists, but what it holds is not what this build's keys vouch for.
+    let (layers, discarded) = store.reusable_prefix(&keys, &base).unwrap();
+    assert!(
+        layers.is_empty(),
+        "reused a chain on {}",
+        old_base.display()
+    );
+    assert!(discarded.is_empty());
+
+    // The rebuild publishes over the stale records (before the fix it lost the race to them
+    // and threw away every layer it built).
+    let mut lease = store.lease().unwrap();
+    qcow2(&lease.layer_path(&keys[0]), Some(&base));
+    let first = lease
+        .publish(&request(&keys[0], None, &key(0), &base))
+        .unwrap()
+        .expect("a stale record must not keep the rebuilt layer from being published");
+    assert_eq!(first.meta.backing, base);
+    assert_eq!(
+        store.lookup(&keys[1]).unwrap(),
+        Lookup::Miss,
+        "the stale layer's descendant must go with it"
+    );
+    qcow2(&lease.layer_path(&keys[1]), Some(&first.path));
+    assert!(
+        lease
+            .publish(&request(&keys[1], Some(&keys[0]), &key(0), &first.path))
+            .unwrap()
+            .is_some()
+    );
+    lease.finish().unwrap();
+    assert_eq!(store.reusable_prefix(&keys, &base).unwrap().0.len(), 2);
+    let layer_files = fs::read_dir(dir.path().join("store/layers"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("qcow2".as_ref()))
+        .count();
+    assert_eq!(layer_files, 2, "the replaced layer files must be removed");
+}
+
+#[test]
+fn a_first_layer_whose_base_moved_is_rebased_and_keeps_its_chain() {
+    if !test_support::require_tool("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (old_base, base) = (dir.path().join("old.qcow2"), dir.path().join("base.qcow2"));
+    qcow2(&old_base, None);
+    let root_dir = dir.path().join("store");
+    let keys = [key(1), key(2)];
+    chain_on(&CheckpointStore::open(&root_dir).unwrap(), &old_base, &keys);
+    // The base moves (a checkout moved, or the cache's uncompressed copy replaced the file).
+    fs::rename(&old_base, &base).unwrap();
+
+    let shared = CheckpointStore::open(&root_dir).unwrap();
+    let misbased = shared.misbased_roots(&key(0), &base).unwrap();
+    assert_eq!(
+        misbased.iter().map(|l| l.meta.key).collect::<Vec<_>>(),
+        [keys[0]]
+    );
+    assert!(
+        shared.misbased_roots(&key(9), &base).unwrap().is_empty(),
+        "another chain's layers are not this chain's"
+    );
+    assert!(matches!(
+        shared.record_rebased(&misbased[0], &base),
+        Err(Error::NotExclusive { .. })
+    ));
+    drop(shared);
+
+    let store = CheckpointStore::open_exclusive(&root_dir).unwrap();
+    let err = store.record_rebased(&misbased[0], &base).unwrap_err();
+    assert!(
+        err.to_string().contains("rebase") && format!("{err:?}").contains("old.qcow2"),
+        "a header that still names the old base must be refused: {err:?}"
+    );
+    let status = Command::new("qemu-img")
+        .args(["rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(&misbased[0].path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rebased = store.record_rebased(&misbased[0], &base).unwrap();
+    assert_eq!(rebased.meta.backing, base);
+    assert_ne!(rebased.meta.sha256, misbased[0].meta.sha256);
+    assert!(store.misbased_roots(&key(0), &base).unwrap().is_empty());
+    drop(store);
+
+    let store = CheckpointStore::open(&root_dir).unwrap();
+    let (layers, discarded) = store.reusable_prefix(&keys, &base).unwrap();
+    assert!(discarded.is_empty(), "{discarded:?}");
+    assert_eq!(
+        layers.len(),
+        2,
+        "the chain after the first layer must be kept"
+    );
+    assert_eq!(layers[0], rebased);
 }

@@ -99,6 +99,11 @@ impl BakeRenderer {
                 None => return None,
             },
             BakeEvent::CheckpointDiscarded { reason } => paint.hint(&format!("note: {reason}")),
+            BakeEvent::CheckpointRebased { step_id, from, to } => paint.hint(&format!(
+                "note: checkpoint {step_id} was made on this base at {}; it now names {}",
+                from.display(),
+                to.display()
+            )),
             BakeEvent::StepsReused { ids, resumed } => {
                 let range = match (ids.first(), ids.last()) {
                     (Some(a), Some(b)) if a != b => format!("steps {a}–{b}"),

@@ -906,6 +906,33 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
         after_repair.discarded()
     );
 
+    // Build 7: the chain's first layer names the same base at another path (what an older
+    // imgbake, or a `file:` base in a checkout that moved, left): its header is moved onto this
+    // build's base and the whole chain is still reused, no VM.
+    let moved = move_first_layer_to_another_base_path(&sandbox);
+    let after_move = sandbox.recipe(&recipe, &["--json"], SHORT_BUILD);
+    after_move.expect_code(0, "build 7 (first layer on another base path)");
+    let rebased = after_move.events_named("checkpoint_rebased");
+    assert_eq!(rebased.len(), 1, "build 7 rebased events: {rebased:?}");
+    assert_eq!(rebased[0]["step_id"], "01");
+    assert_eq!(rebased[0]["from"], moved.to_str().unwrap());
+    assert_eq!(
+        after_move.reused_steps().0,
+        all.map(String::from).to_vec(),
+        "build 7 must keep the chain; it started {:?}; discarded {:?}",
+        after_move.started_steps(),
+        after_move.discarded()
+    );
+    assert!(after_move.events_named("vm_started").is_empty());
+    assert_eq!(reuse_runs_log(&raw), log, "build 7 image");
+    let record_01 = sandbox
+        .checkpoint_records()
+        .into_iter()
+        .find(|(id, _)| id == "01")
+        .expect("a record for 01")
+        .1;
+    assert_eq!(record_01["backing"], rebased[0]["to"]);
+
     eprintln!(
         "TIMING reuse: build 1 {:.1}s, resume-from 03 {:.1}s, rerun after edit {:.1}s, \
          unchanged rerun {:.1}s, corrupt-02 rebuild {:.1}s, rerun after repair {:.1}s",
@@ -916,6 +943,35 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
         repaired.wall.as_secs_f64(),
         after_repair.wall.as_secs_f64()
     );
+}
+
+/// Rewrites step 01's layer and record as if it had been made on the same base at another path
+/// (a hard link to the base file: same content, other name). Returns that path.
+fn move_first_layer_to_another_base_path(sandbox: &Sandbox) -> std::path::PathBuf {
+    let layers = sandbox.cache.join("checkpoints/layers");
+    let (_, mut record) = sandbox
+        .checkpoint_records()
+        .into_iter()
+        .find(|(id, _)| id == "01")
+        .expect("a record for 01");
+    let base = std::path::PathBuf::from(record["backing"].as_str().unwrap());
+    let other = sandbox.cache.join("base-at-another-path.qcow2");
+    std::fs::hard_link(&base, &other).unwrap();
+    let layer = layers.join(record["file"].as_str().unwrap());
+    let status = Command::new("qemu-img")
+        .args(["rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&other)
+        .arg(&layer)
+        .status()
+        .unwrap();
+    assert!(status.success(), "qemu-img rebase");
+    let sum = Command::new("sha256sum").arg(&layer).output().unwrap();
+    let sum = String::from_utf8(sum.stdout).unwrap();
+    record["backing"] = Value::from(other.to_str().unwrap());
+    record["sha256"] = Value::from(sum.split_whitespace().next().unwrap());
+    let path = layers.join(format!("{}.json", record["key"].as_str().unwrap()));
+    std::fs::write(path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    other
 }
 
 /// Flips a run of bytes in the middle of a file (data clusters, not the qcow2 header).

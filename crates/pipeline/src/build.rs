@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use checkpoint::{ChainSecrets, CheckpointStore};
+use checkpoint::{CacheKey, ChainSecrets, CheckpointStore};
 use provisioner::BuildKeys;
 use recipe::{BaseIdentity, Recipe, Step};
 use tokio::sync::mpsc::UnboundedSender;
@@ -195,13 +195,15 @@ pub async fn bake(
     let boot_base = plain_base(&request.cache_dir, &base, &events, &cancel.graceful).await?;
     let plan = BuildPlan::new(recipe, BaseIdentity::Digest(base.digest));
 
-    let store = CheckpointStore::open(&request.cache_dir.join("checkpoints"))?;
+    let store_dir = request.cache_dir.join("checkpoints");
+    rebase_first_layers(&store_dir, &plan.root_key(), &boot_base, &events).await?;
+    let store = CheckpointStore::open(&store_dir)?;
     for discarded in store.sweep_incomplete()? {
         events.emit(BakeEvent::CheckpointDiscarded {
             reason: discarded.to_string(),
         });
     }
-    let mut start = plan.start(recipe, &store, &request.start)?;
+    let mut start = plan.start(recipe, &store, &request.start, &boot_base)?;
     for discarded in &start.discarded {
         events.emit(BakeEvent::CheckpointDiscarded {
             reason: discarded.to_string(),
@@ -375,6 +377,33 @@ pub(crate) async fn fetch_base(
         sha256: base.digest.to_string(),
     });
     Ok(base)
+}
+
+/// Moves the chain's first layers that name another path for this base onto `base` (see
+/// `checkpoint::CheckpointStore::record_rebased`), while no other build uses the store. When one
+/// does, they stay as they are: this build does not reuse them, and publishing its own first
+/// layer replaces them.
+async fn rebase_first_layers(
+    store_dir: &Path,
+    root: &CacheKey,
+    base: &Path,
+    events: &Emitter,
+) -> Result<()> {
+    let store = match CheckpointStore::open_exclusive(store_dir) {
+        Ok(store) => store,
+        Err(checkpoint::Error::Busy { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for layer in store.misbased_roots(root, base)? {
+        qemu_driver::overlay::rebase_unattached(&layer.path, base).await?;
+        store.record_rebased(&layer, base)?;
+        events.emit(BakeEvent::CheckpointRebased {
+            step_id: layer.meta.step_id.clone(),
+            from: layer.meta.backing.clone(),
+            to: base.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// The uncompressed copy of `base` in the cache (see [`fetch::PlainCopy`]), made if it is missing

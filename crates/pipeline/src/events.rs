@@ -38,6 +38,16 @@ pub enum BakeEvent {
         /// Why, as a sentence.
         reason: String,
     },
+    /// A chain's first layer was made on the same base at another path; its header now names
+    /// this build's base file, so the chain is reused instead of rebuilt.
+    CheckpointRebased {
+        /// The layer's step id.
+        step_id: String,
+        /// The base path its header named.
+        from: PathBuf,
+        /// The base file it names now.
+        to: PathBuf,
+    },
     /// Steps that will not run because their checkpoints are reused.
     StepsReused {
         /// Their ids, in order.

@@ -115,11 +115,12 @@ impl BuildPlan {
         recipe: &Recipe,
         store: &CheckpointStore,
         request: &StartRequest,
+        base: &Path,
     ) -> Result<StartPoint> {
         let keys = self.step_keys();
         let (reused, discarded) = match request {
             StartRequest::Fresh => (Vec::new(), Vec::new()),
-            StartRequest::Reuse => store.reusable_prefix(&keys)?,
+            StartRequest::Reuse => store.reusable_prefix(&keys, base)?,
             StartRequest::ResumeFrom(id) => {
                 recipe.step(id).map_err(|source| Error::Recipe { source })?;
                 // The chain has one key per recipe step, so a step of the recipe is in it.
@@ -129,7 +130,7 @@ impl BuildPlan {
                     .iter()
                     .position(|(step, _)| step == id)
                     .unwrap_or(self.chain.steps.len());
-                let (mut reused, discarded) = store.reusable_prefix(&keys[..index])?;
+                let (mut reused, discarded) = store.reusable_prefix(&keys[..index], base)?;
                 if reused.len() < index {
                     return Err(Error::NoCheckpoint {
                         resume_from: *id,

@@ -168,6 +168,26 @@ pub async fn create_unattached(backing_name: &Path, overlay: &Path, size: u64) -
     create_renamed(action, overlay, args, Some(size)).await
 }
 
+/// Rewrites the backing file name in `image`'s header to the qcow2 `backing` **without reading
+/// either image** (`qemu-img rebase -u`): only for a backing file with the same content as the
+/// one named before (a checkpoint's base that moved).
+pub async fn rebase_unattached(image: &Path, backing: &Path) -> Result<()> {
+    let args: Vec<OsString> = vec![
+        "rebase".into(),
+        "-q".into(),
+        "-u".into(),
+        "-f".into(),
+        "qcow2".into(),
+        "-b".into(),
+        backing.as_os_str().to_owned(),
+        "-F".into(),
+        "qcow2".into(),
+        image.as_os_str().to_owned(),
+    ];
+    let action = format!("rebase {} onto {}", image.display(), backing.display());
+    run_qemu_img(action, args).await.map(drop)
+}
+
 /// `qemu-img info --output=json IMAGE`. `force_share` (`-U`) reads an image a running QEMU
 /// holds open.
 pub async fn info_with(image: &Path, force_share: bool) -> Result<ImageInfo> {
