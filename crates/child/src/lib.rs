@@ -5,7 +5,10 @@
 //!   group, which then holds imgbake alone; imgbake stops its children itself, in order
 //!   (powerdown, then kill);
 //! - it gets **SIGKILL as parent-death signal** (`PR_SET_PDEATHSIG`): even `kill -9 imgbake`
-//!   takes it along.
+//!   takes it along;
+//! - it inherits **only a few environment variables** ([`INHERITED_ENV`]): a recipe's secrets
+//!   reach imgbake through its environment, and a child's environment stays readable in
+//!   `/proc/<pid>/environ` for as long as it runs (a QEMU for hours).
 //!
 //! Linux sends the parent-death signal when the *thread* that forked the child ends, not the
 //! process. A tokio worker thread is not a safe parent (a `block_in_place` anywhere turns it
@@ -31,6 +34,11 @@ use std::sync::mpsc;
 
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
+
+/// The variables a child gets from imgbake's environment (when set); nothing else is passed on.
+/// QEMU and `qemu-img` need none of them to work; these keep paths, temp files, locale and time
+/// zone what the user expects.
+pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "TZ"];
 
 /// One spawn request for the spawner thread.
 struct Request {
@@ -71,9 +79,16 @@ fn spawner() -> io::Result<&'static mpsc::Sender<Request>> {
 
 /// Spawns `command` in its own process group with SIGKILL as parent-death signal, from the
 /// process-long spawner thread (see the crate docs). Call it inside a tokio runtime; the child
-/// belongs to that runtime as if spawned with [`Command::spawn`]. Everything else about the
-/// command (pipes, `kill_on_drop`, environment) is the caller's.
+/// belongs to that runtime as if spawned with [`Command::spawn`]. Its environment is
+/// [`INHERITED_ENV`] only (variables set on `command` are cleared too). Everything else about the
+/// command (pipes, `kill_on_drop`) is the caller's.
 pub async fn spawn(mut command: Command) -> io::Result<Child> {
+    command.env_clear();
+    for name in INHERITED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
     command.process_group(0);
     set_parent_death_signal(&mut command);
     let (reply, answer) = oneshot::channel();

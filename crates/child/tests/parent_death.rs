@@ -134,3 +134,51 @@ fn sigkill_of_the_parent_takes_the_child_along() {
         "child {pid} outlived its SIGKILLed parent"
     );
 }
+
+const ENV_HELPER: &str = "IMGBAKE_CHILD_TEST_ENV_HELPER";
+
+#[test]
+fn a_child_inherits_only_the_listed_environment() {
+    if std::env::var_os(ENV_HELPER).is_some() {
+        // The helper: run `env` as a child and pass its output on.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = runtime.block_on(async {
+            let mut command = tokio::process::Command::new("env");
+            command.stdout(Stdio::piped());
+            command.env("SET_ON_THE_COMMAND", "also-cleared");
+            child::spawn(command)
+                .await
+                .unwrap()
+                .wait_with_output()
+                .await
+                .unwrap()
+        });
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        return;
+    }
+    // A recipe secret reaches imgbake as an environment variable: no child may see it.
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_child_inherits_only_the_listed_environment",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ENV_HELPER, "1")
+        .env("SMOKE_SECRET", "s3cr3t-value")
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    let env = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        env.contains("\nTZ=UTC\n") || env.starts_with("TZ=UTC\n"),
+        "{env}"
+    );
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    for leaked in ["s3cr3t-value", "SET_ON_THE_COMMAND", ENV_HELPER] {
+        assert!(!env.contains(leaked), "{leaked} reached the child:\n{env}");
+    }
+}

@@ -618,3 +618,23 @@ fn uncompressed_base_copies_are_listed_and_go_when_nothing_needs_them() {
     assert!(cached_copy.exists());
     assert_eq!(cache.ls()["total"]["plain_copies"], 1);
 }
+
+#[test]
+fn a_relative_cache_dir_is_used_as_an_absolute_path() {
+    // Layers name their backing files by path: a relative cache directory would be resolved
+    // against each layer's own directory by QEMU. Every command makes it absolute first.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rel")).unwrap();
+    let mut cmd = Command::cargo_bin("imgbake").unwrap();
+    cmd.current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .env_remove("IMGBAKE_CACHE_DIR")
+        .args(["cache", "ls", "--json", "--cache-dir", "rel/cache"]);
+    let out = expect_code(&mut cmd, 0);
+    let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listing["cache_dir"],
+        dir.path().join("rel/cache").to_str().unwrap(),
+        "{listing}"
+    );
+}

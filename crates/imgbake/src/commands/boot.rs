@@ -64,10 +64,7 @@ pub fn run(args: &BootArgs, _out: &Output) -> Result<ExitStatus, CliError> {
     }
     let request = pipeline::InteractiveBoot {
         recipe,
-        cache_dir: match &args.cache_dir {
-            Some(dir) => dir.clone(),
-            None => crate::commands::default_cache_dir()?,
-        },
+        cache_dir: crate::commands::cache_dir(args.cache_dir.as_deref())?,
         runtime_dir: pipeline::default_runtime_dir(),
         offline: args.offline,
     };

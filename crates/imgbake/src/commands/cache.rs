@@ -227,10 +227,7 @@ struct Removal {
 
 /// Runs `imgbake cache`.
 pub fn run(args: &CacheArgs, out: &Output) -> Result<ExitStatus, CliError> {
-    let root = match &args.cache_dir {
-        Some(dir) => dir.clone(),
-        None => crate::commands::default_cache_dir()?,
-    };
+    let root = crate::commands::cache_dir(args.cache_dir.as_deref())?;
     let result = match &args.command {
         CacheCommand::Ls(ls) => list(&root).and_then(|l| print_listing(&l, ls.json, out)),
         CacheCommand::Gc(gc) => collect(&root, gc, out),

@@ -76,10 +76,7 @@ pub fn run(args: &FetchArgs, out: &Output) -> Result<ExitStatus, CliError> {
         .iter()
         .map(|path| recipe::Recipe::load(path, &args.vars.vars))
         .collect::<Result<Vec<_>, _>>()?;
-    let cache = match &args.cache_dir {
-        Some(dir) => BaseCache::open(dir.join("base")),
-        None => BaseCache::open_default(),
-    }?;
+    let cache = BaseCache::open(super::cache_dir(args.cache_dir.as_deref())?.join("base"))?;
     let runtime = super::runtime()?;
     let opts = FetchOptions {
         offline: args.offline,

@@ -122,10 +122,7 @@ pub fn run(args: &RecipeArgs, out: &Output) -> Result<ExitStatus, CliError> {
         (None, true) => pipeline::StartRequest::Fresh,
         (None, false) => pipeline::StartRequest::Reuse,
     };
-    let cache_dir = match &args.cache_dir {
-        Some(dir) => dir.clone(),
-        None => crate::commands::default_cache_dir()?,
-    };
+    let cache_dir = crate::commands::cache_dir(args.cache_dir.as_deref())?;
     let requests: Vec<pipeline::BakeRequest> = recipes
         .into_iter()
         .zip(secrets)
