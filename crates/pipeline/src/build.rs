@@ -191,13 +191,19 @@ pub async fn bake(
         offline: request.offline,
     };
     let base = fetch_base(&fetch, &events, &cancel.graceful).await?;
-    // Before the reuse check: a reused first layer may be backed by the copy.
-    let boot_base = plain_base(&request.cache_dir, &base, &events, &cancel.graceful).await?;
     let plan = BuildPlan::new(recipe, BaseIdentity::Digest(base.digest));
 
+    // First layers are made on the uncompressed copy of the base; one that names the same base
+    // elsewhere is moved onto it while no build holds the store.
+    let copy_path =
+        fetch::BaseCache::open(request.cache_dir.join("base"))?.plain_path(&base.digest);
+    let copy_path = std::path::absolute(&copy_path).map_err(io_err("resolve", &copy_path))?;
     let store_dir = request.cache_dir.join("checkpoints");
-    rebase_first_layers(&store_dir, &plan.root_key(), &boot_base, &events).await?;
+    rebase_first_layers(&store_dir, &plan.root_key(), &copy_path, &events).await?;
+    // Held until the build ends. `cache gc` / `rm` sweep unused copies only with the store to
+    // themselves, so the copy made next cannot go before a checkpoint names it.
     let store = CheckpointStore::open(&store_dir)?;
+    let boot_base = plain_base(&request.cache_dir, &base, &events, &cancel.graceful).await?;
     for discarded in store.sweep_incomplete()? {
         events.emit(BakeEvent::CheckpointDiscarded {
             reason: discarded.to_string(),

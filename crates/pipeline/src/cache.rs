@@ -30,6 +30,25 @@ pub fn list(root: &Path) -> Result<(Vec<LayerInfo>, StoreUsage), StoreError> {
     }
 }
 
+/// The store held exclusively: no build runs while it lives.
+#[derive(Debug)]
+pub struct NoBuildRunning {
+    _store: CheckpointStore,
+}
+
+/// The store to itself, or `None` while a build runs: what removing an uncompressed base copy
+/// needs, as a build holds the store from before it makes its copy until it ends.
+pub fn no_build_running(root: &Path) -> Result<Option<NoBuildRunning>, StoreError> {
+    let Some(dir) = store_dir(root) else {
+        return Ok(None);
+    };
+    match CheckpointStore::open_exclusive(&dir) {
+        Ok(store) => Ok(Some(NoBuildRunning { _store: store })),
+        Err(StoreError::Busy { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// What `gc` is asked to remove.
 #[derive(Clone, Debug, Default)]
 pub struct GcRequest {
@@ -178,5 +197,32 @@ pub fn store_hint(error: &StoreError) -> Option<String> {
             Some("wait until the running build finishes (or stop it), then run this again".into())
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_build_running_only_while_no_build_holds_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        // No store yet: a build may be about to create it.
+        assert!(no_build_running(dir.path()).unwrap().is_none());
+        let build = CheckpointStore::open(&dir.path().join("checkpoints")).unwrap();
+        assert!(
+            no_build_running(dir.path()).unwrap().is_none(),
+            "a running build's store was taken"
+        );
+        drop(build);
+        let alone = no_build_running(dir.path()).unwrap();
+        assert!(alone.is_some());
+        assert!(
+            matches!(
+                CheckpointStore::open_exclusive(&dir.path().join("checkpoints")),
+                Err(StoreError::Busy { .. })
+            ),
+            "the guard must hold the store"
+        );
     }
 }

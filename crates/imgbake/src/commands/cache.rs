@@ -596,6 +596,7 @@ fn sweep_plain_copies(root: &Path, removal: &Removal) -> Result<Vec<PathBuf>, Fa
     if copies.is_empty() {
         return Ok(Vec::new());
     }
+
     let gone: BTreeSet<&str> = removal.removed.iter().map(|c| c.key.as_str()).collect();
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let backing: BTreeSet<PathBuf> = pipeline::cache::list(root)?
@@ -605,6 +606,12 @@ fn sweep_plain_copies(root: &Path, removal: &Removal) -> Result<Vec<PathBuf>, Fa
         .filter(|l| !gone.contains(l.meta.key.to_string().as_str()))
         .map(|l| absolute(&l.meta.backing))
         .collect();
+    // A build holds the store from before it makes its copy until the end: with the store to
+    // itself, this sweep cannot take a copy a starting build is about to boot. While one runs,
+    // the copies stay (a later gc removes them).
+    let Some(_no_build) = pipeline::cache::no_build_running(root)? else {
+        return Ok(Vec::new());
+    };
     let mut swept = Vec::new();
     for copy in copies {
         if cache.get(&copy.base)?.is_some() || backing.contains(&absolute(&copy.path)) {
