@@ -19,8 +19,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::project_root;
 
-const USAGE: &str =
-    "usage: cargo xtask e2e nvidia [--open] [--cache-dir DIR] [--output DIR] [--var NAME=VALUE]...";
+const USAGE: &str = "usage: cargo xtask e2e nvidia [--open] [--traps] [--cache-dir DIR] [--output DIR] [--var NAME=VALUE]...";
 
 /// `imgbake`'s exit code when the build's own verify found a problem (the RAW is kept as
 /// `<name>.raw.failed`).
@@ -29,6 +28,8 @@ const VERIFY_FAILED: i32 = 6;
 #[derive(Debug, PartialEq)]
 struct Options {
     open: bool,
+    /// After a passing verify, break copies of the image (`e2e_traps`).
+    traps: bool,
     cache_dir: Option<PathBuf>,
     output: Option<PathBuf>,
     vars: Vec<String>,
@@ -43,6 +44,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
     }
     let mut opts = Options {
         open: false,
+        traps: false,
         cache_dir: None,
         output: None,
         vars: Vec::new(),
@@ -55,6 +57,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
         };
         match arg.as_str() {
             "--open" => opts.open = true,
+            "--traps" => opts.traps = true,
             "--cache-dir" => opts.cache_dir = Some(value("--cache-dir")?.into()),
             "--output" => opts.output = Some(value("--output")?.into()),
             "--var" => opts.vars.push(value("--var")?),
@@ -160,6 +163,15 @@ pub fn run(args: &[String]) -> Result<()> {
     if !verified.success() {
         bail!("imgbake verify {} failed ({verified})", raw.display());
     }
+    if opts.traps {
+        crate::e2e_traps::run(&crate::e2e_traps::TrapRun {
+            imgbake: &imgbake,
+            root: &root,
+            recipe,
+            raw: &raw,
+            vars: &opts.vars,
+        })?;
+    }
     Ok(())
 }
 
@@ -232,6 +244,7 @@ mod tests {
             o,
             Options {
                 open: false,
+                traps: false,
                 cache_dir: None,
                 output: None,
                 vars: vec![],
@@ -240,6 +253,7 @@ mod tests {
         let o = parse_args(&args(&[
             "nvidia",
             "--open",
+            "--traps",
             "--cache-dir",
             "/c",
             "--output",
@@ -248,7 +262,7 @@ mod tests {
             "nvidia_enable_gpu_firmware=17",
         ]))
         .unwrap();
-        assert!(o.open);
+        assert!(o.open && o.traps);
         assert_eq!(o.cache_dir, Some(PathBuf::from("/c")));
         assert_eq!(o.output, Some(PathBuf::from("/o")));
         assert_eq!(o.vars, vec!["nvidia_enable_gpu_firmware=17".to_owned()]);

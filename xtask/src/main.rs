@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod deps;
 mod e2e;
+mod e2e_traps;
 mod fixture;
 mod nvidia_bytes;
 mod test;
@@ -29,10 +30,11 @@ commands:
                      (cold, warm, rebuild, reboot, --jobs 2, imgbake's peak RSS)
   demo               deps, fixture, then build and verify the fixture smoke recipe
                      into output/fixture-smoke/
-  e2e nvidia [--open] [--cache-dir DIR] [--output DIR] [--var NAME=VALUE]...
+  e2e nvidia [--open] [--traps] [--cache-dir DIR] [--output DIR] [--var NAME=VALUE]...
                      slow, never in CI: bake fixtures/recipes/nvidia-debian[-open].yaml (a real
                      NVIDIA 535 driver, DKMS under TCG, ~1 h) with checkpoints in
-                     target/e2e-cache, verify the RAW, print wall times
+                     target/e2e-cache, verify the RAW, print wall times; --traps then breaks
+                     copies of it (module, firmware) and checks verify exits 6 on each
   nvidia-bytes [--mirror URI]
                      real NVIDIA bytes for the inspection tests: firmware-nvidia-gsp unpacked
                      and nvidia.ko built on this host for the fixture kernel, cached in
