@@ -8,14 +8,12 @@
 //! name (`qemu-img rebase -u`, done by the caller) and re-recording the layer keeps the chain.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use digest::{CacheKey, hash_file};
 
 use crate::error::io_err;
-use crate::store::{TempName, make_private_and_durable, qcow2_backing};
+use crate::store::{TempName, make_private_and_durable, qcow2_backing, write_private_new};
 use crate::{CheckpointStore, Error, Layer, LayerMeta, Lookup, Result};
 
 impl CheckpointStore {
@@ -78,13 +76,7 @@ impl CheckpointStore {
         );
         // A crash between writing and renaming left it; this store is ours alone.
         let _ = fs::remove_file(&tmp.0);
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp.0)
-            .and_then(|mut f| f.write_all(&json).and_then(|()| f.sync_all()))
-            .map_err(io_err("write", &tmp.0))?;
+        write_private_new(&tmp.0, &json)?;
         fs::rename(&tmp.0, &record).map_err(io_err("replace", &record))?;
         digest::fsync_dir(&self.layers_dir()).map_err(io_err("sync", self.layers_dir()))?;
         Ok(Layer {

@@ -301,7 +301,7 @@ impl CheckpointStore {
     /// The longest prefix of `keys` (a chain, first step first) that is published, intact and
     /// linked parent to child, its first layer backed by `base` (this build's base file). A first
     /// layer backed by another path is not used: that file's content is not what the key vouches
-    /// for (see [`CheckpointStore::rebase_root`]). Broken checkpoints met on the way are removed
+    /// for (see [`CheckpointStore::record_rebased`]). Broken checkpoints met on the way are removed
     /// and returned.
     pub fn reusable_prefix(
         &self,
@@ -647,13 +647,7 @@ pub(crate) fn make_private_and_durable(path: &Path) -> Result<()> {
 /// `false` when another build's record was there first; the temp is removed either way.
 pub(crate) fn link_record(tmp: PathBuf, json: &[u8], record: &Path) -> Result<bool> {
     let tmp = TempName(tmp);
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp.0)
-        .and_then(|mut f| f.write_all(json).and_then(|()| f.sync_all()))
-        .map_err(io_err("write", &tmp.0))?;
+    write_private_new(&tmp.0, json)?;
     let linked = fs::hard_link(&tmp.0, record);
     drop(tmp);
     match linked {
@@ -665,6 +659,18 @@ pub(crate) fn link_record(tmp: PathBuf, json: &[u8], record: &Path) -> Result<bo
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(io_err("publish", record)(e)),
     }
+}
+
+/// Writes `json` to a new owner-only file at `path` and flushes it (a record about to be linked or
+/// renamed into place).
+pub(crate) fn write_private_new(path: &Path, json: &[u8]) -> Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(json).and_then(|()| f.sync_all()))
+        .map_err(io_err("write", path))
 }
 
 /// A temp file removed when dropped (its contents live on under the name it was linked to).
