@@ -596,7 +596,6 @@ fn sweep_plain_copies(root: &Path, removal: &Removal) -> Result<Vec<PathBuf>, Fa
     if copies.is_empty() {
         return Ok(Vec::new());
     }
-
     let gone: BTreeSet<&str> = removal.removed.iter().map(|c| c.key.as_str()).collect();
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let backing: BTreeSet<PathBuf> = pipeline::cache::list(root)?

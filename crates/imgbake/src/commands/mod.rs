@@ -42,8 +42,6 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(CliError::Runtime)
 }
 
-/// `$XDG_CACHE_HOME/imgbake` (or `~/.cache/imgbake`): base images under `base/`, checkpoints
-/// under `checkpoints/`.
 /// The cache directory a command uses: `--cache-dir`, else the default, made absolute. Layers
 /// name their backing files by path, so a relative one would be read against whatever directory
 /// QEMU or qemu-img resolve it from (the layer's own), not the one the user meant.
@@ -55,6 +53,8 @@ pub fn cache_dir(arg: Option<&std::path::Path>) -> Result<std::path::PathBuf, Cl
     std::path::absolute(&dir).map_err(|e| CliError::CacheDir(format!("{}: {e}", dir.display())))
 }
 
+/// `$XDG_CACHE_HOME/imgbake` (or `~/.cache/imgbake`): base images under `base/`, checkpoints
+/// under `checkpoints/`.
 pub fn default_cache_dir() -> Result<std::path::PathBuf, CliError> {
     let base = ::fetch::BaseCache::default_dir().map_err(|e| CliError::CacheDir(e.to_string()))?;
     Ok(base
