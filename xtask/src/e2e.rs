@@ -23,7 +23,7 @@ const USAGE: &str = "usage: cargo xtask e2e nvidia [--open] [--traps] [--cache-d
 
 /// `imgbake`'s exit code when the build's own verify found a problem (the RAW is kept as
 /// `<name>.raw.failed`).
-const VERIFY_FAILED: i32 = 6;
+pub(crate) const VERIFY_FAILED: i32 = 6;
 
 #[derive(Debug, PartialEq)]
 struct Options {
@@ -137,18 +137,10 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let raw = find_raw(&output)?;
     step(&format!("verifying {} offline", raw.display()));
-    let mut verify = Command::new(&imgbake);
-    verify
-        .current_dir(&root)
-        .arg("verify")
-        .arg(&raw)
-        .arg("--recipe")
-        .arg(recipe);
-    for var in &opts.vars {
-        verify.args(["--var", var]);
-    }
     let started = Instant::now();
-    let verified = verify.status().context("run imgbake verify")?;
+    let verified = verify_command(&imgbake, &root, &raw, recipe, &opts.vars)
+        .status()
+        .context("run imgbake verify")?;
     let verify_time = started.elapsed();
 
     println!();
@@ -173,6 +165,28 @@ pub fn run(args: &[String]) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// `imgbake verify RAW --recipe RECIPE [--var …]`, run from the project root (the recipe's
+/// expectations, as the build's own verify uses them).
+pub(crate) fn verify_command(
+    imgbake: &Path,
+    root: &Path,
+    raw: &Path,
+    recipe: &str,
+    vars: &[String],
+) -> Command {
+    let mut verify = Command::new(imgbake);
+    verify
+        .current_dir(root)
+        .arg("verify")
+        .arg(raw)
+        .arg("--recipe")
+        .arg(recipe);
+    for var in vars {
+        verify.args(["--var", var]);
+    }
+    verify
 }
 
 /// The one `*.raw` in the build's output directory (or `*.raw.failed`, what a build whose own

@@ -9,8 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 
-/// `imgbake verify`'s exit code for an image that failed verification.
-const VERIFY_FAILED: i32 = 6;
+use crate::e2e::{VERIFY_FAILED, verify_command};
 
 /// One way to break the image.
 struct Trap {
@@ -123,17 +122,9 @@ fn spring(run: &TrapRun<'_>, trap: &Trap, copy: &Path, offset: u64) -> Result<St
             "debugfs -w -R {edit:?}: {stderr}"
         );
     }
-    let mut verify = Command::new(run.imgbake);
-    verify
-        .current_dir(run.root)
-        .arg("verify")
-        .arg(copy)
-        .arg("--recipe")
-        .arg(run.recipe);
-    for var in run.vars {
-        verify.args(["--var", var]);
-    }
-    let out = verify.output().context("run imgbake verify")?;
+    let out = verify_command(run.imgbake, run.root, copy, run.recipe, run.vars)
+        .output()
+        .context("run imgbake verify")?;
     let report = String::from_utf8_lossy(&out.stdout);
     if out.status.code() != Some(VERIFY_FAILED) {
         bail!("imgbake verify exited {:?}:\n{report}", out.status.code());
