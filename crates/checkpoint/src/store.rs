@@ -58,6 +58,16 @@ impl CheckpointStore {
         }
     }
 
+    /// [`CheckpointStore::open_exclusive`], but `None` instead of [`Error::Busy`] while a build
+    /// runs: for work that can wait for a later build.
+    pub fn try_open_exclusive(root: &Path) -> Result<Option<Self>> {
+        match Self::open_exclusive(root) {
+            Ok(store) => Ok(Some(store)),
+            Err(Error::Busy { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn prepare(root: &Path) -> Result<File> {
         for dir in [
             root.to_path_buf(),

@@ -395,10 +395,8 @@ async fn rebase_first_layers(
     base: &Path,
     events: &Emitter,
 ) -> Result<()> {
-    let store = match CheckpointStore::open_exclusive(store_dir) {
-        Ok(store) => store,
-        Err(checkpoint::Error::Busy { .. }) => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let Some(store) = CheckpointStore::try_open_exclusive(store_dir)? else {
+        return Ok(());
     };
     for layer in store.misbased_roots(root, base)? {
         qemu_driver::overlay::rebase_unattached(&layer.path, base).await?;

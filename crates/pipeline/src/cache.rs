@@ -42,11 +42,7 @@ pub fn no_build_running(root: &Path) -> Result<Option<NoBuildRunning>, StoreErro
     let Some(dir) = store_dir(root) else {
         return Ok(None);
     };
-    match CheckpointStore::open_exclusive(&dir) {
-        Ok(store) => Ok(Some(NoBuildRunning { _store: store })),
-        Err(StoreError::Busy { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(CheckpointStore::try_open_exclusive(&dir)?.map(|store| NoBuildRunning { _store: store }))
 }
 
 /// What `gc` is asked to remove.
