@@ -26,7 +26,12 @@ fi
 
 # cloud-init: instance state, seed copy, logs, and the network config it generated.
 clean_args=(--logs --seed)
-if cloud-init clean --help 2>&1 | grep -q -- '--configs'; then
+# `--configs` (newer cloud-init) also removes the network config it generated. Its source says
+# whether it is there; `cloud-init clean --help` would start Python once more (seconds under TCG).
+clean_py=/usr/lib/python3/dist-packages/cloudinit/cmd/clean.py
+if [[ -f ${clean_py} ]]; then
+    grep -q -- '--configs' "${clean_py}" && clean_args+=(--configs all)
+elif cloud-init clean --help 2>&1 | grep -q -- '--configs'; then
     clean_args+=(--configs all)
 fi
 cloud-init clean "${clean_args[@]}"

@@ -3,6 +3,11 @@ use std::path::PathBuf;
 
 use digest::{CacheKey, Sha256};
 
+/// The `recipe` of a layer no single recipe owns: a base's first boot (cloud-init done), which
+/// every recipe on that base with the same disk and machine builds its first step on. `cache rm`
+/// of one recipe leaves it for the others, and `--keep` does not count it as a recipe's step.
+pub const SHARED_RECIPE: &str = "(shared)";
+
 /// The record published beside a layer file (`layers/<key>.json`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerMeta {

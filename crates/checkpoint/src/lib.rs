@@ -47,8 +47,8 @@ mod usage;
 /// Checkpoint keys are the workspace's [`digest::CacheKey`], re-exported for callers.
 pub use digest::{CacheKey, Sha256};
 pub use error::{Error, Result};
-pub use layer::{Discarded, Layer, LayerMeta, Lookup};
-pub use secrets::{ChainSecrets, SecretFiles};
+pub use layer::{Discarded, Layer, LayerMeta, Lookup, SHARED_RECIPE};
+pub use secrets::{ChainSecrets, FirstBootLock, SecretFiles};
 pub use state::{SavedState, StateMeta, StatePublish};
 pub use store::{CheckpointStore, PublishRequest, RunLease};
 pub use usage::{GcPlan, GcPolicy, LayerInfo, StoreUsage};

@@ -19,6 +19,13 @@ use crate::{Error, Result};
 pub type SecretFiles = BTreeMap<String, Vec<u8>>;
 
 const SECRETS_DIR: &str = "keys";
+const FIRST_BOOT_LOCK: &str = "first-boot.lock";
+
+/// A chain's first-boot lock ([`ChainSecrets::try_lock_first_boot`]); released when dropped.
+#[derive(Debug)]
+pub struct FirstBootLock {
+    _file: fs::File,
+}
 
 /// The secrets of one chain, from [`crate::CheckpointStore::chain_secrets`].
 #[derive(Clone, Debug)]
@@ -41,6 +48,27 @@ impl ChainSecrets {
             .map_err(io_err("chmod", &chain_dir))?;
         let dir = chain_dir.join(SECRETS_DIR);
         Ok(ChainSecrets { chain_dir, dir })
+    }
+
+    /// Takes the chain's first-boot lock, or `None` while another build holds it. A build that
+    /// is about to boot the chain's base holds it until its first-boot layer is published, so a
+    /// second build of the same chain waits and then builds on that layer instead of booting
+    /// the base too (and losing the race to publish it, which would leave every later layer of
+    /// its own unpublished).
+    pub fn try_lock_first_boot(&self) -> Result<Option<FirstBootLock>> {
+        let path = self.chain_dir.join(FIRST_BOOT_LOCK);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(FirstBootLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
+        }
     }
 
     /// The directory holding the secrets (for messages).
@@ -132,6 +160,27 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_build_at_a_time_holds_a_chains_first_boot_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = || ChainSecrets::open(dir.path().join("chain")).unwrap();
+        let held = chain().try_lock_first_boot().unwrap().expect("a free lock");
+        assert!(
+            chain().try_lock_first_boot().unwrap().is_none(),
+            "taken twice"
+        );
+        drop(held);
+        assert!(
+            chain().try_lock_first_boot().unwrap().is_some(),
+            "not released"
+        );
+        assert_eq!(
+            chain().load().unwrap(),
+            None,
+            "the lock file is not a secret"
+        );
+    }
 
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o777

@@ -8,7 +8,7 @@ use crate::error::io_err;
 use digest::CacheKey;
 
 use crate::layer::key_from_name;
-use crate::{CheckpointStore, Error, LayerMeta, Result};
+use crate::{CheckpointStore, Error, LayerMeta, Result, SHARED_RECIPE};
 
 /// One published layer as `imgbake cache ls` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -124,10 +124,13 @@ impl CheckpointStore {
         let mut doomed: BTreeSet<CacheKey> = BTreeSet::new();
         let mut per_step: BTreeMap<(&str, &str), Vec<&LayerInfo>> = BTreeMap::new();
         for layer in &layers {
-            per_step
-                .entry((&layer.meta.recipe, &layer.meta.step_id))
-                .or_default()
-                .push(layer);
+            // A shared first boot is every recipe's on its base, not a step of one.
+            if layer.meta.recipe != SHARED_RECIPE {
+                per_step
+                    .entry((&layer.meta.recipe, &layer.meta.step_id))
+                    .or_default()
+                    .push(layer);
+            }
             let too_old = policy
                 .older_than
                 .is_some_and(|age| layer.age_secs > age.as_secs());
@@ -199,9 +202,11 @@ impl CheckpointStore {
         self.apply(plan)
     }
 
-    /// The plan removing `doomed` and every layer backed by one of them.
+    /// The plan removing `doomed`, every layer backed by one of them, and the shared layers
+    /// whose every child goes (a first boot no recipe builds on any more).
     fn plan(&self, layers: Vec<LayerInfo>, doomed: BTreeSet<CacheKey>) -> GcPlan {
-        let doomed = with_descendants(&layers, doomed);
+        let mut doomed = with_descendants(&layers, doomed);
+        doomed.extend(orphaned_shared(&layers, &doomed));
         let (going, staying): (Vec<LayerInfo>, Vec<LayerInfo>) = layers
             .into_iter()
             .partition(|l| doomed.contains(&l.meta.key));
@@ -235,6 +240,22 @@ impl CheckpointStore {
         }
         Ok(removed)
     }
+}
+
+/// The shared layers that have children, all of them in `doomed`.
+fn orphaned_shared(layers: &[LayerInfo], doomed: &BTreeSet<CacheKey>) -> Vec<CacheKey> {
+    layers
+        .iter()
+        .filter(|shared| shared.meta.recipe == SHARED_RECIPE && !doomed.contains(&shared.meta.key))
+        .filter(|shared| {
+            let mut children = layers
+                .iter()
+                .filter(|l| l.meta.parent == Some(shared.meta.key))
+                .peekable();
+            children.peek().is_some() && children.all(|c| doomed.contains(&c.meta.key))
+        })
+        .map(|shared| shared.meta.key)
+        .collect()
 }
 
 /// Closes `doomed` over "backed by": repeats until no layer is added.

@@ -920,3 +920,72 @@ fn a_first_layer_whose_base_moved_is_rebased_and_keeps_its_chain() {
     );
     assert_eq!(layers[0], rebased);
 }
+
+/// A shared first boot (key `at`, `SHARED_RECIPE`) with one first step (key `at + 1 + i`) of
+/// each of `recipes` on it.
+fn shared_first_boot(store: &CheckpointStore, at: u8, recipes: &[&str]) {
+    let mut lease = store.lease().unwrap();
+    let root = key(at);
+    let base = store.root().join(format!("base-{at}.img"));
+    fs::write(&base, b"base").unwrap();
+    let mut publish = |k: CacheKey, parent: Option<CacheKey>, recipe: &str| {
+        fs::write(lease.layer_path(&k), k.to_string().repeat(64)).unwrap();
+        let backing = parent.map_or(base.clone(), |p| lease.layer_path(&p));
+        let mut req = request(&k, parent.as_ref(), &root, &backing);
+        req.recipe = recipe;
+        req.step_id = if parent.is_none() { "ready" } else { "01" };
+        lease.publish(&req).unwrap().expect("published");
+    };
+    publish(key(at), None, checkpoint::SHARED_RECIPE);
+    for (i, recipe) in recipes.iter().enumerate() {
+        publish(key(at + 1 + i as u8), Some(key(at)), recipe);
+    }
+    lease.finish().unwrap();
+}
+
+fn keys_of(layers: Vec<checkpoint::LayerInfo>) -> BTreeSet<CacheKey> {
+    layers.into_iter().map(|l| l.meta.key).collect()
+}
+
+#[test]
+fn a_shared_first_boot_outlives_one_recipe_and_goes_with_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    shared_first_boot(&CheckpointStore::open(&store_dir).unwrap(), 10, &["a", "b"]);
+    let store = CheckpointStore::open_exclusive(&store_dir).unwrap();
+    assert_eq!(
+        keys_of(store.remove_recipe("a").unwrap()),
+        [key(11)].into(),
+        "removing recipe a took more than its own step"
+    );
+    assert_eq!(
+        keys_of(store.remove_recipe("b").unwrap()),
+        [key(10), key(12)].into(),
+        "the first boot no recipe builds on any more must go with b's step"
+    );
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[test]
+fn keep_per_step_does_not_count_shared_first_boots_as_a_recipes_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    // Two bases, each with its first boot ("ready") and one recipe's step on it.
+    let store = CheckpointStore::open(&store_dir).unwrap();
+    shared_first_boot(&store, 10, &["a"]);
+    shared_first_boot(&store, 20, &["b"]);
+    drop(store);
+    let store = CheckpointStore::open_exclusive(&store_dir).unwrap();
+    let plan = store
+        .gc_plan(&GcPolicy {
+            keep_per_step: Some(1),
+            ..GcPolicy::default()
+        })
+        .unwrap();
+    // Counted as one group, keep 1 would remove one base's first boot and the chain on it.
+    assert!(
+        plan.layers.is_empty(),
+        "keep 1 removed {:?}",
+        keys_of(plan.layers)
+    );
+}

@@ -99,11 +99,18 @@ impl BakeRenderer {
                 None => return None,
             },
             BakeEvent::CheckpointDiscarded { reason } => paint.hint(&format!("note: {reason}")),
-            BakeEvent::CheckpointRebased { step_id, from, to } => paint.hint(&format!(
-                "note: checkpoint {step_id} was made on this base at {}; it now names {}",
-                from.display(),
-                to.display()
-            )),
+            BakeEvent::CheckpointRebased { step_id, from, to } => {
+                let which = if step_id == pipeline::READY_STEP_ID {
+                    "the first-boot checkpoint".to_owned()
+                } else {
+                    format!("checkpoint {step_id}")
+                };
+                paint.hint(&format!(
+                    "note: {which} was made on this base at {}; it now names {}",
+                    from.display(),
+                    to.display()
+                ))
+            }
             BakeEvent::StepsReused { ids, resumed } => {
                 let range = match (ids.first(), ids.last()) {
                     (Some(a), Some(b)) if a != b => format!("steps {a}–{b}"),
@@ -148,9 +155,15 @@ impl BakeRenderer {
                 let note = if *published { "" } else { " (not kept)" };
                 paint.dim(&format!("[{id}] vm state ({}, guest paused {paused_secs:.1}s){note}", bytes(*size)))
             }
+            BakeEvent::VmStateRestored { id, after_secs } if id == pipeline::READY_STEP_ID => format!(
+                "resumed the guest from the vm state of this base's first boot in {after_secs:.1}s (no boot)"
+            ),
             BakeEvent::VmStateRestored { id, after_secs } => {
                 format!("resumed the guest from the vm state after step {id} in {after_secs:.1}s (no boot)")
             }
+            BakeEvent::WaitingForFirstBoot => paint.hint(
+                "another build is booting this base for the first time: waiting to start from its first boot",
+            ),
             BakeEvent::VmStateNotUsed { reason } => paint.hint(&format!("vm state not used: {reason}")),
             BakeEvent::Sealing => "sealing: removing what imgbake added (build user, keys, /var/lib/imgbake, host key, build hostname, cloud-init instance)".to_owned(),
             BakeEvent::ShuttingDown => "powering the guest off".to_owned(),

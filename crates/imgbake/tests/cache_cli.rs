@@ -416,6 +416,7 @@ fn publish_chain(
         base: &cache.base,
         recipe,
         root,
+        first_boot: false,
     };
     test_support::checkpoints::publish_chain(&chain, layers)
 }
@@ -562,6 +563,7 @@ fn uncompressed_base_copies_are_listed_and_go_when_nothing_needs_them() {
         base: &local_copy,
         recipe: "local",
         root: &key(300),
+        first_boot: false,
     };
     let layers = [LayerSpec {
         key: key(5),

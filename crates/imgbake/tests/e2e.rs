@@ -293,10 +293,12 @@ fn assert_secret_used_masked_and_never_written(
     }
     eprintln!("secret scan: {files} files, {} MiB, no match", bytes >> 20);
     // VM states are compressed RAM images the scan above cannot read into: a recipe with
-    // secrets saves none, and says so.
-    assert!(
-        run.events_named("vm_state_saved").is_empty(),
-        "a recipe with secrets saved vm states"
+    // secrets saves none after its steps, and says so. The first boot's is saved: it is taken
+    // before any step ran, and no secret is in the seed.
+    assert_eq!(
+        states_saved(run),
+        ["ready"],
+        "a recipe with secrets saved vm states after its steps"
     );
     assert!(
         run.events_named("vm_state_not_used")
@@ -735,10 +737,10 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
         "build 1",
     );
     assert_eq!(reuse_run_file(&raw), "03 original present", "build 1");
-    // A VM state with every checkpoint but the sealed last one.
+    // A VM state with the first boot and every checkpoint but the sealed last one.
     assert_eq!(
         states_saved(&first),
-        ["01", "02", "03", "04"],
+        ["ready", "01", "02", "03", "04"],
         "build 1 states"
     );
 
@@ -906,15 +908,15 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
         after_repair.discarded()
     );
 
-    // Build 7: the chain's first layer names the same base at another path (what an older
-    // imgbake, or a `file:` base in a checkout that moved, left): its header is moved onto this
-    // build's base and the whole chain is still reused, no VM.
+    // Build 7: the chain's first layer (the first boot) names the same base at another path
+    // (what an older imgbake, or a `file:` base in a checkout that moved, left): its header is
+    // moved onto this build's base and the whole chain is still reused, no VM.
     let moved = move_first_layer_to_another_base_path(&sandbox);
     let after_move = sandbox.recipe(&recipe, &["--json"], SHORT_BUILD);
     after_move.expect_code(0, "build 7 (first layer on another base path)");
     let rebased = after_move.events_named("checkpoint_rebased");
     assert_eq!(rebased.len(), 1, "build 7 rebased events: {rebased:?}");
-    assert_eq!(rebased[0]["step_id"], "01");
+    assert_eq!(rebased[0]["step_id"], "ready");
     assert_eq!(rebased[0]["from"], moved.to_str().unwrap());
     assert_eq!(
         after_move.reused_steps().0,
@@ -925,35 +927,91 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
     );
     assert!(after_move.events_named("vm_started").is_empty());
     assert_eq!(reuse_runs_log(&raw), log, "build 7 image");
-    let record_01 = sandbox
+    let record_ready = sandbox
         .checkpoint_records()
         .into_iter()
-        .find(|(id, _)| id == "01")
-        .expect("a record for 01")
+        .find(|(id, _)| id == "ready")
+        .expect("a record for the first boot")
         .1;
-    assert_eq!(record_01["backing"], rebased[0]["to"]);
+    assert_eq!(record_ready["backing"], rebased[0]["to"]);
+
+    // Build 8: another recipe (another name, another step 01) on the same base: no step of it
+    // was ever built, but the base's first boot is shared, so the guest of build 1's first
+    // boot is restored (same boot id) instead of booting, and every step runs in it.
+    let other = other_recipe_on_the_same_base(&recipe);
+    let shared = sandbox.recipe(&other, &["--json"], SHORT_BUILD);
+    shared.expect_code(0, "build 8 (another recipe on the same base)");
+    let restored = shared.events_named("vm_state_restored");
+    assert_eq!(restored.len(), 1, "build 8 restored {restored:?}");
+    assert_eq!(restored[0]["id"], "ready", "build 8 restored {restored:?}");
+    assert!(
+        shared.events_named("ssh_ready").is_empty(),
+        "build 8 booted"
+    );
+    assert_eq!(shared.started_steps(), all, "build 8 ran");
+    let other_log = reuse_runs_log(&sandbox.out.join("e2e-reuse-other.raw"));
+    assert_runs_log(
+        &other_log,
+        &[
+            ("01", "other", &boot1),
+            ("02", "", &boot1),
+            ("03", "edit-2", &boot1),
+            ("04", "", &boot1),
+        ],
+        "build 8: every step in build 1's first boot, restored",
+    );
+    let shared_layers: Vec<Value> = sandbox
+        .checkpoint_records()
+        .into_iter()
+        .filter(|(id, _)| id == "ready")
+        .map(|(_, record)| record)
+        .collect();
+    assert_eq!(shared_layers.len(), 1, "one first boot for both recipes");
+    assert_eq!(shared_layers[0]["recipe"], "(shared)");
 
     eprintln!(
         "TIMING reuse: build 1 {:.1}s, resume-from 03 {:.1}s, rerun after edit {:.1}s, \
-         unchanged rerun {:.1}s, corrupt-02 rebuild {:.1}s, rerun after repair {:.1}s",
+         unchanged rerun {:.1}s, corrupt-02 rebuild {:.1}s, rerun after repair {:.1}s, \
+         other recipe on the first boot {:.1}s",
         first.wall.as_secs_f64(),
         resumed.wall.as_secs_f64(),
         rerun.wall.as_secs_f64(),
         unchanged.wall.as_secs_f64(),
         repaired.wall.as_secs_f64(),
-        after_repair.wall.as_secs_f64()
+        after_repair.wall.as_secs_f64(),
+        shared.wall.as_secs_f64()
     );
 }
 
-/// Rewrites step 01's layer and record as if it had been made on the same base at another path
+/// A copy of the reuse recipe named `e2e-reuse-other` whose step 01 writes the edition
+/// `other`: no step key of it matches the reuse recipe's.
+fn other_recipe_on_the_same_base(recipe: &Path) -> std::path::PathBuf {
+    let dir = recipe.parent().unwrap();
+    let yaml = std::fs::read_to_string(recipe).unwrap();
+    let yaml = yaml
+        .replace("name: e2e-reuse", "name: e2e-reuse-other")
+        .replace("reuse/01-first.sh", "reuse/01-other.sh");
+    let script = std::fs::read_to_string(dir.join("reuse/01-first.sh")).unwrap();
+    let marked = script.replace(
+        "echo \"01 $(cat /proc/sys/kernel/random/boot_id)\" >> ",
+        "echo \"01 other $(cat /proc/sys/kernel/random/boot_id)\" >> ",
+    );
+    assert_ne!(marked, script, "01-first.sh no longer logs as expected");
+    std::fs::write(dir.join("reuse/01-other.sh"), marked).unwrap();
+    let path = dir.join("other.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Rewrites the first boot's layer and record as if it had been made on the same base at another path
 /// (a hard link to the base file: same content, other name). Returns that path.
 fn move_first_layer_to_another_base_path(sandbox: &Sandbox) -> std::path::PathBuf {
     let layers = sandbox.cache.join("checkpoints/layers");
     let (_, mut record) = sandbox
         .checkpoint_records()
         .into_iter()
-        .find(|(id, _)| id == "01")
-        .expect("a record for 01");
+        .find(|(id, _)| id == "ready")
+        .expect("a record for the first boot");
     let base = std::path::PathBuf::from(record["backing"].as_str().unwrap());
     let other = sandbox.cache.join("base-at-another-path.qcow2");
     std::fs::hard_link(&base, &other).unwrap();

@@ -302,6 +302,7 @@ fn a_fully_reused_build_publishes_only_a_verified_image_and_sets_a_failed_one_as
             base: &fixture,
             recipe: "reused",
             root: &root,
+            first_boot: true,
         },
         &[test_support::checkpoints::LayerSpec {
             key,

@@ -198,10 +198,7 @@ pub async fn boot_interactive(
     let seed = dir.join("seed.iso");
     // A fresh instance id per boot, so cloud-init runs in full.
     let instance_id = format!("imgbake-boot-{}", std::process::id());
-    seed::write_iso(
-        &crate::setup::seed_config(recipe, &instance_id, &keys),
-        &seed,
-    )?;
+    seed::write_iso(&crate::setup::seed_config(&instance_id, &keys), &seed)?;
     let disk = dir.join("disk.qcow2");
     qemu_driver::overlay::create(&boot_base, &disk, Some(recipe.vm.disk_size.as_u64())).await?;
 

@@ -48,6 +48,9 @@ pub enum BakeEvent {
         /// The base file it names now.
         to: PathBuf,
     },
+    /// Another build is booting this chain's base for the first time; this one waits for its
+    /// first-boot layer (shared by every recipe on the base) instead of booting the base too.
+    WaitingForFirstBoot,
     /// Steps that will not run because their checkpoints are reused.
     StepsReused {
         /// Their ids, in order.

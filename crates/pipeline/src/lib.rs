@@ -49,7 +49,9 @@ pub use events::{BakeEvent, OutputStream};
 pub use image_test::{
     ImageTestReport, ImageTestRequest, RowVerdict, TEST_USER, TestRow, test_image,
 };
-pub use plan::{BuildPlan, StartPoint, StartRequest, expectations, seed_fingerprint};
+pub use plan::{
+    BuildPlan, READY_STEP_ID, StartPoint, StartRequest, expectations, seed_fingerprint,
+};
 pub use run::{RunRecord, StepRecord, StepStatus};
 
 /// The user the seed creates and imgbake logs in as; the seal after the last step removes it.

@@ -23,10 +23,19 @@ pub enum StartRequest {
     Fresh,
 }
 
+/// The step id of the chain's layer before step one: the guest's first boot, taken once
+/// cloud-init is done ("ready"). Its key is the chain's root key, which depends on the base,
+/// the disk and the machine only, so every recipe on the same base builds on it.
+pub const READY_STEP_ID: &str = "ready";
+
 /// Where a build starts: layers to boot from (a prefix of the chain) and what was thrown away.
 #[derive(Debug)]
 pub struct StartPoint {
-    /// Reused layers, first step first; the build boots from the last one (or the base if empty).
+    /// The chain's first-boot layer ([`READY_STEP_ID`]), when it is reused: the first step's
+    /// layer is backed by it.
+    pub ready: Option<Layer>,
+    /// Reused step layers, first step first; the build boots from the last one (else from
+    /// `ready`, else the base).
     pub reused: Vec<Layer>,
     /// Broken checkpoints removed on the way.
     pub discarded: Vec<Discarded>,
@@ -36,6 +45,11 @@ impl StartPoint {
     /// The id of the newest reused step, if any.
     pub fn last_step(&self) -> Option<String> {
         self.reused.last().map(|l| l.meta.step_id.clone())
+    }
+
+    /// The newest reused layer, step or first boot: what the build boots (or restores) from.
+    pub fn newest(&self) -> Option<&Layer> {
+        self.reused.last().or(self.ready.as_ref())
     }
 }
 
@@ -53,7 +67,7 @@ pub struct BuildPlan {
 impl BuildPlan {
     /// The plan of `recipe` on a base identified by `base` (its digest once fetched).
     pub fn new(recipe: &Recipe, base: BaseIdentity) -> BuildPlan {
-        let seed_fingerprint = seed_fingerprint(recipe);
+        let seed_fingerprint = seed_fingerprint();
         let chain = recipe.checkpoint_keys(&base, seed_fingerprint.as_bytes());
         BuildPlan {
             base,
@@ -109,6 +123,13 @@ impl BuildPlan {
         format!("imgbake-{}", &self.chain.root.to_string()[..16])
     }
 
+    /// The store keys of the whole chain: the first boot's (the root key), then each step's.
+    pub fn layer_keys(&self) -> Vec<CacheKey> {
+        std::iter::once(self.root_key())
+            .chain(self.step_keys())
+            .collect()
+    }
+
     /// Decides where the build starts.
     pub fn start(
         &self,
@@ -117,8 +138,8 @@ impl BuildPlan {
         request: &StartRequest,
         base: &Path,
     ) -> Result<StartPoint> {
-        let keys = self.step_keys();
-        let (reused, discarded) = match request {
+        let keys = self.layer_keys();
+        let (mut layers, discarded) = match request {
             StartRequest::Fresh => (Vec::new(), Vec::new()),
             StartRequest::Reuse => store.reusable_prefix(&keys, base)?,
             StartRequest::ResumeFrom(id) => {
@@ -130,28 +151,37 @@ impl BuildPlan {
                     .iter()
                     .position(|(step, _)| step == id)
                     .unwrap_or(self.chain.steps.len());
-                let (mut reused, discarded) = store.reusable_prefix(&keys[..index], base)?;
-                if reused.len() < index {
+                // The first boot and the steps before `id`; the first boot is required only
+                // when a step is.
+                let (mut layers, discarded) = store.reusable_prefix(&keys[..=index], base)?;
+                let steps = layers.len().saturating_sub(1);
+                if index > 0 && steps < index {
                     return Err(Error::NoCheckpoint {
                         resume_from: *id,
-                        missing: self.chain.steps[reused.len()].0,
+                        missing: self.chain.steps[steps].0,
                         before: self.chain.steps[index - 1].0,
                         discarded: discarded.iter().map(ToString::to_string).collect(),
                     });
                 }
-                reused.truncate(index);
-                (reused, discarded)
+                layers.truncate(index + 1);
+                (layers, discarded)
             }
         };
-        Ok(StartPoint { reused, discarded })
+        let ready = (!layers.is_empty()).then(|| layers.remove(0));
+        Ok(StartPoint {
+            ready,
+            reused: layers,
+            discarded,
+        })
     }
 }
 
 /// The digest of everything in the build's cloud-init seed except its per-chain keys and
-/// instance id: the input the recipe's checkpoint keys take as "seed inputs".
-pub fn seed_fingerprint(recipe: &Recipe) -> digest::Sha256 {
+/// instance id: the input the recipe's checkpoint keys take as "seed inputs". No recipe input
+/// is in the seed, so this changes only with imgbake's seed itself.
+pub fn seed_fingerprint() -> digest::Sha256 {
     // Keys and instance id do not enter the fingerprint, so any pair will do here.
-    let config = seed_config(recipe, "fingerprint", &BuildKeys::generate());
+    let config = seed_config("fingerprint", &BuildKeys::generate());
     seed::fingerprint(&config)
 }
 
@@ -169,6 +199,6 @@ pub fn expectations(recipe: &Recipe) -> inspect::Expectations {
             .filter(|m| !m.is_empty())
             .or_else(|| recipe.payload.gpu.as_ref().map(|g| g.models.clone()))
             .unwrap_or_default(),
-        build_hostname: Some(crate::setup::hostname(&recipe.name)),
+        build_hostname: Some(crate::setup::BUILD_HOSTNAME.to_owned()),
     }
 }

@@ -25,12 +25,19 @@ pub fn base_source(base: &recipe::Base) -> fetch::BaseSource {
     }
 }
 
+/// The build VM's hostname, whatever the recipe. Not the recipe's name: the hostname is in the
+/// seed, the seed in the chain's root key, and the guest's first boot (the chain's first layer
+/// and VM state) is shared by every recipe on the same base only if no recipe input is in it.
+/// The seal removes it from `/etc/hosts`; `verify` checks it is gone.
+pub const BUILD_HOSTNAME: &str = "imgbake-build";
+
 /// The cloud-init seed of a build VM: the build user with the chain's user key, the pinned
-/// host key, DHCP by cloud-init's fallback (works with netplan, ENI and networkd alike).
-pub fn seed_config(recipe: &Recipe, instance_id: &str, keys: &BuildKeys) -> SeedConfig {
+/// host key, DHCP by cloud-init's fallback (works with netplan, ENI and networkd alike). Nothing
+/// in it comes from the recipe (see [`BUILD_HOSTNAME`]).
+pub fn seed_config(instance_id: &str, keys: &BuildKeys) -> SeedConfig {
     SeedConfig {
         instance_id: instance_id.to_owned(),
-        hostname: hostname(&recipe.name),
+        hostname: BUILD_HOSTNAME.to_owned(),
         build_user: crate::BUILD_USER.to_owned(),
         user_authorized_key: keys.user_public_openssh(),
         host_key: Some(HostKeyPair {
@@ -94,35 +101,4 @@ pub fn write_known_hosts(dir: &Path, addr: SocketAddr, keys: &BuildKeys) -> crat
         .and_then(|()| file.commit())
         .map_err(crate::error::io_err("write", &path))?;
     Ok(path)
-}
-
-/// An RFC 1123 host name (at most 63 of `a-z0-9-`) from a recipe name.
-pub fn hostname(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let short: String = cleaned.trim_matches('-').chars().take(63).collect();
-    match short.trim_end_matches('-') {
-        "" => "imgbake".to_owned(),
-        s => s.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hostnames_are_rfc1123() {
-        assert_eq!(hostname("ubuntu-22.04_NVIDIA"), "ubuntu-22-04-nvidia");
-        assert_eq!(hostname("..."), "imgbake");
-        assert_eq!(hostname(&"a".repeat(80)).len(), 63);
-    }
 }

@@ -32,6 +32,9 @@ pub(crate) struct VmSetup<'x, 'l> {
     pub secrets: &'x ChainSecrets,
     pub run_dir: &'x Path,
     pub lease: &'x mut RunLease<'l>,
+    /// Held while this build makes the chain's first-boot layer (see
+    /// `checkpoint::ChainSecrets::try_lock_first_boot`); released once it is published.
+    pub ready_lock: Option<checkpoint::FirstBootLock>,
 }
 
 /// Boots, runs the steps not reused, powers off. Returns the final top image and the facts.
@@ -45,14 +48,21 @@ pub(crate) async fn build_in_vm(
     let step_keys = build.plan.step_keys();
 
     let seed_path = setup.run_dir.join("seed.iso");
-    let seed = seed_config(recipe, &build.plan.instance_id(), &setup.keys);
+    let seed = seed_config(&build.plan.instance_id(), &setup.keys);
     seed::write_iso(&seed, &seed_path)?;
 
-    let backing = match start.reused.last() {
+    let newest = start.newest();
+    let backing = match newest {
         Some(layer) => layer.path.clone(),
         None => std::path::absolute(setup.base).map_err(io_err("resolve", setup.base))?,
     };
-    let disk = setup.lease.layer_path(&step_keys[first]);
+    // Booting the base, the guest first writes the chain's first-boot layer (the root key's).
+    let boots_base = newest.is_none();
+    let disk = if boots_base {
+        setup.lease.layer_path(&build.plan.root_key())
+    } else {
+        setup.lease.layer_path(&step_keys[first])
+    };
     let disk_size = Some(recipe.vm.disk_size.as_u64());
     qemu_driver::overlay::create(&backing, &disk, disk_size).await?;
     let config = vm_config(recipe, &disk, setup.run_dir, seed_path);
@@ -68,7 +78,7 @@ pub(crate) async fn build_in_vm(
     } else {
         None
     };
-    let restored = match (&support, start.reused.last()) {
+    let restored = match (&support, newest) {
         (Some(support), Some(layer)) => {
             let request = RestoreFrom {
                 store: setup.lease.store(),
@@ -116,12 +126,14 @@ pub(crate) async fn build_in_vm(
     build.run.accel = vm.accel().accel.to_string();
     build.run.ssh_ready_secs = Some(secs(ssh_ready));
 
+    // The first boot is taken before any step ran: no secret can be in its memory.
+    let ready_support = boots_base.then(|| support.clone()).flatten();
     let support = saving_support(build, support);
     let mut runner = StepRunner {
         progress: Progress {
             current: disk,
             backing_of_current: backing,
-            parent: start.reused.last().map(|l| l.meta.key),
+            parent: newest.map(|l| l.meta.key),
             last_published: start.last_step(),
             final_top: setup.run_dir.join("final.qcow2"),
         },
@@ -135,7 +147,11 @@ pub(crate) async fn build_in_vm(
         user_public_key: setup.keys.user_public_openssh(),
         support,
     };
-    if let Err(e) = runner.run_steps(&vm, first).await {
+    let ready = boots_base.then_some(ReadyPoint {
+        support: ready_support,
+        lock: setup.ready_lock,
+    });
+    if let Err(e) = runner.run_steps(&vm, ready, first).await {
         let cancel = runner.build.cancel;
         // The signal that ends a kept VM is how the user says "done debugging": the build
         // still failed because of its step, and says so (exit 4, not 130).
@@ -176,6 +192,30 @@ pub(crate) async fn build_in_vm(
     Ok((runner.progress.current, runner.facts))
 }
 
+/// What the first-boot checkpoint needs: how to save its VM state, and the lock to release
+/// once it is published.
+struct ReadyPoint {
+    support: Option<StateSupport>,
+    lock: Option<checkpoint::FirstBootLock>,
+}
+
+/// One checkpoint to take: the layer's key and record, and what comes after it.
+struct CheckpointPoint {
+    key: CacheKey,
+    /// The next layer's key (`None` after the last step: the private final top).
+    next: Option<CacheKey>,
+    step_id: String,
+    step_name: String,
+    /// The recipe the record names ([`checkpoint::SHARED_RECIPE`] for the first boot).
+    recipe: String,
+    /// After the seal: no sync (no sudo left), no state.
+    sealed: bool,
+    /// The step flushed the guest itself (`StepOptions::sync_after`).
+    synced: bool,
+    /// Set to save a VM state with the layer.
+    support: Option<StateSupport>,
+}
+
 /// Where the step loop is: the image the guest writes to, what it is backed by, the last
 /// published checkpoint.
 struct Progress {
@@ -206,9 +246,22 @@ struct StepRunner<'s, 'a, 'l> {
 }
 
 impl StepRunner<'_, '_, '_> {
-    /// Runs the steps from `first` on. Every wait is raced against QEMU dying; cancellation
-    /// surfaces as an error the caller turns into `Interrupted`.
-    async fn run_steps(&mut self, vm: &Vm, first: usize) -> Result<()> {
+    /// Takes the first-boot checkpoint (with `ready`), then runs the steps from `first` on.
+    /// Every wait is raced against QEMU dying; cancellation surfaces as an error the caller
+    /// turns into `Interrupted`.
+    async fn run_steps(&mut self, vm: &Vm, ready: Option<ReadyPoint>, first: usize) -> Result<()> {
+        if let Some(ready) = ready {
+            let point = self.ready_point(ready.support);
+            let result = tokio::select! {
+                result = self.checkpoint(vm, point) => result,
+                error = vm.wait_for_exit_or_error() => return Err(error.into()),
+            };
+            if let Err(e) = result {
+                return Err(self.explain(vm, e).await);
+            }
+            // Published (or lost to a build that did not wait): either way, others may go on.
+            drop(ready.lock);
+        }
         for index in first..self.build.recipe.steps.len() {
             let result = tokio::select! {
                 result = self.run_step(vm, index) => result,
@@ -243,16 +296,20 @@ impl StepRunner<'_, '_, '_> {
         if index + 1 == recipe.steps.len() {
             self.facts = self.session.facts(cancel).await.ok();
         }
-        let options = StepOptions::new(
+        let mut options = StepOptions::new(
             self.build.logs_dir.join(format!("{}.log", step.name)),
             recipe.vm.boot_timeout,
         );
+        // The checkpoint after the step needs the guest flushed; after the last one the seal
+        // does it.
+        let sealed = index + 1 == recipe.steps.len();
+        options.sync_after = !sealed;
         let events = &self.build.events;
         let on_event = |event| events.step_event(event, &step.name);
         let spec = step_spec(recipe, step, &self.build.request.secrets);
         let outcome =
             provisioner::run_step(&mut self.session, &spec, &options, on_event, cancel).await?;
-        match outcome {
+        let synced = match outcome {
             StepOutcome::Succeeded(ok) => {
                 let end = StepEnd {
                     duration_secs: secs(ok.duration),
@@ -261,6 +318,7 @@ impl StepRunner<'_, '_, '_> {
                 };
                 let record = self.build.step_record(index, StepStatus::Ran, end);
                 self.build.run.steps.push(record);
+                ok.synced
             }
             StepOutcome::Failed(failed) => {
                 let end = StepEnd {
@@ -281,43 +339,66 @@ impl StepRunner<'_, '_, '_> {
                     serial_log: self.build.logs_dir.join("serial.log"),
                 })));
             }
-        }
-        let sealed = index + 1 == recipe.steps.len();
+        };
         if sealed {
             // imgbake removes what it added itself; the recipe's cleanup need not know it.
             let spec = provisioner::SealSpec {
                 build_user: crate::BUILD_USER.to_owned(),
-                build_hostname: crate::setup::hostname(&recipe.name),
+                build_hostname: crate::setup::BUILD_HOSTNAME.to_owned(),
                 user_public_key: self.user_public_key.clone(),
             };
             self.build.events.emit(BakeEvent::Sealing);
             provisioner::seal(&self.session, &spec, cancel).await?;
         }
-        self.checkpoint(vm, index, sealed).await
+        // After the seal the build user is gone: a state after the last step could never run
+        // another step, so none is saved.
+        let point = CheckpointPoint {
+            key: self.step_keys[index],
+            next: self.step_keys.get(index + 1).copied(),
+            step_id: step.id.to_string(),
+            step_name: step.name.clone(),
+            recipe: recipe.name.clone(),
+            sealed,
+            synced,
+            support: if sealed { None } else { self.support.clone() },
+        };
+        self.checkpoint(vm, point).await
     }
 
-    /// Flushes the guest (unless the seal just did: the build user, and with it sudo, is
-    /// gone), freezes the layer, continues on a new overlay, publishes the layer.
-    async fn checkpoint(&mut self, vm: &Vm, index: usize, sealed: bool) -> Result<()> {
-        let step = &self.build.recipe.steps[index];
-        if !sealed {
+    /// The first-boot checkpoint: keyed by the chain's root, owned by no recipe, the first
+    /// step's layer next.
+    fn ready_point(&self, support: Option<StateSupport>) -> CheckpointPoint {
+        CheckpointPoint {
+            key: self.root,
+            next: self.step_keys.first().copied(),
+            step_id: crate::plan::READY_STEP_ID.to_owned(),
+            step_name: "first boot (cloud-init done)".to_owned(),
+            recipe: checkpoint::SHARED_RECIPE.to_owned(),
+            sealed: false,
+            synced: false,
+            support,
+        }
+    }
+
+    /// Flushes the guest (unless the step or the seal just did: after the seal the build user,
+    /// and with it sudo, is gone), freezes the layer, continues on a new overlay, publishes the
+    /// layer.
+    async fn checkpoint(&mut self, vm: &Vm, point: CheckpointPoint) -> Result<()> {
+        if !point.sealed && !point.synced {
             let cancel = &self.build.cancel.graceful;
             self.session
                 .exec_capture_root("sync", Duration::from_secs(300), cancel)
                 .await?
                 .check("sync before the checkpoint")?;
         }
-        let next = match self.step_keys.get(index + 1) {
+        let next = match &point.next {
             Some(key) => self.lease.layer_path(key),
             None => self.progress.final_top.clone(),
         };
-        let key_value = self.step_keys[index];
-        let key = &key_value;
-        // After the seal the build user is gone: a state after the last step could never run
-        // another step, so none is saved.
-        let state = match (&self.support, sealed) {
-            (Some(support), false) => Some(support.key(vm.config(), vm.accel(), key)?),
-            _ => None,
+        let key = &point.key;
+        let state = match &point.support {
+            Some(support) => Some(support.key(vm.config(), vm.accel(), key)?),
+            None => None,
         };
         let saved = match &state {
             Some((state_key, _)) => {
@@ -332,7 +413,7 @@ impl StepRunner<'_, '_, '_> {
                 None
             }
         };
-        let step_id = step.id.to_string();
+        let step_id = point.step_id;
         // Hashing a multi-GB layer must not stall the executor (another build, --jobs 2).
         let layer = self.lease.layer_path(key);
         let sha256 = tokio::task::spawn_blocking(move || digest::hash_file(&layer))
@@ -345,9 +426,9 @@ impl StepRunner<'_, '_, '_> {
                 parent: self.progress.parent.as_ref(),
                 root: &self.root,
                 backing: &self.progress.backing_of_current,
-                recipe: &self.build.recipe.name,
+                recipe: &point.recipe,
                 step_id: &step_id,
-                step_name: &step.name,
+                step_name: &point.step_name,
             },
             sha256,
         )?;
@@ -361,7 +442,7 @@ impl StepRunner<'_, '_, '_> {
         if let (Some((state_key, profile)), Some(saved)) = (&state, saved) {
             self.publish_state(&step_id, (state_key, profile, key), saved)?;
         }
-        if published.is_some() {
+        if published.is_some() && point.recipe != checkpoint::SHARED_RECIPE {
             self.progress.last_published = Some(step_id);
         }
         self.progress.parent = Some(*key);

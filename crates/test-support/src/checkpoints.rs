@@ -29,16 +29,30 @@ pub struct ChainSpec<'a> {
     pub recipe: &'a str,
     /// The chain's root key.
     pub root: &'a CacheKey,
+    /// Publish the chain's first-boot layer (key `root`, step `ready`, recipe
+    /// `checkpoint::SHARED_RECIPE`) before `layers`, as a build makes it.
+    pub first_boot: bool,
 }
 
-/// Publishes `layers` as one chain of real qcow2 files, the first backed by the base image,
-/// each by the one before. Returns the layer files. Needs `qemu-img` and `qemu-io`.
+/// Publishes `layers` as one chain of real qcow2 files, the first backed by the base image (or
+/// by the first boot), each by the one before. Returns the files of `layers`. Needs `qemu-img` and `qemu-io`.
 pub fn publish_chain(chain: &ChainSpec<'_>, layers: &[LayerSpec]) -> Vec<PathBuf> {
     let store = CheckpointStore::open(chain.store_dir).unwrap();
     let mut lease = store.lease().unwrap();
     let (mut backing, mut parent, mut files) =
         (chain.base.to_path_buf(), None::<CacheKey>, Vec::new());
-    for layer in layers {
+    let first_boot = chain.first_boot.then(|| LayerSpec {
+        key: *chain.root,
+        step_id: "ready".into(),
+        step_name: "first boot (cloud-init done)".into(),
+        write_mib: None,
+    });
+    for layer in first_boot.iter().chain(layers) {
+        let recipe = if first_boot.as_ref().is_some_and(|f| f.key == layer.key) {
+            checkpoint::SHARED_RECIPE
+        } else {
+            chain.recipe
+        };
         let path = lease.layer_path(&layer.key);
         let p = path.to_str().unwrap();
         run(
@@ -64,13 +78,15 @@ pub fn publish_chain(chain: &ChainSpec<'_>, layers: &[LayerSpec]) -> Vec<PathBuf
                 parent: parent.as_ref(),
                 root: chain.root,
                 backing: &backing,
-                recipe: chain.recipe,
+                recipe,
                 step_id: &layer.step_id,
                 step_name: &layer.step_name,
             })
             .unwrap();
         assert!(published.is_some());
-        files.push(path.clone());
+        if recipe != checkpoint::SHARED_RECIPE {
+            files.push(path.clone());
+        }
         parent = Some(layer.key);
         backing = path;
     }

@@ -371,7 +371,7 @@ impl PlanDoc {
             w,
             "  {:<3} {:<script_w$}  {:<opt_w$}  {}",
             "--",
-            format!("(base + {} disk + seed)", self.vm.disk_size),
+            format!("(first boot: base, {} disk, machine)", self.vm.disk_size),
             "",
             short(&self.checkpoint.root)
         )?;
