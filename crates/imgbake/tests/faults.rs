@@ -272,7 +272,11 @@ fn signals_a_killed_reboot_step_and_keep_on_failure() {
         !serial_log(&out).contains(POWERED_OFF),
         "run A: the guest powered off by itself; QEMU was not killed at the second signal"
     );
-    assert_eq!(checkpointed_steps(&sandbox), ["01"], "run A keeps 01 only");
+    assert_eq!(
+        checkpointed_steps(&sandbox),
+        ["01", "ready"],
+        "run A keeps its first boot and 01 only"
+    );
     let record_01 = sandbox.checkpoint_records()[0].1.clone();
     assert_store_consistent(&sandbox, "after run A");
 
@@ -300,7 +304,7 @@ fn signals_a_killed_reboot_step_and_keep_on_failure() {
         tail(&serial, 30)
     );
     let records = assert_store_consistent(&sandbox, "after run B");
-    assert_eq!(records.len(), 1, "run B: {records:?}");
+    assert_eq!(records.len(), 2, "run B: {records:?}");
     assert_eq!(
         records[0].1, record_01,
         "--no-cache neither replaced nor duplicated 01's checkpoint"
@@ -362,7 +366,7 @@ fn signals_a_killed_reboot_step_and_keep_on_failure() {
             .all(|e| e["id"] != "02"),
         "the killed reboot step was checkpointed"
     );
-    assert_eq!(checkpointed_steps(&sandbox), ["01"]);
+    assert_eq!(checkpointed_steps(&sandbox), ["01", "ready"]);
     assert_store_consistent(&sandbox, "after run C");
     eprintln!(
         "TIMING {test}: whole test {:.1}s",
@@ -413,7 +417,30 @@ fn builds_at_once_share_one_cache_and_kill_9_during_export() {
     sandbox.assert_no_qemu_left("A");
     let records = assert_store_consistent(&sandbox, "after A");
     let ids: Vec<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(ids, ["01", "02", "03", "04", "99"], "one record per step");
+    assert_eq!(
+        ids,
+        ["01", "02", "03", "04", "99", "ready"],
+        "one record per step and one first boot"
+    );
+    // Only one of them booted the base: the other waited for its first boot and restored it.
+    let waited: Vec<&Finished> = [&first, &second]
+        .into_iter()
+        .filter(|run| !run.events_named("waiting_for_first_boot").is_empty())
+        .collect();
+    assert_eq!(
+        waited.len(),
+        1,
+        "exactly one build waits for the other's first boot"
+    );
+    let restored = waited[0].events_named("vm_state_restored");
+    assert!(
+        restored.len() == 1 && restored[0]["id"] == "ready",
+        "the build that waited restored the first boot: {restored:?}"
+    );
+    assert!(
+        waited[0].events_named("ssh_ready").is_empty(),
+        "the build that waited booted the base as well"
+    );
 
     // B: `--jobs 2` with two recipes (faults: nothing cached yet; reuse: every step cached),
     // and meanwhile, from another process, reuse once more into its own dir.

@@ -31,12 +31,6 @@ pub(crate) async fn write_outputs(
     let cancel = &build.cancel.graceful;
     let name = &recipe.name;
     let compressed_qcow2 = recipe.export.formats.contains(&ExportFormat::Qcow2);
-    let interrupted = |e: exporter::Error| match e {
-        exporter::Error::Cancelled { .. } => Error::Interrupted {
-            last_checkpoint: None,
-        },
-        e => e.into(),
-    };
 
     // The directory tells one story: the last build's. An earlier build's outputs of this
     // recipe go before the export starts (which also frees their space for it).
@@ -49,75 +43,46 @@ pub(crate) async fn write_outputs(
         digest::ensure_space(dir, data.saturating_mul(2))?;
     }
 
-    let mut export = exporter::ExportRequest::new(final_image, dir, name.clone());
-    export.formats = vec![exporter::ExportFormat::Raw];
-    if compressed_qcow2 {
-        export.formats.push(exporter::ExportFormat::Qcow2);
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let forward = {
-        let events = events.clone();
-        tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                if let exporter::ExportEvent::Progress { stage, percent } = event {
-                    events.emit(BakeEvent::Exporting {
-                        what: stage_text(stage),
-                        fraction: Some(f64::from(percent) / 100.0),
-                    });
-                }
-            }
-        })
-    };
-    let staged = exporter::export_staged(&export, tx, cancel).await;
-    let _ = forward.await;
-    let staged = staged.map_err(interrupted)?;
-    let raw_final = dir.join(format!("{name}.raw"));
-    let Some(raw_temp) = staged
-        .temp_path(exporter::ExportFormat::Raw)
-        .map(Path::to_path_buf)
-    else {
-        return Err(io_err("export", &raw_final)(std::io::Error::other(
-            "the exporter wrote no RAW",
-        )));
-    };
-
-    events.emit(BakeEvent::Exporting {
-        what: format!("verifying {} offline", raw_final.display()),
-        fraction: None,
-    });
-    let expectations = crate::plan::expectations(recipe);
-    let report = tokio::task::spawn_blocking(move || inspect::verify(&raw_temp, &expectations))
-        .await
-        .map_err(|e| io_err("verify", &raw_final)(std::io::Error::other(e)))??;
-
     let qcow2 = dir.join(format!("{name}.qcow2"));
-    if !report.passed {
-        return set_aside_failed(build, staged, report, qcow2).await;
-    }
-
-    // The final qcow2: standalone (the chain flattened), written once the RAW passed, under a
-    // hidden name until everything is ready. A recipe that asks for qcow2 gets the exporter's
-    // compressed one instead.
+    // The final qcow2: standalone (the chain flattened), under a hidden name until everything
+    // is ready. A recipe that asks for qcow2 gets the exporter's compressed one instead.
     let mut published = Published::default();
-    let flattened = if compressed_qcow2 {
-        None
-    } else {
+    let hidden = (!compressed_qcow2)
+        .then(|| dir.join(format!(".{name}.qcow2.{}.partial", std::process::id())));
+    published.paths.extend(hidden.clone());
+    // Written while the RAW is exported, hashed and verified (the RAW's hash is a CPU's work,
+    // the flattening another's), and thrown away if the RAW fails.
+    let flatten = async {
+        let Some(hidden) = &hidden else {
+            return Ok(None);
+        };
         events.emit(BakeEvent::Exporting {
             what: format!("writing {}", qcow2.display()),
             fraction: None,
         });
-        let hidden = dir.join(format!(".{name}.qcow2.{}.partial", std::process::id()));
-        published.paths.push(hidden.clone());
-        exporter::flatten(&exporter::FlattenRequest::new(final_image, &hidden), cancel)
+        exporter::flatten(&exporter::FlattenRequest::new(final_image, hidden), cancel)
             .await
             .map_err(interrupted)?;
         let path = hidden.clone();
         let digest = tokio::task::spawn_blocking(move || digest::hash_file(&path))
             .await
-            .map_err(|e| io_err("hash", &hidden)(std::io::Error::other(e)))?
-            .map_err(|e| io_err("hash", &hidden)(std::io::Error::other(e)))?;
-        Some((hidden, digest))
+            .map_err(|e| io_err("hash", hidden)(std::io::Error::other(e)))?
+            .map_err(|e| io_err("hash", hidden)(std::io::Error::other(e)))?;
+        Ok::<_, Error>(Some((hidden.clone(), digest)))
     };
+    let raw_request = RawExport {
+        final_image,
+        dir,
+        name,
+        compressed_qcow2,
+    };
+    let (flattened, verified) = tokio::join!(flatten, export_and_verify(build, raw_request));
+    let (staged, report) = verified?;
+    let flattened = flattened?;
+    if !report.passed {
+        drop(published);
+        return set_aside_failed(build, staged, report, qcow2).await;
+    }
 
     // From here on every final name given is taken back if a later one fails (a full disk
     // while writing the manifest, say): a directory with only some of the outputs claims a
@@ -145,7 +110,7 @@ pub(crate) async fn write_outputs(
     let raw = exported
         .iter()
         .find(|f| f.format == exporter::ExportFormat::Raw)
-        .map_or_else(|| raw_final.clone(), |f| f.path.clone());
+        .map_or_else(|| dir.join(format!("{name}.raw")), |f| f.path.clone());
     for file in &exported {
         events.emit(BakeEvent::OutputWritten {
             path: file.path.clone(),
@@ -212,6 +177,74 @@ pub(crate) async fn write_outputs(
         verify: report,
         test: None,
     })
+}
+
+/// What [`export_and_verify`] exports.
+struct RawExport<'x> {
+    final_image: &'x Path,
+    dir: &'x Path,
+    name: &'x str,
+    compressed_qcow2: bool,
+}
+
+/// Exports the RAW (and the compressed qcow2, if asked) under temp names and verifies the RAW
+/// offline.
+async fn export_and_verify(
+    build: &Build<'_>,
+    raw: RawExport<'_>,
+) -> Result<(exporter::StagedExport, inspect::VerifyReport)> {
+    let events = &build.events;
+    let cancel = &build.cancel.graceful;
+    let mut export = exporter::ExportRequest::new(raw.final_image, raw.dir, raw.name.to_owned());
+    export.formats = vec![exporter::ExportFormat::Raw];
+    if raw.compressed_qcow2 {
+        export.formats.push(exporter::ExportFormat::Qcow2);
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let forward = {
+        let events = events.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if let exporter::ExportEvent::Progress { stage, percent } = event {
+                    events.emit(BakeEvent::Exporting {
+                        what: stage_text(stage),
+                        fraction: Some(f64::from(percent) / 100.0),
+                    });
+                }
+            }
+        })
+    };
+    let staged = exporter::export_staged(&export, tx, cancel).await;
+    let _ = forward.await;
+    let staged = staged.map_err(interrupted)?;
+    let raw_final = raw.dir.join(format!("{}.raw", raw.name));
+    let Some(raw_temp) = staged
+        .temp_path(exporter::ExportFormat::Raw)
+        .map(Path::to_path_buf)
+    else {
+        return Err(io_err("export", &raw_final)(std::io::Error::other(
+            "the exporter wrote no RAW",
+        )));
+    };
+    events.emit(BakeEvent::Exporting {
+        what: format!("verifying {} offline", raw_final.display()),
+        fraction: None,
+    });
+    let expectations = crate::plan::expectations(build.recipe);
+    let report = tokio::task::spawn_blocking(move || inspect::verify(&raw_temp, &expectations))
+        .await
+        .map_err(|e| io_err("verify", &raw_final)(std::io::Error::other(e)))??;
+    Ok((staged, report))
+}
+
+/// A cancelled export is an interrupted build.
+fn interrupted(e: exporter::Error) -> Error {
+    match e {
+        exporter::Error::Cancelled { .. } => Error::Interrupted {
+            last_checkpoint: None,
+        },
+        e => e.into(),
+    }
 }
 
 /// An image that failed verification: renamed to `<name>.raw.failed` (and `.qcow2.failed`),
