@@ -121,6 +121,7 @@ impl CheckpointStore {
     /// What [`CheckpointStore::gc`] would remove under `policy`. Removes nothing.
     pub fn gc_plan(&self, policy: &GcPolicy) -> Result<GcPlan> {
         let layers = self.list()?;
+        let ages = ages_for_gc(&layers);
         let mut doomed: BTreeSet<CacheKey> = BTreeSet::new();
         let mut per_step: BTreeMap<(&str, &str), Vec<&LayerInfo>> = BTreeMap::new();
         for layer in &layers {
@@ -133,7 +134,7 @@ impl CheckpointStore {
             }
             let too_old = policy
                 .older_than
-                .is_some_and(|age| layer.age_secs > age.as_secs());
+                .is_some_and(|age| ages[&layer.meta.key] > age.as_secs());
             let dead = policy
                 .live_keys
                 .as_ref()
@@ -240,6 +241,23 @@ impl CheckpointStore {
         }
         Ok(removed)
     }
+}
+
+/// Each layer's age as `--older-than` sees it: its own, except for a shared first boot, which
+/// is as young as the youngest layer built on it. It is made once and then built on by every
+/// recipe on its base, so by its own age it would soon take every chain along.
+fn ages_for_gc(layers: &[LayerInfo]) -> BTreeMap<CacheKey, u64> {
+    let mut ages: BTreeMap<CacheKey, u64> =
+        layers.iter().map(|l| (l.meta.key, l.age_secs)).collect();
+    for shared in layers.iter().filter(|l| l.meta.recipe == SHARED_RECIPE) {
+        let built_on = with_descendants(layers, BTreeSet::from([shared.meta.key]));
+        let youngest = built_on
+            .iter()
+            .map(|k| ages[k])
+            .fold(shared.age_secs, u64::min);
+        ages.insert(shared.meta.key, youngest);
+    }
+    ages
 }
 
 /// The shared layers that have children, all of them in `doomed`.

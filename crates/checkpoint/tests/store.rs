@@ -989,3 +989,41 @@ fn keep_per_step_does_not_count_shared_first_boots_as_a_recipes_step() {
         keys_of(plan.layers)
     );
 }
+
+/// Sets the `created_unix` of `key`'s record to `days` days ago.
+fn age_record(store_dir: &Path, key: &CacheKey, days: u64) {
+    let record = store_dir.join(format!("layers/{key}.json"));
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&record).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    json["created_unix"] = (now - days * 86_400).into();
+    fs::write(&record, serde_json::to_vec(&json).unwrap()).unwrap();
+}
+
+#[test]
+fn older_than_takes_a_shared_first_boot_only_once_everything_on_it_is_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    shared_first_boot(&CheckpointStore::open(&store_dir).unwrap(), 10, &["a", "b"]);
+    let week = GcPolicy {
+        older_than: Some(std::time::Duration::from_secs(7 * 86_400)),
+        ..GcPolicy::default()
+    };
+    let store = CheckpointStore::open_exclusive(&store_dir).unwrap();
+    // Made a month ago, built on yesterday and a month ago.
+    age_record(&store_dir, &key(10), 30);
+    age_record(&store_dir, &key(11), 30);
+    age_record(&store_dir, &key(12), 1);
+    assert_eq!(
+        keys_of(store.gc_plan(&week).unwrap().layers),
+        [key(11)].into(),
+        "the first boot went with a's old step although b built on it yesterday"
+    );
+    age_record(&store_dir, &key(12), 30);
+    assert_eq!(
+        keys_of(store.gc_plan(&week).unwrap().layers),
+        [key(10), key(11), key(12)].into()
+    );
+}
