@@ -48,7 +48,7 @@ mod usage;
 pub use digest::{CacheKey, Sha256};
 pub use error::{Error, Result};
 pub use layer::{Discarded, Layer, LayerMeta, Lookup, SHARED_RECIPE};
-pub use secrets::{ChainSecrets, FirstBootLock, SecretFiles};
+pub use secrets::{ChainSecrets, MakingLock, SecretFiles};
 pub use state::{SavedState, StateMeta, StatePublish};
 pub use store::{CheckpointStore, PublishRequest, RunLease};
 pub use usage::{GcPlan, GcPolicy, LayerInfo, StoreUsage};

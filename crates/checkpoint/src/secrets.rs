@@ -12,6 +12,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use digest::CacheKey;
+
 use crate::error::io_err;
 use crate::{Error, Result};
 
@@ -19,12 +21,19 @@ use crate::{Error, Result};
 pub type SecretFiles = BTreeMap<String, Vec<u8>>;
 
 const SECRETS_DIR: &str = "keys";
-const FIRST_BOOT_LOCK: &str = "first-boot.lock";
 
-/// A chain's first-boot lock ([`ChainSecrets::try_lock_first_boot`]); released when dropped.
+/// The lock on making one checkpoint ([`ChainSecrets::try_lock_making`]); released when dropped.
 #[derive(Debug)]
-pub struct FirstBootLock {
+pub struct MakingLock {
+    key: CacheKey,
     _file: fs::File,
+}
+
+impl MakingLock {
+    /// The checkpoint's key.
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
 }
 
 /// The secrets of one chain, from [`crate::CheckpointStore::chain_secrets`].
@@ -50,13 +59,13 @@ impl ChainSecrets {
         Ok(ChainSecrets { chain_dir, dir })
     }
 
-    /// Takes the chain's first-boot lock, or `None` while another build holds it. A build that
-    /// is about to boot the chain's base holds it until its first-boot layer is published, so a
-    /// second build of the same chain waits and then builds on that layer instead of booting
-    /// the base too (and losing the race to publish it, which would leave every later layer of
-    /// its own unpublished).
-    pub fn try_lock_first_boot(&self) -> Result<Option<FirstBootLock>> {
-        let path = self.chain_dir.join(FIRST_BOOT_LOCK);
+    /// Takes the lock on making the checkpoint `key` of this chain, or `None` while another
+    /// build holds it. A build holds it from the moment it starts making that checkpoint (the
+    /// first boot, or a step) until the layer is published, so a second build that would make
+    /// the same one waits and then starts from it, instead of making it too and losing the
+    /// race to publish it (which would leave every later layer of its own unpublished).
+    pub fn try_lock_making(&self, key: &CacheKey) -> Result<Option<MakingLock>> {
+        let path = self.chain_dir.join(format!("making-{key}.lock"));
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -65,7 +74,10 @@ impl ChainSecrets {
             .open(&path)
             .map_err(io_err("open", &path))?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(FirstBootLock { _file: file })),
+            Ok(()) => Ok(Some(MakingLock {
+                key: *key,
+                _file: file,
+            })),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
         }
@@ -162,24 +174,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_build_at_a_time_holds_a_chains_first_boot_lock() {
+    fn one_build_at_a_time_makes_a_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let chain = || ChainSecrets::open(dir.path().join("chain")).unwrap();
-        let held = chain().try_lock_first_boot().unwrap().expect("a free lock");
+        let (one, two): (CacheKey, CacheKey) = (
+            format!("{:064x}", 1).parse().unwrap(),
+            format!("{:064x}", 2).parse().unwrap(),
+        );
+        let held = chain().try_lock_making(&one).unwrap().expect("a free lock");
+        assert_eq!(held.key(), &one);
         assert!(
-            chain().try_lock_first_boot().unwrap().is_none(),
+            chain().try_lock_making(&one).unwrap().is_none(),
             "taken twice"
+        );
+        assert!(
+            chain().try_lock_making(&two).unwrap().is_some(),
+            "another key is free"
         );
         drop(held);
         assert!(
-            chain().try_lock_first_boot().unwrap().is_some(),
+            chain().try_lock_making(&one).unwrap().is_some(),
             "not released"
         );
-        assert_eq!(
-            chain().load().unwrap(),
-            None,
-            "the lock file is not a secret"
-        );
+        assert_eq!(chain().load().unwrap(), None, "a lock file is not a secret");
     }
 
     fn mode(p: &Path) -> u32 {

@@ -161,9 +161,12 @@ impl BakeRenderer {
             BakeEvent::VmStateRestored { id, after_secs } => {
                 format!("resumed the guest from the vm state after step {id} in {after_secs:.1}s (no boot)")
             }
-            BakeEvent::WaitingForFirstBoot => paint.hint(
+            BakeEvent::WaitingForCheckpoint { id } if id == pipeline::READY_STEP_ID => paint.hint(
                 "another build is booting this base for the first time: waiting to start from its first boot",
             ),
+            BakeEvent::WaitingForCheckpoint { id } => paint.hint(&format!(
+                "another build is making checkpoint {id} of this chain: waiting to start from it"
+            )),
             BakeEvent::VmStateNotUsed { reason } => paint.hint(&format!("vm state not used: {reason}")),
             BakeEvent::Sealing => "sealing: removing what imgbake added (build user, keys, /var/lib/imgbake, host key, build hostname, cloud-init instance)".to_owned(),
             BakeEvent::ShuttingDown => "powering the guest off".to_owned(),

@@ -391,8 +391,8 @@ fn builds_at_once_share_one_cache_and_kill_9_during_export() {
     let reuse = sandbox.copy_e2e_recipe("reuse");
     let dir = |name: &str| -> PathBuf { sandbox.root().join(name) };
 
-    // A: the same recipe twice at once on an empty cache, into two output dirs. Both run every
-    // step and publish the same keys: one record per key wins, both images are complete.
+    // A: the same recipe twice at once on an empty cache, into two output dirs. One makes the
+    // chain, the other waits for it and exports it: one record per key, both images complete.
     let first = start_into(&sandbox, &[&reuse], &dir("r1"), &["--json"]);
     let second = start_into(&sandbox, &[&reuse], &dir("r2"), &["--json"]);
     let (first, second) = (first.finish(TWO_AT_ONCE), second.finish(TWO_AT_ONCE));
@@ -422,24 +422,25 @@ fn builds_at_once_share_one_cache_and_kill_9_during_export() {
         ["01", "02", "03", "04", "99", "ready"],
         "one record per step and one first boot"
     );
-    // Only one of them booted the base: the other waited for its first boot and restored it.
+    // Only one of them made the chain: the other waited for each checkpoint it would have
+    // made (the first boot, then every step) and then reused the whole chain, with no VM.
     let waited: Vec<&Finished> = [&first, &second]
         .into_iter()
-        .filter(|run| !run.events_named("waiting_for_first_boot").is_empty())
+        .filter(|run| !run.events_named("waiting_for_checkpoint").is_empty())
         .collect();
     assert_eq!(
         waited.len(),
         1,
-        "exactly one build waits for the other's first boot"
-    );
-    let restored = waited[0].events_named("vm_state_restored");
-    assert!(
-        restored.len() == 1 && restored[0]["id"] == "ready",
-        "the build that waited restored the first boot: {restored:?}"
+        "exactly one build waits for the other's checkpoints"
     );
     assert!(
-        waited[0].events_named("ssh_ready").is_empty(),
-        "the build that waited booted the base as well"
+        waited[0].events_named("vm_started").is_empty(),
+        "the build that waited made checkpoints of its own"
+    );
+    assert_eq!(
+        waited[0].reused_steps().0,
+        ["01", "02", "03", "04", "99"],
+        "the build that waited reuses the other's chain"
     );
 
     // B: `--jobs 2` with two recipes (faults: nothing cached yet; reuse: every step cached),

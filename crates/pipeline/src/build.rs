@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use checkpoint::{CacheKey, ChainSecrets, CheckpointStore, FirstBootLock};
+use checkpoint::{CacheKey, ChainSecrets, CheckpointStore};
 use provisioner::BuildKeys;
 use recipe::{BaseIdentity, Recipe, Step};
 use tokio::sync::mpsc::UnboundedSender;
@@ -209,33 +209,25 @@ pub async fn bake(
             reason: discarded.to_string(),
         });
     }
-    let mut start = plan.start(recipe, &store, &request.start, &boot_base)?;
-    for discarded in &start.discarded {
-        events.emit(BakeEvent::CheckpointDiscarded {
-            reason: discarded.to_string(),
-        });
-    }
     let secrets = store.chain_secrets(&plan.chain.root)?;
-    // Nothing to start from: boot the base, unless another build is doing just that; then
-    // wait for its first-boot layer and start from it.
-    let ready_lock = if start.newest().is_none() && request.start != StartRequest::Fresh {
-        let lock = wait_for_first_boot(&secrets, &events, &cancel.graceful).await?;
-        start = plan.start(recipe, &store, &request.start, &boot_base)?;
-        for discarded in &start.discarded {
-            events.emit(BakeEvent::CheckpointDiscarded {
-                reason: discarded.to_string(),
-            });
-        }
-        start.newest().is_none().then_some(lock)
-    } else {
-        None
+    let planner = crate::making::Planner {
+        plan: &plan,
+        recipe,
+        store: &store,
+        request: &request.start,
+        base: &boot_base,
+        secrets: &secrets,
+        events: &events,
     };
+    let (mut start, mut making) = planner.start(&cancel.graceful).await?;
     let keys = match chain_keys(&secrets, start.newest().is_some()) {
         Ok(keys) => keys,
         Err(reason) => {
             events.emit(BakeEvent::Warning { message: reason });
             start.ready = None;
             start.reused.clear();
+            // It was the lock on another checkpoint than the first boot made now.
+            making = None;
             chain_keys(&secrets, false).map_err(|reason| Error::Io {
                 action: "store the build keys in",
                 path: secrets.dir().to_path_buf(),
@@ -298,7 +290,7 @@ pub async fn bake(
                 secrets: &secrets,
                 run_dir: run_dir.path(),
                 lease: &mut lease,
-                ready_lock,
+                making,
             };
             let built = crate::steps::build_in_vm(&mut build, setup)
                 .await
@@ -400,30 +392,6 @@ pub(crate) async fn fetch_base(
     });
     Ok(base)
 }
-
-/// The chain's first-boot lock, waiting (and saying so once) while another build holds it.
-async fn wait_for_first_boot(
-    secrets: &ChainSecrets,
-    events: &Emitter,
-    cancel: &CancellationToken,
-) -> Result<FirstBootLock> {
-    let mut said = false;
-    loop {
-        if let Some(lock) = secrets.try_lock_first_boot()? {
-            return Ok(lock);
-        }
-        if !std::mem::replace(&mut said, true) {
-            events.emit(BakeEvent::WaitingForFirstBoot);
-        }
-        tokio::select! {
-            () = tokio::time::sleep(FIRST_BOOT_POLL) => {}
-            () = cancel.cancelled() => return Err(Error::Interrupted { last_checkpoint: None }),
-        }
-    }
-}
-
-/// How often a build waiting for another's first boot looks again (a boot takes a minute or more).
-const FIRST_BOOT_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Moves the chain's first layers that name another path for this base onto `base` (see
 /// `checkpoint::CheckpointStore::record_rebased`), while no other build uses the store. When one

@@ -48,9 +48,13 @@ pub enum BakeEvent {
         /// The base file it names now.
         to: PathBuf,
     },
-    /// Another build is booting this chain's base for the first time; this one waits for its
-    /// first-boot layer (shared by every recipe on the base) instead of booting the base too.
-    WaitingForFirstBoot,
+    /// Another build is making the checkpoint this one would make first (the base's first
+    /// boot, shared by every recipe on it, or a step both have); this one waits for it and then
+    /// starts from it instead of making it too.
+    WaitingForCheckpoint {
+        /// The checkpoint's step id (`ready` for the first boot).
+        id: String,
+    },
     /// Steps that will not run because their checkpoints are reused.
     StepsReused {
         /// Their ids, in order.

@@ -34,6 +34,7 @@ pub mod cache;
 mod error;
 mod events;
 pub mod image_test;
+mod making;
 mod outputs;
 pub mod plan;
 mod resume;

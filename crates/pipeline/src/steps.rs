@@ -32,9 +32,9 @@ pub(crate) struct VmSetup<'x, 'l> {
     pub secrets: &'x ChainSecrets,
     pub run_dir: &'x Path,
     pub lease: &'x mut RunLease<'l>,
-    /// Held while this build makes the chain's first-boot layer (see
-    /// `checkpoint::ChainSecrets::try_lock_first_boot`); released once it is published.
-    pub ready_lock: Option<checkpoint::FirstBootLock>,
+    /// The lock on the first checkpoint this build makes (see [`crate::making`]); released
+    /// once it is published.
+    pub making: Option<checkpoint::MakingLock>,
 }
 
 /// Boots, runs the steps not reused, powers off. Returns the final top image and the facts.
@@ -146,12 +146,16 @@ pub(crate) async fn build_in_vm(
         facts: None,
         user_public_key: setup.keys.user_public_openssh(),
         support,
+        secrets: setup.secrets,
+        making: setup.making,
     };
     let ready = boots_base.then_some(ReadyPoint {
         support: ready_support,
-        lock: setup.ready_lock,
     });
     if let Err(e) = runner.run_steps(&vm, ready, first).await {
+        // Another build waiting for the checkpoint this one failed to make may make it now,
+        // even while this VM is kept for debugging.
+        runner.making = None;
         let cancel = runner.build.cancel;
         // The signal that ends a kept VM is how the user says "done debugging": the build
         // still failed because of its step, and says so (exit 4, not 130).
@@ -192,11 +196,9 @@ pub(crate) async fn build_in_vm(
     Ok((runner.progress.current, runner.facts))
 }
 
-/// What the first-boot checkpoint needs: how to save its VM state, and the lock to release
-/// once it is published.
+/// What the first-boot checkpoint needs: how to save its VM state.
 struct ReadyPoint {
     support: Option<StateSupport>,
-    lock: Option<checkpoint::FirstBootLock>,
 }
 
 /// One checkpoint to take: the layer's key and record, and what comes after it.
@@ -243,6 +245,10 @@ struct StepRunner<'s, 'a, 'l> {
     facts: Option<GuestFacts>,
     /// Set when VM states are saved with the checkpoints.
     support: Option<StateSupport>,
+    /// Where the locks on making checkpoints are taken.
+    secrets: &'s ChainSecrets,
+    /// The lock on the checkpoint being made now, if this build got it (see [`crate::making`]).
+    making: Option<checkpoint::MakingLock>,
 }
 
 impl StepRunner<'_, '_, '_> {
@@ -259,8 +265,6 @@ impl StepRunner<'_, '_, '_> {
             if let Err(e) = result {
                 return Err(self.explain(vm, e).await);
             }
-            // Published (or lost to a build that did not wait): either way, others may go on.
-            drop(ready.lock);
         }
         for index in first..self.build.recipe.steps.len() {
             let result = tokio::select! {
@@ -289,6 +293,7 @@ impl StepRunner<'_, '_, '_> {
     async fn run_step(&mut self, vm: &Vm, index: usize) -> Result<()> {
         let recipe = self.build.recipe;
         let step = &recipe.steps[index];
+        self.claim(&self.step_keys[index].clone());
         let cancel = &self.build.cancel.graceful;
         if self.build.run.first_step_secs.is_none() {
             self.build.run.first_step_secs = Some(elapsed_secs(self.started));
@@ -445,6 +450,12 @@ impl StepRunner<'_, '_, '_> {
         if published.is_some() && point.recipe != checkpoint::SHARED_RECIPE {
             self.progress.last_published = Some(step_id);
         }
+        // The next checkpoint's lock is taken before this one's goes, so a build waiting for
+        // this one never finds the next unclaimed and makes it alongside.
+        match &point.next {
+            Some(next) => self.claim(next),
+            None => self.making = None,
+        }
         self.progress.parent = Some(*key);
         self.progress.backing_of_current = std::mem::replace(&mut self.progress.current, next);
         Ok(())
@@ -452,6 +463,21 @@ impl StepRunner<'_, '_, '_> {
 }
 
 impl StepRunner<'_, '_, '_> {
+    /// Holds the lock on making `key`, if no other build holds it: this build goes on either
+    /// way (a build that waits does so before it starts, in [`crate::making`]).
+    fn claim(&mut self, key: &CacheKey) {
+        if self.making.as_ref().is_some_and(|lock| lock.key() == key) {
+            return;
+        }
+        self.making = match self.secrets.try_lock_making(key) {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::debug!(error = %e, "lock on making a checkpoint");
+                None
+            }
+        };
+    }
+
     /// Publishes the state saved with `layer` (kept only if this run published the layer) and
     /// says so; a failed save is a warning: the disk checkpoint is there either way.
     fn publish_state(
