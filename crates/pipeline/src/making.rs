@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use checkpoint::{CacheKey, ChainSecrets, CheckpointStore, MakingLock};
+use checkpoint::{CacheKey, ChainSecrets, CheckpointStore, Lookup, MakingLock};
 use recipe::Recipe;
 use tokio_util::sync::CancellationToken;
 
@@ -42,23 +42,32 @@ impl Planner<'_> {
         if *self.request == StartRequest::Fresh {
             return Ok((start, None));
         }
-        let mut held: Option<MakingLock> = None;
         loop {
             let Some((id, key)) = next_to_make(self.plan, &start) else {
                 return Ok((start, None));
             };
-            if held.as_ref().is_some_and(|lock| lock.key() == &key) {
-                return Ok((start, held));
-            }
-            held = match self.secrets.try_lock_making(&key)? {
-                Some(lock) => Some(lock),
+            let lock = match self.secrets.try_lock_making(&key)? {
+                Some(lock) => lock,
                 None => {
                     self.events.emit(BakeEvent::WaitingForCheckpoint { id });
-                    Some(self.wait_for(&key, cancel).await?)
+                    self.wait_for(&key, cancel).await?
                 }
             };
-            // With the lock held: the other build may have published it meanwhile.
+            // Still not published (the common case: no other build made it): the plan stands,
+            // without hashing the reused layers once more.
+            match self.store.lookup(&key)? {
+                Lookup::Miss => return Ok((start, Some(lock))),
+                Lookup::Discarded(why) => self.events.emit(BakeEvent::CheckpointDiscarded {
+                    reason: why.to_string(),
+                }),
+                Lookup::Hit(_) => {}
+            }
+            // Published meanwhile, by the build this one waited for or between planning and
+            // locking: plan again. `--resume-from` remakes a published checkpoint on purpose.
             start = self.plan_once()?;
+            if next_to_make(self.plan, &start).is_some_and(|(_, next)| next == key) {
+                return Ok((start, Some(lock)));
+            }
         }
     }
 

@@ -149,9 +149,7 @@ pub(crate) async fn build_in_vm(
         secrets: setup.secrets,
         making: setup.making,
     };
-    let ready = boots_base.then_some(ReadyPoint {
-        support: ready_support,
-    });
+    let ready = boots_base.then(|| runner.ready_point(ready_support));
     if let Err(e) = runner.run_steps(&vm, ready, first).await {
         // Another build waiting for the checkpoint this one failed to make may make it now,
         // even while this VM is kept for debugging.
@@ -196,11 +194,6 @@ pub(crate) async fn build_in_vm(
     Ok((runner.progress.current, runner.facts))
 }
 
-/// What the first-boot checkpoint needs: how to save its VM state.
-struct ReadyPoint {
-    support: Option<StateSupport>,
-}
-
 /// One checkpoint to take: the layer's key and record, and what comes after it.
 struct CheckpointPoint {
     key: CacheKey,
@@ -210,10 +203,9 @@ struct CheckpointPoint {
     step_name: String,
     /// The recipe the record names ([`checkpoint::SHARED_RECIPE`] for the first boot).
     recipe: String,
-    /// After the seal: no sync (no sudo left), no state.
-    sealed: bool,
-    /// The step flushed the guest itself (`StepOptions::sync_after`).
-    synced: bool,
+    /// Flush the guest first: the first boot. A step flushes it itself
+    /// (`StepOptions::sync_after`), and so does the seal (after which no sudo is left).
+    flush: bool,
     /// Set to save a VM state with the layer.
     support: Option<StateSupport>,
 }
@@ -252,12 +244,16 @@ struct StepRunner<'s, 'a, 'l> {
 }
 
 impl StepRunner<'_, '_, '_> {
-    /// Takes the first-boot checkpoint (with `ready`), then runs the steps from `first` on.
-    /// Every wait is raced against QEMU dying; cancellation surfaces as an error the caller
-    /// turns into `Interrupted`.
-    async fn run_steps(&mut self, vm: &Vm, ready: Option<ReadyPoint>, first: usize) -> Result<()> {
-        if let Some(ready) = ready {
-            let point = self.ready_point(ready.support);
+    /// Takes the first-boot checkpoint (`ready`, from [`StepRunner::ready_point`]), then runs
+    /// the steps from `first` on. Every wait is raced against QEMU dying; cancellation
+    /// surfaces as an error the caller turns into `Interrupted`.
+    async fn run_steps(
+        &mut self,
+        vm: &Vm,
+        ready: Option<CheckpointPoint>,
+        first: usize,
+    ) -> Result<()> {
+        if let Some(point) = ready {
             let result = tokio::select! {
                 result = self.checkpoint(vm, point) => result,
                 error = vm.wait_for_exit_or_error() => return Err(error.into()),
@@ -293,7 +289,8 @@ impl StepRunner<'_, '_, '_> {
     async fn run_step(&mut self, vm: &Vm, index: usize) -> Result<()> {
         let recipe = self.build.recipe;
         let step = &recipe.steps[index];
-        self.claim(&self.step_keys[index].clone());
+        let key = self.step_keys[index];
+        self.claim(&key);
         let cancel = &self.build.cancel.graceful;
         if self.build.run.first_step_secs.is_none() {
             self.build.run.first_step_secs = Some(elapsed_secs(self.started));
@@ -314,7 +311,7 @@ impl StepRunner<'_, '_, '_> {
         let spec = step_spec(recipe, step, &self.build.request.secrets);
         let outcome =
             provisioner::run_step(&mut self.session, &spec, &options, on_event, cancel).await?;
-        let synced = match outcome {
+        match outcome {
             StepOutcome::Succeeded(ok) => {
                 let end = StepEnd {
                     duration_secs: secs(ok.duration),
@@ -323,7 +320,6 @@ impl StepRunner<'_, '_, '_> {
                 };
                 let record = self.build.step_record(index, StepStatus::Ran, end);
                 self.build.run.steps.push(record);
-                ok.synced
             }
             StepOutcome::Failed(failed) => {
                 let end = StepEnd {
@@ -344,7 +340,7 @@ impl StepRunner<'_, '_, '_> {
                     serial_log: self.build.logs_dir.join("serial.log"),
                 })));
             }
-        };
+        }
         if sealed {
             // imgbake removes what it added itself; the recipe's cleanup need not know it.
             let spec = provisioner::SealSpec {
@@ -358,13 +354,12 @@ impl StepRunner<'_, '_, '_> {
         // After the seal the build user is gone: a state after the last step could never run
         // another step, so none is saved.
         let point = CheckpointPoint {
-            key: self.step_keys[index],
+            key,
             next: self.step_keys.get(index + 1).copied(),
             step_id: step.id.to_string(),
             step_name: step.name.clone(),
             recipe: recipe.name.clone(),
-            sealed,
-            synced,
+            flush: false,
             support: if sealed { None } else { self.support.clone() },
         };
         self.checkpoint(vm, point).await
@@ -379,17 +374,15 @@ impl StepRunner<'_, '_, '_> {
             step_id: crate::plan::READY_STEP_ID.to_owned(),
             step_name: "first boot (cloud-init done)".to_owned(),
             recipe: checkpoint::SHARED_RECIPE.to_owned(),
-            sealed: false,
-            synced: false,
+            flush: true,
             support,
         }
     }
 
-    /// Flushes the guest (unless the step or the seal just did: after the seal the build user,
-    /// and with it sudo, is gone), freezes the layer, continues on a new overlay, publishes the
-    /// layer.
+    /// Flushes the guest (unless the step or the seal just did), freezes the layer, continues
+    /// on a new overlay, publishes the layer.
     async fn checkpoint(&mut self, vm: &Vm, point: CheckpointPoint) -> Result<()> {
-        if !point.sealed && !point.synced {
+        if point.flush {
             let cancel = &self.build.cancel.graceful;
             self.session
                 .exec_capture_root("sync", Duration::from_secs(300), cancel)

@@ -185,8 +185,6 @@ pub struct StepSucceeded {
     pub duration: Duration,
     /// Whether the guest was rebooted after it.
     pub rebooted: bool,
-    /// Whether the guest's file systems were flushed after it ([`StepOptions::sync_after`]).
-    pub synced: bool,
 }
 
 /// A step that failed after all its attempts: what the failure report shows.
@@ -519,7 +517,6 @@ pub async fn run_step(
         attempts: attempt,
         duration: started.elapsed(),
         rebooted: step.reboot,
-        synced: options.sync_after,
     }))
 }
 
