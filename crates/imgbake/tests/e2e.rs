@@ -822,7 +822,17 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
         "build 3: 01 and 02 ran once, in build 1's boot",
     );
 
-    // Build 4: nothing changed: every step reused, no VM at all, same image content.
+    // Build 4: nothing changed: every step reused, no VM at all, same image content — the
+    // same bytes, even: the last checkpoint is the disk build 3 powered off and exported.
+    let raw_sum = || {
+        std::fs::read_to_string(raw.with_file_name("SHA256SUMS"))
+            .unwrap()
+            .lines()
+            .find(|l| l.ends_with(".raw"))
+            .map(str::to_owned)
+            .expect("a SHA256SUMS line for the raw")
+    };
+    let sum_of_build_3 = raw_sum();
     let unchanged = sandbox.recipe(&recipe, &["--json"], SHORT_BUILD);
     unchanged.expect_code(0, "build 4 (nothing changed)");
     assert_eq!(
@@ -834,6 +844,7 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
         "build 4 booted a VM"
     );
     assert_eq!(reuse_runs_log(&raw), log, "build 4 image");
+    assert_eq!(raw_sum(), sum_of_build_3, "build 4 exported other bytes");
 
     // Build 5: step 02's published layer is corrupted: detected by its hash, removed, never
     // booted; 01 is still reused and 02 on are rebuilt.

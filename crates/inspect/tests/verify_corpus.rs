@@ -711,3 +711,80 @@ fn facts_read_imgbake_versions_and_the_packages() {
     let r = run_verify(&ubuntu(&Spec::default()), &Expectations::default());
     assert!(r.facts.versions.is_empty());
 }
+
+/// Runs e2fsprogs' own `debugfs` on the ext4 at `offset` in `disk`, writing: the superblock as
+/// a kernel leaves it mounted, a journal with a transaction not yet replayed.
+fn debugfs_write(disk: &std::path::Path, offset: u64, requests: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let commands = dir.path().join("commands");
+    std::fs::write(&commands, requests.join("\n") + "\n").unwrap();
+    common::run(
+        std::process::Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&commands)
+            .arg(format!("{}?offset={offset}", disk.display())),
+    );
+}
+
+#[test]
+fn a_filesystem_still_mounted_or_with_errors_fails_filesystems_clean() {
+    if !common::tools() || !test_support::require_tool("debugfs") {
+        return;
+    }
+    let g = ubuntu(&Spec {
+        separate_boot: true,
+        ..Spec::default()
+    });
+    let r = run_verify(&g, &expect_fw(1));
+    assert_eq!(verdict(&r, "filesystems-clean"), Verdict::Pass, "{r}");
+    let start_of = |number: u32| {
+        r.layout
+            .partitions
+            .iter()
+            .find(|p| p.number == number)
+            .unwrap()
+            .start
+    };
+    let (root, boot) = (
+        start_of(r.layout.root.partition),
+        start_of(r.layout.boot.as_ref().unwrap().partition),
+    );
+
+    // What a copy of a running guest's disk looks like: a committed journal transaction (a
+    // revoke record, harmless) not yet replayed, so the RECOVER flag is set.
+    debugfs_write(&r.image, root, &["jo -c", "jw -r 333", "jc"]);
+    let dirty = verify(&r.image, &expect_fw(1)).unwrap();
+    let c = dirty.check("filesystems-clean").unwrap();
+    assert_eq!(c.verdict, Verdict::Fail, "{dirty}");
+    assert!(!dirty.passed);
+    assert_eq!(c.details.len(), 1, "{:?}", c.details);
+    assert!(
+        c.details[0].starts_with("root filesystem (partition 1, label \"cloudimg-rootfs\")")
+            && c.details[0].ends_with("its journal needs replaying (it was still mounted)"),
+        "{:?}",
+        c.details
+    );
+    debugfs_write(&r.image, root, &["feature ^needs_recovery"]);
+    assert_eq!(
+        verdict(
+            &verify(&r.image, &expect_fw(1)).unwrap(),
+            "filesystems-clean"
+        ),
+        Verdict::Pass
+    );
+
+    // Not cleanly unmounted (state 0), and errors recorded (state 3: valid + errors).
+    debugfs_write(&r.image, boot, &["ssv state 0"]);
+    debugfs_write(&r.image, root, &["ssv state 3"]);
+    let c = verify(&r.image, &expect_fw(1))
+        .unwrap()
+        .check("filesystems-clean")
+        .unwrap()
+        .clone();
+    assert_eq!(c.verdict, Verdict::Fail);
+    assert_eq!(c.details.len(), 2, "{:?}", c.details);
+    assert!(c.details[0].ends_with("the kernel recorded errors on it (fix: e2fsck it)"));
+    assert!(c.details[1].starts_with("/boot filesystem"));
+    assert!(c.details[1].ends_with("it was not cleanly unmounted"));
+}

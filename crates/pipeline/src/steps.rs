@@ -135,7 +135,6 @@ pub(crate) async fn build_in_vm(
             backing_of_current: backing,
             parent: newest.map(|l| l.meta.key),
             last_published: start.last_step(),
-            final_top: setup.run_dir.join("final.qcow2"),
         },
         root: build.plan.root_key(),
         step_keys,
@@ -148,6 +147,7 @@ pub(crate) async fn build_in_vm(
         support,
         secrets: setup.secrets,
         making: setup.making,
+        sealed: None,
     };
     let ready = boots_base.then(|| runner.ready_point(ready_support));
     if let Err(e) = runner.run_steps(&vm, ready, first).await {
@@ -178,12 +178,12 @@ pub(crate) async fn build_in_vm(
 
     runner.session.close().await;
     runner.build.events.emit(BakeEvent::ShuttingDown);
-    tokio::select! {
-        stopped = vm.shutdown(POWERDOWN_DEADLINE) => { stopped?; }
+    let stopped = tokio::select! {
+        stopped = vm.shutdown(POWERDOWN_DEADLINE) => stopped?,
         () = runner.build.cancel.hard.cancelled() => {
             return Err(Error::Interrupted { last_checkpoint: runner.progress.last_published });
         }
-    }
+    };
     // The disk ignored the guest's flushes (`DiskCache::Unsafe`): QEMU wrote everything out
     // when it closed the image, but only into the host's page cache. Make it durable before
     // it is exported.
@@ -191,13 +191,16 @@ pub(crate) async fn build_in_vm(
     std::fs::File::open(top)
         .and_then(|f| f.sync_all())
         .map_err(io_err("sync", top))?;
+    runner.publish_sealed(stopped.method).await?;
     Ok((runner.progress.current, runner.facts))
 }
 
 /// One checkpoint to take: the layer's key and record, and what comes after it.
+#[derive(Clone)]
 struct CheckpointPoint {
     key: CacheKey,
-    /// The next layer's key (`None` after the last step: the private final top).
+    /// The next layer's key (`None` after the last step, whose layer is published once the
+    /// guest is off: see [`StepRunner::publish_sealed`]).
     next: Option<CacheKey>,
     step_id: String,
     step_name: String,
@@ -217,8 +220,6 @@ struct Progress {
     backing_of_current: PathBuf,
     parent: Option<CacheKey>,
     last_published: Option<String>,
-    /// The top image after the last step (in the private run dir; never published).
-    final_top: PathBuf,
 }
 
 /// Runs steps one by one in a booted guest, with a checkpoint after each.
@@ -241,6 +242,8 @@ struct StepRunner<'s, 'a, 'l> {
     secrets: &'s ChainSecrets,
     /// The lock on the checkpoint being made now, if this build got it (see [`crate::making`]).
     making: Option<checkpoint::MakingLock>,
+    /// The last step's checkpoint, taken once the sealed guest has powered off.
+    sealed: Option<CheckpointPoint>,
 }
 
 impl StepRunner<'_, '_, '_> {
@@ -253,9 +256,11 @@ impl StepRunner<'_, '_, '_> {
         ready: Option<CheckpointPoint>,
         first: usize,
     ) -> Result<()> {
-        if let Some(point) = ready {
+        if let Some(point) = ready
+            && let Some(next) = point.next
+        {
             let result = tokio::select! {
-                result = self.checkpoint(vm, point) => result,
+                result = self.checkpoint(vm, point, next) => result,
                 error = vm.wait_for_exit_or_error() => return Err(error.into()),
             };
             if let Err(e) = result {
@@ -362,7 +367,41 @@ impl StepRunner<'_, '_, '_> {
             flush: false,
             support: if sealed { None } else { self.support.clone() },
         };
-        self.checkpoint(vm, point).await
+        match point.next {
+            Some(next) if !sealed => self.checkpoint(vm, point, next).await,
+            _ => {
+                self.sealed = Some(point);
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes the last step's layer once the guest is off: the disk as the power-off left
+    /// it (filesystems unmounted, journal clean), the same bytes the build exports, so a
+    /// rerun that reuses every step exports the same image. A guest that had to be stopped
+    /// by `quit` or a kill left its filesystems mounted: that disk is exported (and its
+    /// verification says so) but not kept.
+    async fn publish_sealed(&mut self, stopped: qemu_driver::StopMethod) -> Result<()> {
+        let Some(point) = self.sealed.take() else {
+            return Ok(());
+        };
+        if !matches!(stopped, qemu_driver::StopMethod::Powerdown) {
+            self.making = None;
+            self.build.events.emit(BakeEvent::Warning {
+                message: format!(
+                    "[{}] the guest did not power off by itself ({stopped:?}): its last checkpoint is not kept",
+                    point.step_id
+                ),
+            });
+            return Ok(());
+        }
+        let (file, backing) = (
+            self.progress.current.clone(),
+            self.progress.backing_of_current.clone(),
+        );
+        self.publish_layer(&point, &file, &backing).await?;
+        self.after_publish(&point);
+        Ok(())
     }
 
     /// The first-boot checkpoint: keyed by the chain's root, owned by no recipe, the first
@@ -379,79 +418,96 @@ impl StepRunner<'_, '_, '_> {
         }
     }
 
-    /// Flushes the guest (unless the step or the seal just did), freezes the layer, continues
-    /// on a new overlay, publishes the layer.
-    async fn checkpoint(&mut self, vm: &Vm, point: CheckpointPoint) -> Result<()> {
+    /// Flushes the guest (unless the step just did), freezes the layer, continues on a new
+    /// overlay (`next`'s layer), publishes the frozen one.
+    async fn checkpoint(&mut self, vm: &Vm, point: CheckpointPoint, next: CacheKey) -> Result<()> {
         if point.flush {
             let cancel = &self.build.cancel.graceful;
+            // sync(2) needs no privilege: no `sudo` round trip (most of a second under TCG).
             self.session
-                .exec_capture_root("sync", Duration::from_secs(300), cancel)
+                .exec_capture("sync", Duration::from_secs(300), cancel)
                 .await?
                 .check("sync before the checkpoint")?;
         }
-        let next = match &point.next {
-            Some(key) => self.lease.layer_path(key),
-            None => self.progress.final_top.clone(),
-        };
+        let next = self.lease.layer_path(&next);
         let key = &point.key;
         let state = match &point.support {
             Some(support) => Some(support.key(vm.config(), vm.accel(), key)?),
             None => None,
         };
         let saved = match &state {
-            Some((state_key, _)) => {
+            Some((state_key, profile)) => {
                 let path = self.lease.state_path(state_key);
                 let (_, saved) = vm
                     .snapshot_layer_with_state(&next, &self.progress.current, &path)
                     .await?;
-                Some(saved)
+                Some((*state_key, profile.clone(), saved))
             }
             None => {
                 vm.snapshot_layer(&next, &self.progress.current).await?;
                 None
             }
         };
-        let step_id = point.step_id;
+        let frozen = std::mem::replace(&mut self.progress.current, next);
+        let backing = std::mem::replace(&mut self.progress.backing_of_current, frozen.clone());
+        self.publish_layer(&point, &frozen, &backing).await?;
+        if let Some((state_key, profile, saved)) = saved {
+            self.publish_state(&point.step_id, (&state_key, &profile, key), saved)?;
+        }
+        self.after_publish(&point);
+        Ok(())
+    }
+
+    /// Hashes the frozen layer `file` (backed by `backing`) and publishes it as `point`'s
+    /// checkpoint.
+    async fn publish_layer(
+        &mut self,
+        point: &CheckpointPoint,
+        file: &Path,
+        backing: &Path,
+    ) -> Result<()> {
+        let key = &point.key;
         // Hashing a multi-GB layer must not stall the executor (another build, --jobs 2).
-        let layer = self.lease.layer_path(key);
+        let layer = file.to_path_buf();
         let sha256 = tokio::task::spawn_blocking(move || digest::hash_file(&layer))
             .await
-            .map_err(|e| io_err("hash", self.lease.layer_path(key))(std::io::Error::other(e)))?
-            .map_err(|e| io_err("hash", self.lease.layer_path(key))(std::io::Error::other(e)))?;
+            .map_err(|e| io_err("hash", file)(std::io::Error::other(e)))?
+            .map_err(|e| io_err("hash", file)(std::io::Error::other(e)))?;
         let published = self.lease.publish_hashed(
             &PublishRequest {
                 key,
                 parent: self.progress.parent.as_ref(),
                 root: &self.root,
-                backing: &self.progress.backing_of_current,
+                backing,
                 recipe: &point.recipe,
-                step_id: &step_id,
+                step_id: &point.step_id,
                 step_name: &point.step_name,
             },
             sha256,
         )?;
-        let size = std::fs::metadata(&self.progress.current).map_or(0, |m| m.len());
+        let size = std::fs::metadata(file).map_or(0, |m| m.len());
         self.build.events.emit(BakeEvent::CheckpointSaved {
-            id: step_id.clone(),
+            id: point.step_id.clone(),
             key: key.short().to_owned(),
             size,
             published: published.is_some(),
         });
-        if let (Some((state_key, profile)), Some(saved)) = (&state, saved) {
-            self.publish_state(&step_id, (state_key, profile, key), saved)?;
-        }
         if published.is_some() && point.recipe != checkpoint::SHARED_RECIPE {
-            self.progress.last_published = Some(step_id);
+            self.progress.last_published = Some(point.step_id.clone());
         }
+        Ok(())
+    }
+
+    /// Moves the lock on making a checkpoint on to the next one and makes `point` the parent
+    /// of the next layer.
+    fn after_publish(&mut self, point: &CheckpointPoint) {
         // The next checkpoint's lock is taken before this one's goes, so a build waiting for
         // this one never finds the next unclaimed and makes it alongside.
         match &point.next {
             Some(next) => self.claim(next),
             None => self.making = None,
         }
-        self.progress.parent = Some(*key);
-        self.progress.backing_of_current = std::mem::replace(&mut self.progress.current, next);
-        Ok(())
+        self.progress.parent = Some(point.key);
     }
 }
 

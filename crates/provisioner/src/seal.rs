@@ -76,6 +76,15 @@ if id -u "$user" >/dev/null 2>&1; then
 fi
 getent group "$user" >/dev/null 2>&1 && groupdel "$user" 2>/dev/null || true
 sync || fail "sync failed"
+# The power button (imgbake powers the guest off over ACPI next) then goes straight to
+# systemd-shutdown, which still kills every process, remounts / read-only and syncs, instead
+# of stopping each unit in turn (seconds under TCG). The unit lives in /run: nothing of it
+# reaches the disk, and a guest without systemd-run just shuts down the long way.
+if command -v systemd-run >/dev/null 2>&1; then
+    systemd-run --quiet --unit=imgbake-poweroff --property=RemainAfterExit=yes \
+        --property="ExecStop=/bin/systemctl --force --no-block poweroff" /bin/true \
+        || echo "imgbake seal: no fast power-off (systemd-run failed)" >&2
+fi
 echo imgbake-sealed
 "#;
 

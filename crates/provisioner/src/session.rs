@@ -320,8 +320,9 @@ impl GuestSession {
         self.handle.is_closed()
     }
 
-    /// Says goodbye to the server. Dropping the session also closes the connection.
-    pub async fn close(self) {
+    /// Says goodbye to the server: every later command fails with [`Error::Disconnected`].
+    /// Dropping the session also closes the connection.
+    pub async fn close(&self) {
         let _ = self
             .handle
             .disconnect(Disconnect::ByApplication, "imgbake done", "en")

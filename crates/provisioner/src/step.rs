@@ -373,8 +373,18 @@ pub async fn run_step(
     } else {
         (String::new(), q(&env_path))
     };
+    // The script and its environment file come on the command's stdin, written by the same
+    // root shell that runs them: no `sudo` round trip of their own (a second under TCG).
+    let bundle = [env_file.as_bytes(), &step.script[..]].concat();
     let command = format!(
-        "set -a; . {env};{source_secrets} set +a; rm -f {files}; cd /; exec bash {script}",
+        "{deliver} set -a; . {env};{source_secrets} set +a; rm -f {files}; cd /; exec bash {script} </dev/null",
+        deliver = deliver_from_stdin(
+            dir,
+            &[
+                (&env_path, env_file.len()),
+                (&script_path, step.script.len())
+            ]
+        )?,
         env = q(&env_path),
         script = q(&script_path),
     );
@@ -403,21 +413,18 @@ pub async fn run_step(
             "# imgbake: step {id} ({}) attempt {attempt}/{attempts}",
             step.name
         ));
-        // Each upload is a root command of its own (seconds under TCG): on channels of their
-        // own, side by side.
-        let script_upload = session.upload(&step.script, &script_path, 0o600, cancel);
-        let env_upload = session.upload(env_file.as_bytes(), &env_path, 0o600, cancel);
+        // The secrets file goes to the tmpfs on its own (the bundle on stdin is the script's
+        // and the environment's; a secret never shares a command with the script's output).
         if has_secrets {
-            let secret_upload = session.upload(secret_text.as_bytes(), &secret_path, 0o600, cancel);
-            tokio::try_join!(script_upload, env_upload, secret_upload)?;
-        } else {
-            tokio::try_join!(script_upload, env_upload)?;
+            session
+                .upload(secret_text.as_bytes(), &secret_path, 0o600, cancel)
+                .await?;
         }
         let mut last = VecDeque::with_capacity(LAST_LINES);
         let what = format!("step {id}");
         let remote = crate::session::Remote {
             cmd: &command,
-            stdin: None,
+            stdin: Some(&bundle),
             root: true,
             limit: step.timeout,
             what: &what,
@@ -518,6 +525,28 @@ pub async fn run_step(
         duration: started.elapsed(),
         rebooted: step.reboot,
     }))
+}
+
+/// Exit status of a step attempt whose files did not arrive whole (the connection broke while
+/// they were sent): the script did not run.
+pub const DELIVERY_FAILED_EXIT: i32 = 125;
+
+/// A shell prefix that writes `files` (path, length in bytes), in order, from stdin into
+/// `dir` (created 0700), each as 0600 under a temporary name renamed once it is whole, and
+/// exits [`DELIVERY_FAILED_EXIT`] if one is short. GNU `head -c` reads no further than it
+/// writes, so each file takes exactly its own bytes off the pipe.
+fn deliver_from_stdin(dir: &str, files: &[(&str, usize)]) -> Result<String> {
+    let mut parts = vec![format!("mkdir -p {}", shell::checked_remote_path(dir)?)];
+    for (path, len) in files {
+        let path = shell::checked_remote_path(path)?;
+        parts.push(format!(
+            "head -c {len} > {path}.imgbake-tmp && [ \"$(wc -c < {path}.imgbake-tmp)\" -eq {len} ] && mv -f {path}.imgbake-tmp {path}"
+        ));
+    }
+    Ok(format!(
+        "(umask 077 && {}) || {{ echo \"imgbake: the step's files did not reach the guest whole\" >&2; exit {DELIVERY_FAILED_EXIT}; }};",
+        parts.join(" && ")
+    ))
 }
 
 /// After a reboot step's script died from a signal: is the guest shutting down? A dropped
@@ -701,6 +730,67 @@ async fn wait_until_gone(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Runs the delivery prefix in a real `sh` with `stdin`, then `echo delivered`.
+    fn deliver(dir: &Path, files: &[(&str, usize)], stdin: &[u8]) -> std::process::Output {
+        let files: Vec<(String, usize)> = files
+            .iter()
+            .map(|(name, len)| (dir.join(name).display().to_string(), *len))
+            .collect();
+        let files: Vec<(&str, usize)> = files.iter().map(|(p, l)| (p.as_str(), *l)).collect();
+        let prefix = deliver_from_stdin(&dir.display().to_string(), &files).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &format!("{prefix} echo delivered; cat")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    fn the_bundle_on_stdin_becomes_private_files_and_nothing_more_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("steps");
+        let out = deliver(&dir, &[("a.env", 4), ("a.sh", 6)], b"A=1\necho 1left over");
+        assert!(out.status.success(), "{out:?}");
+        // What follows the files on stdin is left to the command after the prefix.
+        assert_eq!(out.stdout, b"delivered\nleft over");
+        assert_eq!(std::fs::read(dir.join("a.env")).unwrap(), b"A=1\n");
+        assert_eq!(std::fs::read(dir.join("a.sh")).unwrap(), b"echo 1");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("a.sh")), 0o600);
+        // The umask of the command after the prefix is not the prefix's.
+        let umask = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("{} umask", deliver_from_stdin("/tmp", &[]).unwrap()),
+            ])
+            .output()
+            .unwrap();
+        let outer = std::process::Command::new("sh")
+            .args(["-c", "umask"])
+            .output()
+            .unwrap();
+        assert_eq!(umask.stdout, outer.stdout);
+    }
+
+    #[test]
+    fn a_short_bundle_leaves_no_file_under_its_name_and_exits_125() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("steps");
+        let out = deliver(&dir, &[("a.env", 4), ("a.sh", 6)], b"A=1\nech");
+        assert_eq!(out.status.code(), Some(DELIVERY_FAILED_EXIT), "{out:?}");
+        assert!(out.stdout.is_empty());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("did not reach the guest whole"));
+        assert!(dir.join("a.env").exists());
+        assert!(!dir.join("a.sh").exists());
+    }
 
     #[test]
     fn remote_names_are_tame() {

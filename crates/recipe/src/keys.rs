@@ -4,7 +4,7 @@
 //! root    = H("imgbake-checkpoint-root-v1", base identity, disk size, firmware, machine,
 //!             seed fingerprint)
 //! step(N) = H("imgbake-checkpoint-step-v1", key(N-1), script bytes, env, reboot
-//!             [, "secrets", secret names])
+//!             [, "secrets", secret names] [, "sealed"])
 //! ```
 //! where `env` is the sorted `NAME=value` list the script sees *and refers to*: the recipe vars
 //! whose env name appears in the script as `$NAME` or `${NAME…}`, plus every entry of the step's
@@ -17,6 +17,11 @@
 //! a key derived from a value would be a hash of the secret sitting in every record and plan
 //! (`--no-cache` forces a rebuild when a new value should change the disk). The field is left
 //! out when a step refers to no secret, so recipes without secrets keep their keys.
+//!
+//! The last step's layer is not the same disk as that step's layer would be in a longer recipe:
+//! imgbake seals the guest after it (removes its build user, keys and cloud-init instance) and
+//! powers it off, and the layer is the powered-off disk. So the last step's key has the
+//! `sealed` field, and a recipe that goes on after that step never reuses the sealed layer.
 //!
 //! Every field is length-prefixed, so no two different inputs hash the same bytes.
 
@@ -160,10 +165,12 @@ impl Recipe {
         let root = h.finish();
 
         let mut prev = root;
+        let last = self.steps.len().saturating_sub(1);
         let steps = self
             .steps
             .iter()
-            .map(|step| {
+            .enumerate()
+            .map(|(index, step)| {
                 let mut h = KeyHasher::new("imgbake-checkpoint-step-v1");
                 h.field(prev.0.as_bytes()).field(&step.contents);
                 let env = self.step_key_env(step);
@@ -179,6 +186,9 @@ impl Recipe {
                     for name in &secrets {
                         h.field(name.as_bytes());
                     }
+                }
+                if index == last {
+                    h.field(b"sealed");
                 }
                 prev = h.finish();
                 (step.id, prev)

@@ -175,3 +175,19 @@ fn secrets_count_by_name_in_the_steps_that_use_them_and_recipes_without_keep_the
     assert_eq!(r.step_key_secrets(&r.steps[4]), ["REPO_TOKEN"]);
     assert!(r.step_key_secrets(&r.steps[0]).is_empty());
 }
+
+#[test]
+fn the_last_step_is_keyed_as_sealed_so_a_longer_recipe_does_not_reuse_it() {
+    let dir = copy_recipes();
+    let (root, full) = keys(&recipe(&dir), &[], b"seed");
+    // The same recipe without 99: 06 is now the last step, sealed and powered off after it.
+    let text = std::fs::read_to_string(recipe(&dir)).unwrap();
+    let shorter = dir.path().join("shorter.yaml");
+    std::fs::write(&shorter, text.replace("  - scripts/99-cleanup.sh\n", "")).unwrap();
+    let (root2, short) = keys(&shorter, &[], b"seed");
+    assert_eq!(root, root2);
+    assert_eq!(short.len(), 6);
+    // 01–05 are shared; 06 is the last step of one recipe only.
+    assert_eq!(full[..5], short[..5]);
+    assert_ne!(full[5], short[5]);
+}

@@ -15,6 +15,7 @@ use crate::image::Image;
 use crate::report::{Check, Expectations};
 use crate::settings::GpuFirmwareSettings;
 
+mod clean_unmount;
 mod container_runtime;
 mod driver;
 mod driver_flavour;
@@ -48,6 +49,8 @@ pub enum CheckId {
     Initramfs,
     /// containerd's default runtime is `nvidia` when the Container Toolkit is installed.
     ContainerRuntime,
+    /// The root (and `/boot`) filesystem was cleanly unmounted.
+    FilesystemsClean,
     /// No SSH host keys left in the image.
     HygieneSshHostKeys,
     /// No machine-id set.
@@ -70,7 +73,7 @@ pub enum CheckId {
 
 impl CheckId {
     /// Every id, in report order.
-    pub const ALL: [CheckId; 17] = [
+    pub const ALL: [CheckId; 18] = [
         CheckId::GpuFirmware,
         CheckId::GpuFirmwareConflicts,
         CheckId::Driver,
@@ -79,6 +82,7 @@ impl CheckId {
         CheckId::FirmwareFiles,
         CheckId::Initramfs,
         CheckId::ContainerRuntime,
+        CheckId::FilesystemsClean,
         CheckId::HygieneSshHostKeys,
         CheckId::HygieneMachineId,
         CheckId::HygieneCloudInitInstance,
@@ -101,6 +105,7 @@ impl CheckId {
             CheckId::FirmwareFiles => "firmware-files",
             CheckId::Initramfs => "initramfs",
             CheckId::ContainerRuntime => "container-runtime",
+            CheckId::FilesystemsClean => "filesystems-clean",
             CheckId::HygieneSshHostKeys => "hygiene/ssh-host-keys",
             CheckId::HygieneMachineId => "hygiene/machine-id",
             CheckId::HygieneCloudInitInstance => "hygiene/cloud-init-instance",
@@ -171,7 +176,7 @@ pub(crate) struct Context<'a> {
 type CheckFn = fn(&Context<'_>) -> Result<Check>;
 
 /// Every check, in report order (the same order as [`CheckId::ALL`]).
-const ALL: [(CheckId, CheckFn); 17] = [
+const ALL: [(CheckId, CheckFn); 18] = [
     (CheckId::GpuFirmware, gpu_firmware::run),
     (CheckId::GpuFirmwareConflicts, gpu_firmware_conflicts::run),
     (CheckId::Driver, driver::run),
@@ -180,6 +185,7 @@ const ALL: [(CheckId, CheckFn); 17] = [
     (CheckId::FirmwareFiles, firmware_files::run),
     (CheckId::Initramfs, initramfs::run),
     (CheckId::ContainerRuntime, container_runtime::run),
+    (CheckId::FilesystemsClean, clean_unmount::run),
     (CheckId::HygieneSshHostKeys, hygiene::ssh_host_keys::run),
     (CheckId::HygieneMachineId, hygiene::machine_id::run),
     (
