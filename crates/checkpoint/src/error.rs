@@ -18,8 +18,8 @@ pub enum Error {
     /// A layer file could not be hashed.
     #[error("checkpoint store: cannot hash a layer")]
     Hash(#[from] digest::HashError),
-    /// [`CheckpointStore::apply`] was called on a store opened without
-    /// [`CheckpointStore::open_exclusive`]: a running build could be using what it removes.
+    /// [`CheckpointStore::apply`](crate::CheckpointStore::apply) was called on a store opened without
+    /// [`CheckpointStore::open_exclusive`](crate::CheckpointStore::open_exclusive): a running build could be using what it removes.
     #[error("the checkpoint store {path} must be opened exclusively to remove checkpoints")]
     NotExclusive {
         /// The store's directory.
