@@ -33,7 +33,9 @@ pub struct Partition {
 const SECTOR: u64 = 512;
 const MBR_PROTECTIVE: u8 = 0xee;
 const MBR_EXTENDED: [u8; 3] = [0x05, 0x0f, 0x85];
-const EXT_MAGIC_OFFSET: u64 = 1024 + 56;
+/// Where an ext2/3/4 superblock starts, from the start of its filesystem.
+pub(crate) const EXT_SUPERBLOCK: u64 = 1024;
+const EXT_MAGIC_OFFSET: u64 = EXT_SUPERBLOCK + 56;
 
 /// True when an ext2/3/4 superblock magic sits at `start`.
 pub(crate) fn has_ext_magic(disk: &Disk, start: u64) -> Result<bool> {

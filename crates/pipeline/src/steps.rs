@@ -196,7 +196,6 @@ pub(crate) async fn build_in_vm(
 }
 
 /// One checkpoint to take: the layer's key and record, and what comes after it.
-#[derive(Clone)]
 struct CheckpointPoint {
     key: CacheKey,
     /// The next layer's key (`None` after the last step, whose layer is published once the
@@ -367,9 +366,10 @@ impl StepRunner<'_, '_, '_> {
             flush: false,
             support: if sealed { None } else { self.support.clone() },
         };
+        // Only the last step has no layer after it.
         match point.next {
-            Some(next) if !sealed => self.checkpoint(vm, point, next).await,
-            _ => {
+            Some(next) => self.checkpoint(vm, point, next).await,
+            None => {
                 self.sealed = Some(point);
                 Ok(())
             }

@@ -413,8 +413,8 @@ pub async fn run_step(
             "# imgbake: step {id} ({}) attempt {attempt}/{attempts}",
             step.name
         ));
-        // The secrets file goes to the tmpfs on its own (the bundle on stdin is the script's
-        // and the environment's; a secret never shares a command with the script's output).
+        // The secrets file goes on its own, into the directory checked to be a tmpfs, from its
+        // zeroized buffer (the bundle on stdin is a plain copy of the script and environment).
         if has_secrets {
             session
                 .upload(secret_text.as_bytes(), &secret_path, 0o600, cancel)

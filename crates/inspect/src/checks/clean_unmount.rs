@@ -7,11 +7,11 @@ use crate::Result;
 use crate::checks::{CheckId, Context};
 use crate::disk::Disk;
 use crate::imagefs::FsInfo;
+use crate::partition::EXT_SUPERBLOCK;
 use crate::report::{Check, Verdict};
 
 // ext4-view reads files, not the superblock's state flags, so the two fields are read here
-// (offsets of the kernel's `struct ext4_super_block`, which starts 1024 bytes in).
-const SUPERBLOCK: u64 = 1024;
+// (offsets in the kernel's `struct ext4_super_block`).
 /// `s_state`, le16: bit 0 set = cleanly unmounted, bit 1 = errors detected.
 const STATE: usize = 0x3a;
 const STATE_VALID: u16 = 0x1;
@@ -55,7 +55,7 @@ pub(crate) fn run(cx: &Context<'_>) -> Result<Check> {
 /// What the superblock at `start` says is wrong, if anything.
 fn problems(disk: &Disk, start: u64) -> Result<Option<&'static str>> {
     let mut sb = [0u8; 0x64];
-    disk.read_at(start + SUPERBLOCK, &mut sb)?;
+    disk.read_at(start + EXT_SUPERBLOCK, &mut sb)?;
     let state = u16::from_le_bytes([sb[STATE], sb[STATE + 1]]);
     let incompat = u32::from_le_bytes([
         sb[FEATURE_INCOMPAT],
