@@ -36,7 +36,9 @@ if [[ -f ${clean_py} ]]; then
 elif cloud-init clean --help 2>&1 | grep -q -- '--configs'; then
     clean_args+=(--configs all)
 fi
-cloud-init clean "${clean_args[@]}"
+# `python3 -m cloudinit.cmd.clean` is `cloud-init clean` without loading every other subcommand
+# first (2.0 s against 2.7 s under TCG); the command line tool where the module will not run.
+python3 -m cloudinit.cmd.clean "${clean_args[@]}" 2>/dev/null || cloud-init clean "${clean_args[@]}"
 
 # Root: keys (cloud-init's disable_root stub carries the build key), history.
 rm -f /root/.ssh/authorized_keys /root/.bash_history /root/.lesshst /root/.wget-hsts

@@ -151,9 +151,10 @@ impl BakeRenderer {
                 let note = if *published { "" } else { " (an earlier build already saved this checkpoint; kept it)" };
                 paint.dim(&format!("[{id}] checkpoint {key} ({}){note}", bytes(*size)))
             }
-            BakeEvent::VmStateSaved { id, size, paused_secs, published } => {
+            BakeEvent::VmStateSaved { id, size, paused_secs, background, published } => {
                 let note = if *published { "" } else { " (not kept)" };
-                paint.dim(&format!("[{id}] vm state ({}, guest paused {paused_secs:.1}s){note}", bytes(*size)))
+                let how = if *background { ", written while the guest ran on" } else { "" };
+                paint.dim(&format!("[{id}] vm state ({}, guest paused {paused_secs:.2}s{how}){note}", bytes(*size)))
             }
             BakeEvent::VmStateRestored { id, after_secs } if id == pipeline::READY_STEP_ID => format!(
                 "resumed the guest from the vm state of this base's first boot in {after_secs:.1}s (no boot)"

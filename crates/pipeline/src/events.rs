@@ -175,6 +175,9 @@ pub enum BakeEvent {
         size: u64,
         /// Seconds the guest was stopped for the layer and the state.
         paused_secs: f64,
+        /// True when the RAM was written while the guest ran on (QEMU's `background-snapshot`)
+        /// rather than with it stopped.
+        background: bool,
         /// False when it was not kept (its layer is another build's, or a save failed).
         published: bool,
     },

@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accel::{Accel, AccelDecision};
 use crate::args::{LaunchPlan, qemu_args};
-use crate::block::Layer;
 use crate::config::{RunPaths, VmConfig};
 use crate::error::{Error, Result};
 use crate::launch::{self, LaunchMode};
@@ -35,10 +34,6 @@ pub const STATE_COMPRESSOR: &str = "zstd";
 
 /// How long saving or loading one state may take (a few GiB through zstd under load).
 pub const STATE_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Migration bandwidth while saving: QEMU's default (128 MiB/s) would make a stopped guest's
-/// save take seconds per 128 MiB for no reason — nothing competes with it.
-const MAX_BANDWIDTH: u64 = 1 << 40;
 
 /// What a saved VM state depends on besides the disk under it. A state loads only into a QEMU
 /// of the same version with the same machine, CPU model, memory and devices; any difference
@@ -174,7 +169,7 @@ fn shell_quote(path: &Path) -> Result<String> {
     Ok(format!("'{}'", text.replace('\'', r"'\''")))
 }
 
-fn utf8(path: &Path) -> Result<&str> {
+pub(crate) fn utf8(path: &Path) -> Result<&str> {
     path.to_str().ok_or_else(|| Error::InvalidConfig {
         reason: format!("path {} is not valid UTF-8", path.display()),
     })
@@ -189,147 +184,13 @@ pub fn load_uri(path: &Path) -> Result<String> {
     ))
 }
 
-/// What a finished save wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SavedState {
-    /// The state file.
-    pub path: PathBuf,
-    /// Its size in bytes (compressed).
-    pub size: u64,
-    /// How long the guest was stopped for the layer and the state together.
-    pub paused: Duration,
-}
-
 /// The end of a migration as its `MIGRATION` events tell it.
-enum Outcome {
+pub(crate) enum Outcome {
     Completed,
     Failed(String),
 }
 
 impl Vm {
-    /// Freezes the disk layer like [`Vm::snapshot_layer`] and saves the VM state to `state`
-    /// at the same stopped moment: `stop`, `blockdev-snapshot`, `migrate` to the file, `cont`.
-    /// The layer is taken (or the call fails) whatever happens to the state; the second
-    /// result says whether the state was saved (a failed save removes the file, and the guest
-    /// runs on either way).
-    pub async fn snapshot_layer_with_state(
-        &self,
-        new_overlay: &Path,
-        backing_name: &Path,
-        state: &Path,
-    ) -> Result<(Layer, Result<SavedState>)> {
-        let began = std::time::Instant::now();
-        self.qmp.execute(qapi::qmp::stop {}).await?;
-        let layer = match self.snapshot_layer(new_overlay, backing_name).await {
-            Ok(layer) => layer,
-            Err(e) => {
-                self.qmp.execute(qapi::qmp::cont {}).await?;
-                return Err(e);
-            }
-        };
-        let saved = self.save_state(state).await;
-        if saved.is_err() {
-            let _ = std::fs::remove_file(state);
-        }
-        // After a completed migration QEMU has let go of the disks for a destination; `cont`
-        // takes them back.
-        self.qmp.execute(qapi::qmp::cont {}).await?;
-        let saved = saved.map(|size| SavedState {
-            path: state.to_path_buf(),
-            size,
-            paused: began.elapsed(),
-        });
-        Ok((layer, saved))
-    }
-
-    /// Saves the (stopped) VM's state to `path`; returns the file's size.
-    ///
-    /// QEMU streams to a unix socket imgbake listens on, and imgbake hands the connection to
-    /// the compressor as its stdin. Not `exec:zstd …`: QEMU 7.2 kills an `exec:` child that
-    /// has not exited 10 ms after the stream ends, which cuts off the compressor's last frame
-    /// (measured: a 0-byte file). Here the save is over when the compressor exits.
-    async fn save_state(&self, path: &Path) -> Result<u64> {
-        let fail = |detail: String| Error::StateSave {
-            path: path.to_path_buf(),
-            detail,
-        };
-        let socket = self.paths.dir.join("state.sock");
-        let _ = std::fs::remove_file(&socket);
-        let listener =
-            tokio::net::UnixListener::bind(&socket).map_err(|source| Error::QmpSocket {
-                path: socket.clone(),
-                source,
-            })?;
-        let mut events = self.qmp.events();
-        set_migration_options(self).await?;
-        let uri = format!("unix:{}", utf8(&socket)?);
-        self.qmp
-            .execute_value("migrate", json!({ "uri": uri }))
-            .await?;
-        let deadline = tokio::time::Instant::now() + STATE_TIMEOUT;
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted.map_err(|e| fail(format!("qemu did not connect ({e})"))),
-            outcome = migration_outcome(&mut events) => Err(fail(match outcome {
-                Outcome::Failed(why) => migration_error(self).await.unwrap_or(why),
-                Outcome::Completed => "the migration ended before it connected".into(),
-            })),
-            () = tokio::time::sleep_until(deadline) => Err(fail("qemu did not connect".into())),
-        };
-        drop(listener);
-        let _ = std::fs::remove_file(&socket);
-        let (stream, _) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                let _ = self.qmp.execute_value("migrate_cancel", json!({})).await;
-                return Err(e);
-            }
-        };
-        let stream = stream
-            .into_std()
-            .and_then(|s| s.set_nonblocking(false).map(|()| s))
-            .map_err(|e| fail(format!("cannot hand the stream on ({e})")))?;
-        let mut compressor = tokio::process::Command::new(STATE_COMPRESSOR)
-            .args(["-q", "-1", "-T0", "-f", "-o"])
-            .arg(path)
-            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
-                stream,
-            )))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                program: STATE_COMPRESSOR.into(),
-                source,
-            })?;
-        let outcome = tokio::select! {
-            outcome = migration_outcome(&mut events) => outcome,
-            () = tokio::time::sleep_until(deadline) => Outcome::Failed(format!("not done after {STATE_TIMEOUT:?}")),
-        };
-        if let Outcome::Failed(why) = outcome {
-            let detail = migration_error(self).await.unwrap_or(why);
-            let _ = self.qmp.execute_value("migrate_cancel", json!({})).await;
-            let _ = compressor.start_kill();
-            return Err(fail(detail));
-        }
-        // QEMU closed the socket when it completed: the compressor sees the end of its input.
-        let exit = tokio::time::timeout_at(deadline, compressor.wait_with_output())
-            .await
-            .map_err(|_| fail(format!("{STATE_COMPRESSOR} did not finish")))?
-            .map_err(|e| fail(format!("waiting for {STATE_COMPRESSOR}: {e}")))?;
-        if !exit.status.success() {
-            return Err(fail(format!(
-                "{STATE_COMPRESSOR} failed ({}): {}",
-                exit.status,
-                String::from_utf8_lossy(&exit.stderr).trim()
-            )));
-        }
-        let size = std::fs::metadata(path)
-            .map_err(|e| fail(format!("the state file is missing ({e})")))?
-            .len();
-        Ok(size)
-    }
-
     /// Starts QEMU for `config` paused with `-incoming defer`, loads the saved state from
     /// `state`, and resumes the guest. `config` must describe the same machine the state was
     /// saved on (the same [`MachineProfile`] under `accel`); its disk is a fresh overlay on
@@ -389,25 +250,8 @@ impl Vm {
     }
 }
 
-/// `events` on, no bandwidth cap (the guest is stopped: nothing competes).
-async fn set_migration_options(vm: &Vm) -> Result<()> {
-    vm.qmp
-        .execute_value(
-            "migrate-set-capabilities",
-            json!({ "capabilities": [{ "capability": "events", "state": true }] }),
-        )
-        .await?;
-    vm.qmp
-        .execute_value(
-            "migrate-set-parameters",
-            json!({ "max-bandwidth": MAX_BANDWIDTH }),
-        )
-        .await?;
-    Ok(())
-}
-
 /// QEMU's `error-desc` of the last migration, if it has one.
-async fn migration_error(vm: &Vm) -> Option<String> {
+pub(crate) async fn migration_error(vm: &Vm) -> Option<String> {
     let info: Value = vm
         .qmp
         .execute_value("query-migrate", json!({}))
@@ -419,7 +263,9 @@ async fn migration_error(vm: &Vm) -> Option<String> {
 }
 
 /// Waits for a `MIGRATION` event with a final status.
-async fn migration_outcome(events: &mut tokio::sync::broadcast::Receiver<QmpEvent>) -> Outcome {
+pub(crate) async fn migration_outcome(
+    events: &mut tokio::sync::broadcast::Receiver<QmpEvent>,
+) -> Outcome {
     loop {
         match events.recv().await {
             Ok(QmpEvent::Other { name, data }) if name == "MIGRATION" => {

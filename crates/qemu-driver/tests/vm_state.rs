@@ -7,8 +7,16 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use qemu_driver::{AccelDecision, Error, Vm, VmState};
+use qemu_driver::{AccelDecision, Error, SaveMode, Vm, VmState};
 use tokio_util::sync::CancellationToken;
+
+/// Whether this process may use userfaultfd (QEMU's `background-snapshot` needs it): root, or
+/// `vm.unprivileged_userfaultfd=1`.
+fn userfaultfd_allowed() -> bool {
+    let unprivileged = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .is_ok_and(|v| v.trim() == "1");
+    unprivileged || rustix::process::geteuid().is_root()
+}
 
 fn tcg() -> AccelDecision {
     qemu_driver::accel::decide(qemu_driver::AccelChoice::Tcg)
@@ -33,11 +41,18 @@ async fn state_saved_with_its_layer_restores_into_the_same_machine_only() {
 
     let next = dir.path().join("next.qcow2");
     let state = dir.path().join("state.zst");
-    let (layer, saved) = vm
-        .snapshot_layer_with_state(&next, &config.disk, &state)
+    let (layer, saving) = vm
+        .snapshot_layer_with_state(&next, &config.disk, &state, SaveMode::Background)
         .await
         .expect("layer");
-    let saved = saved.expect("state saved");
+    let saving = saving.expect("state save begun");
+    if userfaultfd_allowed() {
+        // Written while the guest runs on: it is running before the save is finished.
+        assert!(saving.in_background(), "background-snapshot was not used");
+        assert_eq!(vm.query_status().await.unwrap(), VmState::Running);
+    }
+    let saved = vm.finish_state_save(saving).await.expect("state saved");
+    assert_eq!(saved.background, userfaultfd_allowed());
     assert_eq!(layer.frozen, config.disk);
     assert_eq!(saved.path, state);
     assert!(saved.size > 0 && saved.size == std::fs::metadata(&state).unwrap().len());
@@ -68,6 +83,26 @@ async fn state_saved_with_its_layer_restores_into_the_same_machine_only() {
     assert_eq!(restored.query_status().await.unwrap(), VmState::Running);
     assert_eq!(restored.state(), VmState::Running);
     assert_eq!(restored.query_top_image().await.unwrap().filename, overlay);
+    // A paused save is written whole before the guest runs on.
+    let again = dir.path().join("again.zst");
+    let (_, saving) = restored
+        .snapshot_layer_with_state(
+            &dir.path().join("next2.qcow2"),
+            &overlay,
+            &again,
+            SaveMode::Paused,
+        )
+        .await
+        .expect("second layer");
+    let saving = saving.expect("second save begun");
+    assert!(!saving.in_background());
+    let saved = restored
+        .finish_state_save(saving)
+        .await
+        .expect("second state saved");
+    assert!(!saved.background);
+    assert_eq!(saved.size, std::fs::metadata(&again).unwrap().len());
+    assert_eq!(restored.query_status().await.unwrap(), VmState::Running);
     restored.kill().await.unwrap();
 
     // Another memory size is another machine: the load fails, QEMU exits, the error says so.
