@@ -386,6 +386,25 @@ pub async fn export_staged(
     events: mpsc::UnboundedSender<ExportEvent>,
     cancel: &CancellationToken,
 ) -> Result<StagedExport> {
+    let (staged, ()) = export_staged_with(req, events, cancel, |_| async {}).await?;
+    Ok(staged)
+}
+
+/// [`export_staged`], running `alongside` on the RAW's temp path while the RAW is hashed
+/// (hashing a RAW is seconds of one core; reading it offline, as `imgbake verify` does, fits
+/// beside it on another), and returning its result. Without a RAW in `req.formats` it runs
+/// on nothing and is not called: the result is then `R::default()`.
+pub async fn export_staged_with<F, Fut, R>(
+    req: &ExportRequest,
+    events: mpsc::UnboundedSender<ExportEvent>,
+    cancel: &CancellationToken,
+    alongside: F,
+) -> Result<(StagedExport, R)>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = R>,
+    R: Default,
+{
     std::fs::create_dir_all(&req.output_dir).map_err(|source| Error::Write {
         path: req.output_dir.clone(),
         source,
@@ -416,13 +435,32 @@ pub async fn export_staged(
     // as long as its slowest branch instead of the sum. Both read the same source, which the
     // first read leaves in the page cache. try_join: the first failure drops the other branch,
     // whose qemu-img is killed and whose temp file is removed.
-    let (mut staged, mut qcow2) = tokio::try_join!(
-        branch(&ctx, ExportFormat::Raw),
+    let ((mut staged, beside), mut qcow2) = tokio::try_join!(
+        raw_branch(&ctx, alongside),
         branch(&ctx, ExportFormat::Qcow2)
     )?;
     // RAW first, as documented.
     staged.files.append(&mut qcow2.files);
-    Ok(staged)
+    Ok((staged, beside))
+}
+
+/// The RAW's branch: convert, then hash it while `alongside` reads it.
+async fn raw_branch<F, Fut, R>(ctx: &Ctx<'_>, alongside: F) -> Result<(StagedExport, R)>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = R>,
+    R: Default,
+{
+    let mut staged = StagedExport { files: Vec::new() };
+    if !ctx.req.formats.contains(&ExportFormat::Raw) {
+        return Ok((staged, R::default()));
+    }
+    let converted = convert(ctx, ExportFormat::Raw).await?;
+    let temp = converted.temp.0.clone().unwrap_or_default();
+    // join, not try_join: `alongside` is never cut off midway by a failed hash.
+    let (hashed, beside) = tokio::join!(hash(ctx, ExportFormat::Raw, converted), alongside(temp));
+    staged.files.push(hashed?);
+    Ok((staged, beside))
 }
 
 /// The bytes the data of `source` (and its backing chain) takes, as `qemu-img measure` reports

@@ -34,7 +34,7 @@ pub use checksum::write_sha256sums;
 pub use error::{Error, Result};
 pub use export::{
     ExportEvent, ExportFormat, ExportOutput, ExportRequest, ExportedFile, Stage, StagedExport,
-    export, export_staged, measure,
+    export, export_staged, export_staged_with, measure,
 };
 pub use flatten::{FlattenRequest, flatten};
 pub use lock::{LOCK_FILE, OutputLock};

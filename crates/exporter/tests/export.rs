@@ -252,3 +252,35 @@ async fn a_missing_source_reports_qemu_img_stderr() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn verification_alongside_the_hash_reads_the_whole_raw_under_its_temp_name() {
+    if !tools() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (_guest, src) = source_qcow2(work.path());
+    let out = work.path().join("out");
+    let req = ExportRequest::new(&src, &out, "beside");
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (staged, (seen, report)) =
+        exporter::export_staged_with(&req, tx, &CancellationToken::new(), |raw_temp| async move {
+            let report = verify(&raw_temp, &Expectations::default());
+            (Some(raw_temp), Some(report))
+        })
+        .await
+        .unwrap();
+    let seen = seen.expect("called with the RAW");
+    // It ran on the hidden temp file, which is the RAW the staged export publishes.
+    assert_eq!(staged.temp_path(ExportFormat::Raw), Some(seen.as_path()));
+    assert_ne!(seen, out.join("beside.raw"));
+    // It read the whole disk: the size and the OS inside.
+    let report = report.unwrap().expect("the RAW is read");
+    let raw = staged.files().next().unwrap().clone();
+    assert_eq!(report.virtual_size, raw.size);
+    assert!(report.os.is_some(), "{report:?}");
+    assert_eq!(raw.sha256, digest::hash_file(&seen).unwrap());
+    let published = staged.publish().await.unwrap();
+    assert_eq!(published[0].path, out.join("beside.raw"));
+    assert!(!seen.exists());
+}

@@ -53,6 +53,31 @@ struct PlainRecord {
     sha256: Sha256,
     source: String,
     made_at: String,
+    /// The file as it was when `qemu-img check` last passed it (or when it was made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checked: Option<FileStamp>,
+}
+
+/// What tells a file not written since: its inode, size and modification time. A copy that
+/// still matches the stamp of its last check is not checked again — `qemu-img check` reads
+/// every table of the copy, ~0.5 s for the fixture's on every build, and a write would have
+/// moved the stamp.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(meta: &fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
 }
 
 /// Why an existing copy is not used.
@@ -126,7 +151,32 @@ impl BaseCache {
                 record.size
             )));
         }
-        qemu_img_check(&path).await.map_err(Unfit::Damaged)?;
+        let stamp = FileStamp::of(&meta);
+        if record.checked != Some(stamp) {
+            qemu_img_check(&path).await.map_err(Unfit::Damaged)?;
+            // Best effort: without the stamp the next build checks again.
+            let record_path = self.plain_record_path(digest);
+            let stamped = PlainRecord {
+                checked: Some(stamp),
+                ..record
+            };
+            if let Ok(json) = serde_json::to_vec_pretty(&stamped) {
+                let _ = write_atomic(&record_path, &json);
+            }
+            return self.finish_intact(path, digest, stamped, verify).await;
+        }
+        self.finish_intact(path, digest, record, verify).await
+    }
+
+    /// The rest of [`Self::intact_copy`]: the re-hash when asked.
+    async fn finish_intact(
+        &self,
+        path: PathBuf,
+        digest: &Sha256,
+        record: PlainRecord,
+        verify: bool,
+    ) -> Result<PlainCopy, Unfit> {
+        let size = record.size;
         if verify {
             let hashed = path.clone();
             let actual = tokio::task::spawn_blocking(move || digest::hash_file(&hashed))
@@ -143,7 +193,7 @@ impl BaseCache {
         Ok(PlainCopy {
             base: *digest,
             path,
-            size: meta.len(),
+            size,
             source: Some(record.source),
             made: false,
         })
@@ -196,15 +246,16 @@ impl BaseCache {
         .await
         .map_err(|e| Error::cache_io("hash", &part)(std::io::Error::other(e)))?
         .map_err(Error::cache_io("hash", &part))?;
-        let size = fs::metadata(&part)
-            .map_err(Error::cache_io("stat", &part))?
-            .len();
+        let meta = fs::metadata(&part).map_err(Error::cache_io("stat", &part))?;
+        let size = meta.len();
+        // qemu-img wrote it and exited well: as good as checked (the rename keeps the stamp).
         let record = PlainRecord {
             base: digest,
             size,
             sha256,
             source: base.source.to_string(),
             made_at: now_rfc3339(),
+            checked: Some(FileStamp::of(&meta)),
         };
         let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other);
         let record_path = self.plain_record_path(&digest);

@@ -682,6 +682,13 @@ fn assert_runs_log(
 
 /// What step 03 of the last build found: `03 <edition> present|absent`, whether step 01's file
 /// in /run (a tmpfs: lost on every boot) was still there.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 fn reuse_run_file(image: &Path) -> String {
     GuestDisk::open(image)
         .must_text("/var/lib/imgbake-e2e/run-file.log")
@@ -781,6 +788,7 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
     // Build 3: step 03 edited again, plain rerun (human output): reuses 01-02 automatically
     // and, instead of booting, restores the VM state saved with 02's checkpoint in build 1.
     edit_step_03(&recipe, "edit-2");
+    let build_3_began = unix_now();
     let rerun = sandbox.recipe(&recipe, &[], SHORT_BUILD);
     rerun.expect_code(0, "build 3 (plain rerun)");
     assert!(
@@ -811,6 +819,16 @@ fn edited_middle_step_resumes_and_reuses_earlier_checkpoints() {
     assert_eq!(boot3, boot1, "build 3 booted instead of restoring");
     assert_ne!(boot3, boot2);
     assert_eq!(reuse_run_file(&raw), "03 edit-2 present", "build 3");
+    // The state was saved during build 1, minutes ago: the step's command renewed the clock.
+    let guest_clock: u64 = GuestDisk::open(&raw)
+        .must_text("/var/lib/imgbake-e2e/clock-03.log")
+        .trim()
+        .parse()
+        .expect("clock-03.log holds seconds");
+    assert!(
+        (build_3_began.saturating_sub(5)..=unix_now() + 5).contains(&guest_clock),
+        "build 3's restored guest read its clock as {guest_clock}, the host's was {build_3_began}.."
+    );
     assert_runs_log(
         &log,
         &[

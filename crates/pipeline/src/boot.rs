@@ -28,6 +28,9 @@ pub struct Guest {
     pub started: Instant,
     /// Time from QEMU start until SSH answered.
     pub ssh_ready: Duration,
+    /// Restored from a VM state: its clock and entropy are the saved moment's until the first
+    /// command renews them ([`crate::resume::renew_command`]).
+    pub needs_renewal: bool,
 }
 
 /// What [`boot`] needs.
@@ -131,6 +134,7 @@ pub(crate) async fn boot(
         session,
         started,
         ssh_ready,
+        needs_renewal: false,
     })
 }
 

@@ -185,7 +185,8 @@ pub enum BakeEvent {
     VmStateRestored {
         /// The step whose state was loaded.
         id: String,
-        /// Seconds from QEMU's start until the guest answered SSH, clock and entropy renewed.
+        /// Seconds from QEMU's start until the guest answered SSH (the next step's command renews
+        /// its clock and entropy first).
         after_secs: f64,
     },
     /// No VM state was used: the build boots from the disk checkpoint. Not an error.

@@ -214,25 +214,20 @@ async fn export_and_verify(
             }
         })
     };
-    let staged = exporter::export_staged(&export, tx, cancel).await;
-    let _ = forward.await;
-    let staged = staged.map_err(interrupted)?;
     let raw_final = raw.dir.join(format!("{}.raw", raw.name));
-    let Some(raw_temp) = staged
-        .temp_path(exporter::ExportFormat::Raw)
-        .map(Path::to_path_buf)
-    else {
-        return Err(io_err("export", &raw_final)(std::io::Error::other(
-            "the exporter wrote no RAW",
-        )));
-    };
-    events.emit(BakeEvent::Exporting {
-        what: format!("verifying {} offline", raw_final.display()),
-        fraction: None,
-    });
     let expectations = crate::plan::expectations(build.recipe);
-    let report = tokio::task::spawn_blocking(move || inspect::verify(&raw_temp, &expectations))
-        .await
+    // The offline verification reads the RAW while it is hashed: on another core, and the
+    // file is in the page cache for both.
+    let verify = |raw_temp: PathBuf| async move {
+        Some(tokio::task::spawn_blocking(move || inspect::verify(&raw_temp, &expectations)).await)
+    };
+    let exported = exporter::export_staged_with(&export, tx, cancel, verify).await;
+    let _ = forward.await;
+    let (staged, verified) = exported.map_err(interrupted)?;
+    let report = verified
+        .ok_or_else(|| {
+            io_err("export", &raw_final)(std::io::Error::other("the exporter wrote no RAW"))
+        })?
         .map_err(|e| io_err("verify", &raw_final)(std::io::Error::other(e)))??;
     Ok((staged, report))
 }
@@ -359,6 +354,10 @@ fn stage_text(stage: exporter::Stage) -> String {
     match stage {
         exporter::Stage::Check => "checking the disk".to_owned(),
         exporter::Stage::Convert(format) => format!("converting to {}", format_name(format)),
+        // The RAW is verified offline while it is hashed.
+        exporter::Stage::Hash(exporter::ExportFormat::Raw) => {
+            "hashing and verifying the raw offline".to_owned()
+        }
         exporter::Stage::Hash(format) => format!("hashing the {}", format_name(format)),
     }
 }

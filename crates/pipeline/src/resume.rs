@@ -157,14 +157,11 @@ pub(crate) async fn restore(
         host_key: login.host_key,
     };
     let deadline = tokio::time::Instant::now() + request.timeout;
+    // The clock and the entropy are renewed by the first step's command (one `sudo` round
+    // trip less: ~0.4 s under TCG), before its script.
     let resumed = async {
         let session = provisioner::wait_for_ssh(&target, deadline, cancel).await?;
-        let ssh_ready = started.elapsed();
-        session
-            .exec_capture_root(&renew_command()?, Duration::from_secs(60), cancel)
-            .await?
-            .check("set the clock and add entropy after restoring the vm state")?;
-        Ok::<_, Error>((session, ssh_ready))
+        Ok::<_, Error>((session, started.elapsed()))
     };
     let outcome = tokio::select! {
         outcome = resumed => outcome,
@@ -181,6 +178,7 @@ pub(crate) async fn restore(
                 session,
                 started,
                 ssh_ready,
+                needs_renewal: true,
             })
         }
         Err(e) => {
@@ -190,11 +188,11 @@ pub(crate) async fn restore(
     }
 }
 
-/// The root command run first in a restored guest: its wall clock is the saved moment's, so
-/// it is set from the host's; and its entropy pool is the saved one, shared with every other
-/// restore of the same state, so host random bytes are mixed in (through `/dev/urandom`:
-/// mixed, not credited).
-fn renew_command() -> Result<String> {
+/// The root commands run first in a restored guest (before the first step's script, in its
+/// command): its wall clock is the saved moment's, so it is set from the host's now; and its
+/// entropy pool is the saved one, shared with every other restore of the same state, so host
+/// random bytes are mixed in (through `/dev/urandom`: mixed, not credited).
+pub(crate) fn renew_command() -> Result<String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

@@ -114,6 +114,7 @@ pub(crate) async fn build_in_vm(
         session,
         started,
         ssh_ready,
+        needs_renewal,
     } = match booted {
         Ok(guest) => guest,
         Err(_) if build.cancel.graceful.is_cancelled() => {
@@ -149,6 +150,7 @@ pub(crate) async fn build_in_vm(
         making: setup.making,
         sealed: None,
         pending_state: None,
+        needs_renewal,
     };
     let ready = boots_base.then(|| runner.ready_point(ready_support));
     if let Err(e) = runner.run_steps(&vm, ready, first).await {
@@ -245,6 +247,8 @@ struct StepRunner<'s, 'a, 'l> {
     sealed: Option<CheckpointPoint>,
     /// The VM state of the last checkpoint while it is written in the background.
     pending_state: Option<PendingState>,
+    /// The guest was restored: the next step's command renews its clock and entropy first.
+    needs_renewal: bool,
 }
 
 /// A VM state being saved beside its (published) layer while the guest runs on.
@@ -333,6 +337,9 @@ impl StepRunner<'_, '_, '_> {
         // does it.
         let sealed = index + 1 == recipe.steps.len();
         options.sync_after = !sealed;
+        if std::mem::take(&mut self.needs_renewal) {
+            options.preamble = Some(crate::resume::renew_command()?);
+        }
         let events = &self.build.events;
         let on_event = |event| events.step_event(event, &step.name);
         let spec = step_spec(recipe, step, &self.build.request.secrets);

@@ -75,6 +75,10 @@ pub struct StepOptions {
     /// that removes the step's files, and fail if it fails: what a checkpoint after the step
     /// needs, without another round trip through `sudo` (a second or so under TCG).
     pub sync_after: bool,
+    /// Root shell commands run before the script in its first attempt's command (a restored
+    /// guest's clock and entropy): no round trip of their own. If they fail, the step does not
+    /// run and [`run_step`] returns [`Error::RemoteCommand`].
+    pub preamble: Option<String>,
 }
 
 impl StepOptions {
@@ -87,6 +91,7 @@ impl StepOptions {
             remote_dir: REMOTE_STEP_DIR.into(),
             secret_dir: REMOTE_SECRET_DIR.into(),
             sync_after: false,
+            preamble: None,
         }
     }
 }
@@ -422,8 +427,16 @@ pub async fn run_step(
         }
         let mut last = VecDeque::with_capacity(LAST_LINES);
         let what = format!("step {id}");
+        let preamble = options.preamble.as_deref().filter(|_| attempt == 1);
+        let first_command;
         let remote = crate::session::Remote {
-            cmd: &command,
+            cmd: match preamble {
+                Some(preamble) => {
+                    first_command = with_preamble(preamble, &command);
+                    &first_command
+                }
+                None => &command,
+            },
             stdin: Some(&bundle),
             root: true,
             limit: step.timeout,
@@ -457,6 +470,16 @@ pub async fn run_step(
             }
         };
         log.line(&format!("# imgbake: step {id} attempt {attempt}: {exit}"));
+        if preamble.is_some()
+            && let StepExit::Status(status @ ExitStatus::Code(PREAMBLE_FAILED_EXIT)) = &exit
+        {
+            let _ = log.finish();
+            return Err(Error::RemoteCommand {
+                what: format!("what runs before step {id}"),
+                status: status.clone(),
+                stderr: last.iter().cloned().collect::<Vec<_>>().join("\n"),
+            });
+        }
         // Killed by a signal during a reboot step: either the guest is going down (shutdown
         // kills it; the boot id check after reconnecting tells whether it really rebooted), or
         // something else killed it (the OOM killer during a driver install) — a failure.
@@ -525,6 +548,18 @@ pub async fn run_step(
         duration: started.elapsed(),
         rebooted: step.reboot,
     }))
+}
+
+/// Exit status of a first attempt whose [`StepOptions::preamble`] failed: the script did not
+/// run.
+pub const PREAMBLE_FAILED_EXIT: u32 = 124;
+
+/// `command` with `preamble` run first, in the same root shell; the step does not start if the
+/// preamble fails.
+fn with_preamble(preamble: &str, command: &str) -> String {
+    format!(
+        "{{ {preamble}; }} || {{ echo \"imgbake: what runs before the step failed\" >&2; exit {PREAMBLE_FAILED_EXIT}; }}; {command}"
+    )
 }
 
 /// Exit status of a step attempt whose files did not arrive whole (the connection broke while
@@ -790,6 +825,27 @@ mod tests {
         assert!(String::from_utf8_lossy(&out.stderr).contains("did not reach the guest whole"));
         assert!(dir.join("a.env").exists());
         assert!(!dir.join("a.sh").exists());
+    }
+
+    #[test]
+    fn a_failing_preamble_stops_the_command_and_a_passing_one_runs_it() {
+        let run = |preamble: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", &with_preamble(preamble, "echo step ran")])
+                .output()
+                .unwrap()
+        };
+        let ok = run("true && echo renewed");
+        assert!(ok.status.success(), "{ok:?}");
+        assert_eq!(String::from_utf8_lossy(&ok.stdout), "renewed\nstep ran\n");
+        let failed = run("true && false");
+        assert_eq!(
+            failed.status.code(),
+            Some(PREAMBLE_FAILED_EXIT as i32),
+            "{failed:?}"
+        );
+        assert!(failed.stdout.is_empty());
+        assert!(String::from_utf8_lossy(&failed.stderr).contains("before the step failed"));
     }
 
     #[test]
