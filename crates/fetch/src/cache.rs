@@ -8,7 +8,9 @@
 //! - `.partial/<sha256hex>.part` + `.part.json` — a download in progress and its resume record;
 //! - `.locks/<sha256hex>.lock` — the per-digest lock (an OS file lock, released on close/exit);
 //! - `.sums/<sha256 of url>.txt` + `.json` — the last copy of each SHA256SUMS list fetched, so
-//!   `--offline` can still learn the expected digest.
+//!   `--offline` can still learn the expected digest;
+//! - `.local/<sha256 of path>.json` — a local base's last good hash with the file's stamp, so an
+//!   unchanged local base is not hashed again (see [`crate::stamp`]).
 //!
 //! Only verified images are renamed into `<dir>`; everything else lives in dot-directories.
 
@@ -60,6 +62,7 @@ pub(crate) struct SavedSumsMeta {
 const PARTIAL: &str = ".partial";
 const LOCKS: &str = ".locks";
 const SUMS: &str = ".sums";
+const LOCAL: &str = ".local";
 
 impl BaseCache {
     /// The default cache directory: `$XDG_CACHE_HOME/imgbake/base`, or `~/.cache/imgbake/base`
@@ -85,7 +88,7 @@ impl BaseCache {
     /// Opens (creating if needed) the cache at `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
-        for sub in [PARTIAL, LOCKS, SUMS] {
+        for sub in [PARTIAL, LOCKS, SUMS, LOCAL] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(Error::cache_io("create", path))?;
         }
@@ -208,6 +211,15 @@ impl BaseCache {
         sync_dir(&self.dir)?;
         let _ = fs::remove_file(self.part_record_path(digest));
         Ok(target)
+    }
+
+    /// Where the record of the local base at `path` is kept.
+    pub(crate) fn local_record_path(&self, path: &Path) -> PathBuf {
+        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        self.dir.join(LOCAL).join(format!(
+            "{}.json",
+            Sha256::of(key.as_os_str().as_encoded_bytes()).to_hex()
+        ))
     }
 
     fn sums_base(&self, url: &str) -> PathBuf {

@@ -62,6 +62,7 @@ mod http;
 mod options;
 mod plain;
 mod source;
+mod stamp;
 pub mod sums;
 
 #[cfg(feature = "test-server")]

@@ -29,6 +29,7 @@ use crate::cache::{BaseCache, now_rfc3339, write_atomic};
 use crate::error::{Error, Result};
 use crate::events::FetchEvent;
 use crate::fetcher::CachedBase;
+use crate::stamp::FileStamp;
 use digest::Sha256;
 
 /// An uncompressed copy of a base image in the cache.
@@ -53,31 +54,11 @@ struct PlainRecord {
     sha256: Sha256,
     source: String,
     made_at: String,
-    /// The file as it was when `qemu-img check` last passed it (or when it was made).
+    /// The file as it was when `qemu-img check` last passed it (or when it was made): a copy
+    /// still matching it is not checked again — the check reads every table of the copy, ~0.5 s
+    /// for the fixture's, on every build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     checked: Option<FileStamp>,
-}
-
-/// What tells a file not written since: its inode, size and modification time. A copy that
-/// still matches the stamp of its last check is not checked again — `qemu-img check` reads
-/// every table of the copy, ~0.5 s for the fixture's on every build, and a write would have
-/// moved the stamp.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-struct FileStamp {
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-}
-
-impl FileStamp {
-    fn of(meta: &fs::Metadata) -> FileStamp {
-        use std::os::unix::fs::MetadataExt;
-        FileStamp {
-            ino: meta.ino(),
-            size: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        }
-    }
 }
 
 /// Why an existing copy is not used.
@@ -152,7 +133,7 @@ impl BaseCache {
             )));
         }
         let stamp = FileStamp::of(&meta);
-        if record.checked != Some(stamp) {
+        if record.checked != Some(stamp) || stamp.is_racy() {
             qemu_img_check(&path).await.map_err(Unfit::Damaged)?;
             // Best effort: without the stamp the next build checks again.
             let record_path = self.plain_record_path(digest);

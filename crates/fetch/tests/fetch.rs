@@ -726,6 +726,62 @@ async fn connection_errors_are_retried_then_reported_without_credentials() {
 }
 
 #[tokio::test]
+async fn an_unchanged_local_base_is_hashed_once_unless_cache_hits_are_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = data(1 << 20, 3);
+    let digest = Sha256::of(&body);
+    let image = tmp.path().join("base.img");
+    std::fs::write(&image, &body).unwrap();
+    let cache = BaseCache::open(tmp.path().join("cache")).unwrap();
+    let source = inline(&image.display().to_string(), digest);
+    let hashed = |events: &Events| {
+        events
+            .all()
+            .iter()
+            .any(|e| matches!(e, FetchEvent::Hashing { .. }))
+    };
+    let first = Events::default();
+    run(&cache, &source, &opts(), &first).await.unwrap();
+    assert!(hashed(&first), "the first fetch hashes the file");
+    // Written a moment ago: a write in the same clock tick would not show, so it is hashed
+    // until its change is over a second old.
+    let racy = Events::default();
+    run(&cache, &source, &opts(), &racy).await.unwrap();
+    assert!(hashed(&racy), "a just-written file is hashed again");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run(&cache, &source, &opts(), &Events::default())
+        .await
+        .unwrap();
+    let second = Events::default();
+    let got = run(&cache, &source, &opts(), &second).await.unwrap();
+    assert!(!hashed(&second), "unchanged: not hashed again");
+    assert_eq!((got.digest, got.size), (digest, body.len() as u64));
+    let verify = FetchOptions {
+        verify_cache_hits: true,
+        ..opts()
+    };
+    let verified = Events::default();
+    run(&cache, &source, &verify, &verified).await.unwrap();
+    assert!(
+        hashed(&verified),
+        "verify_cache_hits hashes whatever the record says"
+    );
+    // Another name for the same bytes is another file: hashed.
+    let copy = tmp.path().join("copy.img");
+    std::fs::copy(&image, &copy).unwrap();
+    let other = Events::default();
+    run(
+        &cache,
+        &inline(&copy.display().to_string(), digest),
+        &opts(),
+        &other,
+    )
+    .await
+    .unwrap();
+    assert!(hashed(&other));
+}
+
+#[tokio::test]
 async fn local_bases_are_hashed_in_place_not_copied() {
     let tmp = tempfile::tempdir().unwrap();
     let body = data(2 << 20, 14);
@@ -758,7 +814,19 @@ async fn local_bases_are_hashed_in_place_not_copied() {
         "nothing copied into the cache"
     );
 
-    // A changed local file is caught at the next fetch.
+    // A changed local file is caught at the next fetch: a same-size rewrite too.
+    let mut same_size = body.clone();
+    same_size[0] ^= 0xff;
+    std::fs::write(&image, &same_size).unwrap();
+    let err = run(
+        &cache,
+        &inline(&image.display().to_string(), digest),
+        &opts(),
+        &Events::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Mismatch { .. }), "{err:?}");
     std::fs::write(&image, b"changed").unwrap();
     let err = run(
         &cache,

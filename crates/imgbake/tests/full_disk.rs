@@ -174,7 +174,7 @@ fn fetch_into_a_tiny_tmpfs_cache_fails_clearly_keeps_the_cache_consistent_and_wo
     assert!(!entry.exists(), "nothing unverified enters the cache");
     assert_eq!(
         listing(&cache.join("base")),
-        [".locks", ".partial", ".sums"],
+        [".local", ".locks", ".partial", ".sums"],
         "only the cache's own dot-directories"
     );
     assert_eq!(

@@ -279,9 +279,9 @@ pub async fn bake(
         .map_err(io_err("create a run directory in", &request.runtime_dir))?;
     let mut lease = store.lease()?;
 
-    let (final_image, facts) = match reused_result(&start, recipe) {
+    let final_image = match reused_result(&start, recipe) {
         // Every step reused: the newest layer is the result, no VM needed.
-        Some(last) => (last, None),
+        Some(last) => last,
         None => {
             let setup = VmSetup {
                 start: &start,
@@ -304,8 +304,7 @@ pub async fn bake(
         }
     };
 
-    let mut summary =
-        crate::outputs::write_outputs(&mut build, &base, &final_image, facts.as_ref()).await?;
+    let mut summary = crate::outputs::write_outputs(&mut build, &base, &final_image).await?;
     lease.finish()?;
     // An image that failed verification is not booted: the build fails with exit 6 anyway.
     if request.test_after_export && summary.verify.passed {

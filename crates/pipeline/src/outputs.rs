@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use provisioner::GuestFacts;
 use recipe::ExportFormat;
 
 use crate::build::{BakeSummary, Build, elapsed_secs};
@@ -23,7 +22,6 @@ pub(crate) async fn write_outputs(
     build: &mut Build<'_>,
     base: &fetch::CachedBase,
     final_image: &Path,
-    facts: Option<&GuestFacts>,
 ) -> Result<BakeSummary> {
     let recipe = build.recipe;
     let dir = &build.request.output_dir;
@@ -141,11 +139,10 @@ pub(crate) async fn write_outputs(
         imgbake_version: env!("CARGO_PKG_VERSION").to_owned(),
         built_at: now_rfc3339(),
     };
-    let mut image_facts = report.facts.clone();
-    if image_facts.nvidia_driver.is_none() {
-        image_facts.nvidia_driver = facts.and_then(|f| f.nvidia_driver.clone());
-    }
-    let manifest = exporter::write_manifest(dir, &manifest_input, &exported, &image_facts)?;
+    // The facts are the exported disk's, read offline (os-release, kernel, packages, the
+    // NVIDIA module's `.modinfo` or dpkg's version): the same whether the steps ran or were
+    // all reused.
+    let manifest = exporter::write_manifest(dir, &manifest_input, &exported, &report.facts)?;
     published.paths.push(manifest.clone());
     let payload_spec = exporter::PayloadSpec {
         name: recipe.payload.name.clone(),

@@ -1,12 +1,12 @@
 //! The VM phase of a build: boot on the newest reused layer, run the remaining steps with a
-//! checkpoint after each, take the guest's facts, power off.
+//! checkpoint after each, seal, power off.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use checkpoint::{CacheKey, ChainSecrets, PublishRequest, RunLease};
-use provisioner::{BuildKeys, GuestFacts, GuestSession, StepOptions, StepOutcome, StepSpec};
+use provisioner::{BuildKeys, GuestSession, StepOptions, StepOutcome, StepSpec};
 use qemu_driver::Vm;
 use recipe::{Recipe, Step};
 
@@ -37,11 +37,8 @@ pub(crate) struct VmSetup<'x, 'l> {
     pub making: Option<checkpoint::MakingLock>,
 }
 
-/// Boots, runs the steps not reused, powers off. Returns the final top image and the facts.
-pub(crate) async fn build_in_vm(
-    build: &mut Build<'_>,
-    setup: VmSetup<'_, '_>,
-) -> Result<(PathBuf, Option<GuestFacts>)> {
+/// Boots, runs the steps not reused, powers off. Returns the final top image.
+pub(crate) async fn build_in_vm(build: &mut Build<'_>, setup: VmSetup<'_, '_>) -> Result<PathBuf> {
     let recipe = build.recipe;
     let start = setup.start;
     let first = start.reused.len();
@@ -143,7 +140,6 @@ pub(crate) async fn build_in_vm(
         lease: setup.lease,
         session,
         started,
-        facts: None,
         user_public_key: setup.keys.user_public_openssh(),
         support,
         secrets: setup.secrets,
@@ -195,7 +191,7 @@ pub(crate) async fn build_in_vm(
         .and_then(|f| f.sync_all())
         .map_err(io_err("sync", top))?;
     runner.publish_sealed(stopped.method).await?;
-    Ok((runner.progress.current, runner.facts))
+    Ok(runner.progress.current)
 }
 
 /// One checkpoint to take: the layer's key and record, and what comes after it.
@@ -235,8 +231,6 @@ struct StepRunner<'s, 'a, 'l> {
     progress: Progress,
     /// The build user's public key (its stub in root's `authorized_keys` is sealed away).
     user_public_key: String,
-    /// The guest's facts, taken by the seal after the last step.
-    facts: Option<GuestFacts>,
     /// Set when VM states are saved with the checkpoints.
     support: Option<StateSupport>,
     /// Where the locks on making checkpoints are taken.
@@ -383,7 +377,7 @@ impl StepRunner<'_, '_, '_> {
                 user_public_key: self.user_public_key.clone(),
             };
             self.build.events.emit(BakeEvent::Sealing);
-            self.facts = provisioner::seal(&self.session, &spec, cancel).await?;
+            provisioner::seal(&self.session, &spec, cancel).await?;
         }
         // After the seal the build user is gone: a state after the last step could never run
         // another step, so none is saved.

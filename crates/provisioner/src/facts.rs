@@ -26,7 +26,7 @@ pub struct GuestFacts {
 }
 
 /// One script, one round trip (each one costs under TCG). Sections start with `@@name`.
-pub(crate) const FACTS_SCRIPT: &str = r#"
+const FACTS_SCRIPT: &str = r#"
 echo @@os-release; cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null
 echo @@kernel; uname -r
 echo @@packages; dpkg-query -W -f '${db:Status-Abbrev}\t${Package}\t${Version}\n' 2>/dev/null
