@@ -172,6 +172,34 @@ fn parse_err(detail: &str) -> Error {
     }
 }
 
+/// How often the cheap wait looks for `result.json` (each look under TCG is a `sleep` process).
+const RESULT_POLL: Duration = Duration::from_millis(200);
+
+/// Whether `result.json` (`{"v1": {"datasource": …, "errors": [], "recoverable_errors": {}}}`)
+/// says cloud-init read a datasource and finished without an error or a warning.
+pub(crate) fn result_is_clean(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Result {
+        v1: V1,
+    }
+    #[derive(Deserialize)]
+    struct V1 {
+        datasource: Option<String>,
+        #[serde(default)]
+        errors: Vec<serde_json::Value>,
+        #[serde(default)]
+        recoverable_errors: BTreeMap<String, Vec<serde_json::Value>>,
+    }
+    let Ok(result) = serde_json::from_str::<Result>(text.trim()) else {
+        return false;
+    };
+    let source = result.v1.datasource.unwrap_or_default();
+    let no_source = source.is_empty() || source.starts_with("DataSourceNone");
+    !no_source
+        && result.v1.errors.is_empty()
+        && result.v1.recoverable_errors.values().all(Vec::is_empty)
+}
+
 const WAIT_JSON: &str = "cloud-init status --wait --format json";
 const NOW_JSON: &str = "cloud-init status --format json";
 const WAIT_TABULAR: &str = "cloud-init status --wait --long";
@@ -194,6 +222,9 @@ impl GuestSession {
             return Ok(CloudInitOutcome::NeverRan {
                 detail: "cloud-init is not installed in the guest".into(),
             });
+        }
+        if self.finished_cleanly(left(), cancel).await? {
+            return Ok(CloudInitOutcome::Finished);
         }
         let status = match self.status_json(WAIT_JSON, left(), cancel).await {
             Ok(Some(status)) => status,
@@ -228,6 +259,31 @@ impl GuestSession {
             status
         };
         Ok(status.outcome())
+    }
+
+    /// The cheap wait: polls (unprivileged, in `sh`) for the `result.json` cloud-init writes at
+    /// the end of its last stage, and says whether it reports a clean finish. Anything else —
+    /// cloud-init not running (no `status.json`), errors or warnings in the result, no result
+    /// within `limit` — is `false`, and `cloud-init status` tells the rest. `cloud-init status
+    /// --wait` is Python started under `sudo` while cloud-final still runs: measured 4.3 s from
+    /// cloud-init's "finished" to the first step under TCG.
+    async fn finished_cleanly(&self, limit: Duration, cancel: &CancellationToken) -> Result<bool> {
+        let polls = limit.as_millis() / RESULT_POLL.as_millis();
+        let cmd = format!(
+            "[ -e {STATUS} ] || exit 3; n=0; while [ ! -e {RESULT} ]; do n=$((n+1)); [ $n -gt {polls} ] && exit 3; sleep {poll}; done; cat {RESULT}",
+            STATUS = "/run/cloud-init/status.json",
+            RESULT = "/run/cloud-init/result.json",
+            poll = RESULT_POLL.as_secs_f32(),
+        );
+        let out = match self
+            .exec_capture(&cmd, limit + Duration::from_secs(30), cancel)
+            .await
+        {
+            Ok(out) => out,
+            Err(Error::Timeout { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(out.status.success() && result_is_clean(&out.stdout))
     }
 
     /// Runs a `--format json` status command; `None` if this cloud-init has no `--format`.

@@ -92,3 +92,31 @@ fn garbage_is_a_parse_error() {
     assert!(CloudInitStatus::from_tabular("usage: cloud-init [-h]").is_err());
     assert!(CloudInitStatus::from_json("{\"status\": 3}").is_err());
 }
+
+#[test]
+fn a_result_is_clean_only_with_a_datasource_and_no_error_or_warning() {
+    use super::result_is_clean;
+    // cloud-init 22.4 (Debian 12) after a NoCloud seed.
+    assert!(result_is_clean(
+        r#"{"v1": {"datasource": "DataSourceNoCloud [seed=/dev/vdb][dsmode=net]", "errors": []}}"#
+    ));
+    // 23.4+ adds the recoverable errors.
+    assert!(result_is_clean(
+        r#"{"v1": {"datasource": "DataSourceNoCloud", "errors": [], "recoverable_errors": {}}}"#
+    ));
+    assert!(!result_is_clean(
+        r#"{"v1": {"datasource": "DataSourceNoCloud", "errors": [], "recoverable_errors": {"WARNING": ["x"]}}}"#
+    ));
+    assert!(!result_is_clean(
+        r#"{"v1": {"datasource": "DataSourceNoCloud", "errors": ["('init', RuntimeError())"]}}"#
+    ));
+    assert!(!result_is_clean(
+        r#"{"v1": {"datasource": null, "errors": []}}"#
+    ));
+    assert!(!result_is_clean(
+        r#"{"v1": {"datasource": "DataSourceNone", "errors": []}}"#
+    ));
+    // Cut off while cloud-init was writing it.
+    assert!(!result_is_clean(r#"{"v1": {"datasource": "DataSourceNoC"#));
+    assert!(!result_is_clean(""));
+}
