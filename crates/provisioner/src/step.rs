@@ -165,7 +165,7 @@ pub enum StepEvent {
     Rebooted {
         /// Step id.
         id: String,
-        /// How long it took from the reboot to SSH answering again.
+        /// How long it took from the reboot until SSH answered again and cloud-init was done.
         downtime: Duration,
     },
     /// The step is over (success or not).
@@ -731,6 +731,14 @@ async fn reboot_and_reconnect(
         *session = fresh;
         let now = session.boot_id(cancel).await.map_err(reboot_err)?;
         if now != boot_before {
+            // cloud-init runs at every boot: the next step (a cleanup removing its logs and
+            // state) must not race its later stages. How it went is the first boot's concern
+            // (the seed was applied then); here only its end matters.
+            let left = deadline.saturating_duration_since(Instant::now());
+            session
+                .cloud_init_wait(left, cancel)
+                .await
+                .map_err(reboot_err)?;
             return Ok(started.elapsed());
         }
         // Reached the old system before its sshd stopped: wait for it to go down again.
