@@ -121,7 +121,7 @@ impl BaseCache {
             Ok(meta) => meta,
             Err(_) => return Err(Unfit::Missing),
         };
-        let record: PlainRecord = fs::read(self.plain_record_path(digest))
+        let mut record: PlainRecord = fs::read(self.plain_record_path(digest))
             .ok()
             .and_then(|j| serde_json::from_slice(&j).ok())
             .ok_or_else(|| Unfit::Damaged("its record is missing or unreadable".into()))?;
@@ -136,28 +136,15 @@ impl BaseCache {
         if record.checked != Some(stamp) || stamp.is_racy() {
             qemu_img_check(&path).await.map_err(Unfit::Damaged)?;
             // Best effort: without the stamp the next build checks again.
-            let record_path = self.plain_record_path(digest);
             let stamped = PlainRecord {
                 checked: Some(stamp),
                 ..record
             };
             if let Ok(json) = serde_json::to_vec_pretty(&stamped) {
-                let _ = write_atomic(&record_path, &json);
+                let _ = write_atomic(&self.plain_record_path(digest), &json);
             }
-            return self.finish_intact(path, digest, stamped, verify).await;
+            record = stamped;
         }
-        self.finish_intact(path, digest, record, verify).await
-    }
-
-    /// The rest of [`Self::intact_copy`]: the re-hash when asked.
-    async fn finish_intact(
-        &self,
-        path: PathBuf,
-        digest: &Sha256,
-        record: PlainRecord,
-        verify: bool,
-    ) -> Result<PlainCopy, Unfit> {
-        let size = record.size;
         if verify {
             let hashed = path.clone();
             let actual = tokio::task::spawn_blocking(move || digest::hash_file(&hashed))
@@ -174,7 +161,7 @@ impl BaseCache {
         Ok(PlainCopy {
             base: *digest,
             path,
-            size,
+            size: meta.len(),
             source: Some(record.source),
             made: false,
         })

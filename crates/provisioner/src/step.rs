@@ -428,15 +428,12 @@ pub async fn run_step(
         let mut last = VecDeque::with_capacity(LAST_LINES);
         let what = format!("step {id}");
         let preamble = options.preamble.as_deref().filter(|_| attempt == 1);
-        let first_command;
+        let cmd = match preamble {
+            Some(preamble) => std::borrow::Cow::Owned(with_preamble(preamble, &command)),
+            None => std::borrow::Cow::Borrowed(&command),
+        };
         let remote = crate::session::Remote {
-            cmd: match preamble {
-                Some(preamble) => {
-                    first_command = with_preamble(preamble, &command);
-                    &first_command
-                }
-                None => &command,
-            },
+            cmd: &cmd,
             stdin: Some(&bundle),
             root: true,
             limit: step.timeout,

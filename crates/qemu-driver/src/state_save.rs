@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::qmp::QmpEvent;
 use crate::vm::Vm;
 use crate::vmstate::{
-    Outcome, STATE_COMPRESSOR, STATE_TIMEOUT, migration_error, migration_outcome, utf8,
+    Outcome, STATE_COMPRESSOR, STATE_TIMEOUT, final_outcome, migration_error, migration_outcome,
+    query_migrate, utf8,
 };
 
 /// Migration bandwidth while saving: QEMU's default (128 MiB/s) would make a save take seconds
@@ -62,8 +63,15 @@ pub struct SavedState {
 pub struct StateSaving {
     path: PathBuf,
     paused: Duration,
-    running: Option<Running>,
-    done: Option<Result<u64>>,
+    stage: SaveStage,
+}
+
+#[derive(Debug)]
+enum SaveStage {
+    /// Still being written while the guest runs (boxed: the child and receiver are large).
+    Running(Box<Running>),
+    /// Written whole (this many bytes) with the guest stopped.
+    Written(u64),
 }
 
 #[derive(Debug)]
@@ -76,12 +84,7 @@ struct Running {
 impl StateSaving {
     /// Whether the state is still being written while the guest runs.
     pub fn in_background(&self) -> bool {
-        self.running.is_some()
-    }
-
-    /// The state file being written.
-    pub fn path(&self) -> &Path {
-        &self.path
+        matches!(self.stage, SaveStage::Running(_))
     }
 }
 
@@ -110,7 +113,7 @@ impl Vm {
         };
         let saving = match self.begin_save(state, mode).await {
             Ok(mut saving) => {
-                if saving.running.is_none() {
+                if !saving.in_background() {
                     // A plain migration that completed has let go of the disks for a
                     // destination; `cont` takes them back.
                     self.qmp.execute(qapi::qmp::cont {}).await?;
@@ -130,16 +133,11 @@ impl Vm {
 
     /// Waits for a save begun by [`Vm::snapshot_layer_with_state`] to end; returns what it
     /// wrote. A failed save removes its file; the guest runs on either way.
-    pub async fn finish_state_save(&self, mut saving: StateSaving) -> Result<SavedState> {
-        let background = saving.running.is_some();
-        let size = match saving.running.take() {
-            Some(running) => self.finish_running(&saving.path, running).await,
-            None => saving.done.take().unwrap_or_else(|| {
-                Err(Error::StateSave {
-                    path: saving.path.clone(),
-                    detail: "the save was already finished".into(),
-                })
-            }),
+    pub async fn finish_state_save(&self, saving: StateSaving) -> Result<SavedState> {
+        let background = saving.in_background();
+        let size = match saving.stage {
+            SaveStage::Running(running) => self.finish_running(&saving.path, *running).await,
+            SaveStage::Written(size) => Ok(size),
         };
         match size {
             Ok(size) => Ok(SavedState {
@@ -219,21 +217,16 @@ impl Vm {
             compressor,
             deadline,
         };
-        if !background {
-            let size = self.finish_running(path, running).await?;
-            return Ok(StateSaving {
-                path: path.to_path_buf(),
-                paused: Duration::ZERO,
-                running: None,
-                done: Some(Ok(size)),
-            });
-        }
-        self.wait_for_resume(path, &mut running).await?;
+        let stage = if background {
+            self.wait_for_resume(path, &mut running).await?;
+            SaveStage::Running(Box::new(running))
+        } else {
+            SaveStage::Written(self.finish_running(path, running).await?)
+        };
         Ok(StateSaving {
             path: path.to_path_buf(),
             paused: Duration::ZERO,
-            running: Some(running),
-            done: None,
+            stage,
         })
     }
 
@@ -256,17 +249,16 @@ impl Vm {
             match event {
                 Ok(QmpEvent::Other { name, .. }) if name == "RESUME" => return Ok(()),
                 Ok(QmpEvent::Other { name, data }) if name == "MIGRATION" => {
-                    match data.get("status").and_then(serde_json::Value::as_str) {
+                    let status = data.get("status").and_then(serde_json::Value::as_str);
+                    match status.and_then(final_outcome) {
                         // Resumed already (its event came first) and done: nothing to wait for.
-                        Some("completed") => return Ok(()),
-                        Some(status @ ("failed" | "cancelled")) => {
-                            let why = migration_error(self)
-                                .await
-                                .unwrap_or_else(|| format!("migration {status}"));
+                        Some(Outcome::Completed) => return Ok(()),
+                        Some(Outcome::Failed(why)) => {
+                            let why = migration_error(self).await.unwrap_or(why);
                             let _ = running.compressor.start_kill();
                             return Err(fail(why));
                         }
-                        _ => {}
+                        None => {}
                     }
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -325,27 +317,13 @@ impl Vm {
             tokio::select! {
                 outcome = migration_outcome(events) => return outcome,
                 _ = tick.tick() => {
-                    match self.migration_status().await.as_deref() {
-                        Some("completed") => return Outcome::Completed,
-                        Some(status @ ("failed" | "cancelled")) => {
-                            return Outcome::Failed(format!("migration {status}"));
-                        }
-                        _ => {}
+                    let status = query_migrate(self, "status").await;
+                    if let Some(outcome) = status.as_deref().and_then(final_outcome) {
+                        return outcome;
                     }
                 }
             }
         }
-    }
-
-    async fn migration_status(&self) -> Option<String> {
-        let info = self
-            .qmp
-            .execute_value("query-migrate", json!({}))
-            .await
-            .ok()?;
-        info.get("status")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
     }
 }
 

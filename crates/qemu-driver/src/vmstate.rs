@@ -252,14 +252,26 @@ impl Vm {
 
 /// QEMU's `error-desc` of the last migration, if it has one.
 pub(crate) async fn migration_error(vm: &Vm) -> Option<String> {
+    query_migrate(vm, "error-desc").await
+}
+
+/// A string field of `query-migrate`'s answer (`status`, `error-desc`), if there is one.
+pub(crate) async fn query_migrate(vm: &Vm, field: &str) -> Option<String> {
     let info: Value = vm
         .qmp
         .execute_value("query-migrate", json!({}))
         .await
         .ok()?;
-    info.get("error-desc")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+    info.get(field).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// The outcome a migration status means, if it is a final one.
+pub(crate) fn final_outcome(status: &str) -> Option<Outcome> {
+    match status {
+        "completed" => Some(Outcome::Completed),
+        "failed" | "cancelled" => Some(Outcome::Failed(format!("migration {status}"))),
+        _ => None,
+    }
 }
 
 /// Waits for a `MIGRATION` event with a final status.
@@ -269,12 +281,10 @@ pub(crate) async fn migration_outcome(
     loop {
         match events.recv().await {
             Ok(QmpEvent::Other { name, data }) if name == "MIGRATION" => {
-                match data.get("status").and_then(Value::as_str).unwrap_or("") {
-                    "completed" => return Outcome::Completed,
-                    status @ ("failed" | "cancelled") => {
-                        return Outcome::Failed(format!("migration {status}"));
-                    }
-                    _ => {}
+                if let Some(outcome) =
+                    final_outcome(data.get("status").and_then(Value::as_str).unwrap_or(""))
+                {
+                    return outcome;
                 }
             }
             Ok(_) => {}
