@@ -182,3 +182,29 @@ fn a_child_inherits_only_the_listed_environment() {
         assert!(!env.contains(leaked), "{leaked} reached the child:\n{env}");
     }
 }
+
+#[tokio::test]
+async fn transparent_huge_pages_can_be_turned_off_for_a_child() {
+    let thp = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .map(|v| v.trim().to_owned())
+    };
+    let Some(ours) = thp(std::process::id()) else {
+        eprintln!("SKIPPED: this kernel's /proc/PID/status has no THP_enabled line");
+        return;
+    };
+    assert_eq!(ours, "1", "the test itself runs with huge pages allowed");
+    let mut default = child::spawn(sleeper()).await.unwrap();
+    let off = child::SpawnOptions {
+        transparent_huge_pages: false,
+    };
+    let mut without = child::spawn_with(sleeper(), off).await.unwrap();
+    assert_eq!(thp(default.id().unwrap()).as_deref(), Some("1"));
+    assert_eq!(thp(without.id().unwrap()).as_deref(), Some("0"));
+    for child in [&mut default, &mut without] {
+        child.kill().await.unwrap();
+    }
+}

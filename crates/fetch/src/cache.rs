@@ -62,7 +62,7 @@ pub(crate) struct SavedSumsMeta {
 const PARTIAL: &str = ".partial";
 const LOCKS: &str = ".locks";
 const SUMS: &str = ".sums";
-const LOCAL: &str = ".local";
+pub(crate) const LOCAL: &str = ".local";
 
 impl BaseCache {
     /// The default cache directory: `$XDG_CACHE_HOME/imgbake/base`, or `~/.cache/imgbake/base`
@@ -211,15 +211,6 @@ impl BaseCache {
         sync_dir(&self.dir)?;
         let _ = fs::remove_file(self.part_record_path(digest));
         Ok(target)
-    }
-
-    /// Where the record of the local base at `path` is kept.
-    pub(crate) fn local_record_path(&self, path: &Path) -> PathBuf {
-        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        self.dir.join(LOCAL).join(format!(
-            "{}.json",
-            Sha256::of(key.as_os_str().as_encoded_bytes()).to_hex()
-        ))
     }
 
     fn sums_base(&self, url: &str) -> PathBuf {

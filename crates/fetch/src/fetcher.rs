@@ -12,12 +12,11 @@ use crate::error::{Error, Result};
 use crate::events::{DigestOrigin, FetchEvent, HashPurpose, RestartReason};
 use crate::hash::hash_file_into;
 use crate::http;
+use crate::local::{LocalCheck, check_local};
 use crate::options::FetchOptions;
 use crate::source::{BaseSource, ExpectedDigest, Location, redact};
-use crate::stamp::FileStamp;
 use crate::sums::{self, LookupError};
 use digest::Sha256;
-use serde::{Deserialize, Serialize};
 
 /// No real SHA256SUMS list comes near this.
 const SUMS_LIMIT: u64 = 4 << 20;
@@ -311,96 +310,6 @@ fn read_local_sums(path: &Path) -> Result<Vec<u8>> {
         });
     }
     std::fs::read(path).map_err(read)
-}
-
-/// A local base to check: where it is, what it must hash to, and where the record of its last
-/// good hash is kept (`None`: hash it whatever the record says).
-struct LocalCheck<'a> {
-    path: &'a Path,
-    source: &'a BaseSource,
-    expected: Sha256,
-    record: Option<PathBuf>,
-}
-
-/// The last good hash of a local base, with the file's stamp at the time.
-#[derive(Serialize, Deserialize)]
-struct LocalRecord {
-    path: PathBuf,
-    stamp: FileStamp,
-    sha256: Sha256,
-}
-
-/// Checks a local base image where it is. It is not copied into the cache, so a later change
-/// to the file cannot poison the cache. It is hashed unless its stamp (inode, size, mtime,
-/// ctime) is the one recorded after its last good hash: a change moves the stamp and is
-/// caught by the next fetch (as a mismatch). Hashing the fixture's 151 MB took 0.2 s of every
-/// build.
-async fn check_local(
-    local: &LocalCheck<'_>,
-    progress: Progress<'_>,
-    cancel: &CancellationToken,
-) -> Result<CachedBase> {
-    let path = local.path;
-    let read_err = |source| Error::ReadLocal {
-        path: path.to_owned(),
-        source,
-    };
-    let before = FileStamp::of(&std::fs::metadata(path).map_err(read_err)?);
-    let recorded = local
-        .record
-        .as_deref()
-        .and_then(|record| std::fs::read(record).ok())
-        .and_then(|json| serde_json::from_slice::<LocalRecord>(&json).ok())
-        .filter(|r| r.path == path && r.stamp == before && r.sha256 == local.expected);
-    let (actual, size) = match recorded {
-        Some(r) => (r.sha256, before.size()),
-        None => {
-            let total = before.size();
-            let report = |done| {
-                progress(FetchEvent::Hashing {
-                    purpose: HashPurpose::LocalBase,
-                    done,
-                    total,
-                });
-            };
-            let (hasher, size) = hash_file_into(path, None, Hasher::new(), &report, cancel).await?;
-            (hasher.finish(), size)
-        }
-    };
-    if actual != local.expected {
-        return Err(Error::Mismatch {
-            location: path.display().to_string(),
-            expected: local.expected,
-            actual,
-        });
-    }
-    // Recorded only if the file did not change while it was hashed, and not in the last
-    // second (a write in the same clock tick would not show). Best effort: without a record
-    // the next fetch hashes again.
-    if let Some(record) = &local.record
-        && !before.is_racy()
-        && FileStamp::of_path(path) == Some(before)
-    {
-        let fresh = LocalRecord {
-            path: path.to_owned(),
-            stamp: before,
-            sha256: actual,
-        };
-        if let Ok(json) = serde_json::to_vec_pretty(&fresh) {
-            let _ = crate::cache::write_atomic(record, &json);
-        }
-    }
-    progress(FetchEvent::Verified {
-        digest: actual,
-        size,
-    });
-    Ok(CachedBase {
-        path: path.to_owned(),
-        digest: actual,
-        size,
-        source: local.source.location.clone(),
-        outcome: Outcome::LocalFile,
-    })
 }
 
 /// One download: where from, what it must hash to, how.

@@ -22,9 +22,12 @@
 //!   in the cache (`.sums/`); offline, the digest is looked up in that saved copy (the event
 //!   says so, with its date). A list never fetched gives [`Error::OfflineSums`].
 //! - **Local bases are not copied**, so they can never poison the cache. Their digest is only
-//!   as good as the moment it was computed: each fetch hashes the file again (a later change
-//!   shows up as a mismatch at the next fetch), but a change *between* fetch and use is not
-//!   seen. Callers that keep the path around should open it read-only (QEMU's backing file).
+//!   as good as the moment it was computed: a fetch hashes the file again unless its stamp
+//!   (inode, size, mtime, ctime) is the one recorded after its last good hash (a later change
+//!   moves the stamp and shows up as a mismatch at the next fetch), but a change *between*
+//!   fetch and use is not seen. Callers that keep the path around should open it read-only
+//!   (QEMU's backing file). [`BaseCache::sweep_local_records`] drops the records of files that
+//!   are gone.
 //! - **Resume without validators**: when the server sent neither a strong ETag nor
 //!   Last-Modified, a cut download still resumes (no `If-Range`); if the result mismatches,
 //!   it is downloaded once more from scratch before [`Error::Mismatch`] is returned.
@@ -59,6 +62,7 @@ mod events;
 mod fetcher;
 mod hash;
 mod http;
+mod local;
 mod options;
 mod plain;
 mod source;

@@ -782,6 +782,50 @@ async fn an_unchanged_local_base_is_hashed_once_unless_cache_hits_are_verified()
 }
 
 #[tokio::test]
+async fn gc_forgets_the_hash_records_of_local_bases_that_are_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = BaseCache::open(tmp.path().join("cache")).unwrap();
+    let kept = tmp.path().join("kept.img");
+    let gone = tmp.path().join("gone.img");
+    for (path, seed) in [(&kept, 1), (&gone, 2)] {
+        std::fs::write(path, data(64 << 10, seed)).unwrap();
+    }
+    // Records are written only for files whose last change is over a second old.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for path in [&kept, &gone] {
+        let digest = Sha256::of(&std::fs::read(path).unwrap());
+        run(
+            &cache,
+            &inline(&path.display().to_string(), digest),
+            &opts(),
+            &Events::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let records = || {
+        std::fs::read_dir(cache.dir().join(".local"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(records(), 2);
+    std::fs::remove_file(&gone).unwrap();
+    std::fs::write(cache.dir().join(".local/garbage.json"), b"{not json").unwrap();
+    let garbage = cache.dir().join(".local/garbage.json");
+
+    let named = cache.sweep_local_records(true).unwrap();
+    assert_eq!(named, {
+        let mut both = vec![gone.clone(), garbage.clone()];
+        both.sort();
+        both
+    });
+    assert_eq!(records(), 3, "a dry run removes nothing");
+    cache.sweep_local_records(false).unwrap();
+    assert_eq!(records(), 1, "the record of the file still there stays");
+    assert!(cache.sweep_local_records(false).unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn local_bases_are_hashed_in_place_not_copied() {
     let tmp = tempfile::tempdir().unwrap();
     let body = data(2 << 20, 14);

@@ -34,6 +34,21 @@ impl fmt::Display for Accel {
     }
 }
 
+impl Accel {
+    /// Whether QEMU's guest RAM may be transparent huge pages on the host. Under KVM yes: the
+    /// guest's memory is then mapped in 2 MiB pages by the CPU too. Under TCG no: every guest
+    /// access goes through TCG's own TLB either way (a cold build of the bench recipe took the
+    /// same time with and without them), while the first touch of a huge page is slow on a
+    /// host that is itself a VM with free page reporting (a VM-state load 2.2 s instead of
+    /// 0.6 s; see `child::SpawnOptions`).
+    pub fn transparent_huge_pages(self) -> bool {
+        match self {
+            Accel::Kvm => true,
+            Accel::Tcg => false,
+        }
+    }
+}
+
 /// Why that accelerator was chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccelReason {

@@ -223,7 +223,10 @@ async fn start_once(
         args.extend(crate::args::incoming_args());
     }
     tracing::debug!("starting {} {:?}", config.qemu_binary.display(), args);
-    let mut spawned = process::spawn(&config.qemu_binary, &args, &paths.qemu_log).await?;
+    let options = child::SpawnOptions {
+        transparent_huge_pages: accel.accel.transparent_huge_pages(),
+    };
+    let mut spawned = process::spawn(&config.qemu_binary, &args, &paths.qemu_log, options).await?;
 
     let connect = async {
         let (stream, _) = listener.accept().await.map_err(|source| Error::QmpSocket {

@@ -82,7 +82,12 @@ pub struct Spawned {
 /// with SIGKILL as parent-death signal (even `kill -9 imgbake` takes QEMU along; both through
 /// [`child::spawn`], which forks on a thread that lives as long as imgbake) and
 /// `kill_on_drop` as backstop. stderr is drained all the time into `log` and a bounded tail.
-pub async fn spawn(program: &Path, args: &[OsString], log: &Path) -> Result<Spawned> {
+pub async fn spawn(
+    program: &Path,
+    args: &[OsString],
+    log: &Path,
+    options: child::SpawnOptions,
+) -> Result<Spawned> {
     let log_file = std::fs::File::create(log).map_err(|source| Error::RunDir {
         path: log.to_path_buf(),
         source,
@@ -94,10 +99,12 @@ pub async fn spawn(program: &Path, args: &[OsString], log: &Path) -> Result<Spaw
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = child::spawn(command).await.map_err(|source| Error::Spawn {
-        program: program.display().to_string(),
-        source,
-    })?;
+    let mut child = child::spawn_with(command, options)
+        .await
+        .map_err(|source| Error::Spawn {
+            program: program.display().to_string(),
+            source,
+        })?;
     let pid = child.id().unwrap_or_default();
     let stderr = Arc::new(StderrTail::default());
     let drain = match child.stderr.take() {

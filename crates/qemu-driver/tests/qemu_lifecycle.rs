@@ -67,6 +67,9 @@ async fn handshake_status_and_quit_is_a_clean_exit() {
     assert!(vm.paths().qemu_log.exists());
     assert_eq!(pgrp(vm.pid()), Some(vm.pid()));
     assert_ne!(pgrp(vm.pid()), pgrp(std::process::id()));
+    // Under TCG the guest's RAM is never a transparent huge page (PR_SET_THP_DISABLE).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid())).unwrap();
+    assert!(status.contains("THP_enabled:\t0"), "{status}");
 
     // The guest's port 22 is forwarded: QEMU listens on the address it gave.
     let connect = tokio::net::TcpStream::connect(vm.ssh_addr()).await;

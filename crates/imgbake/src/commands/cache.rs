@@ -223,6 +223,9 @@ struct Removal {
     /// Uncompressed base copies removed: their base is not in the cache and no checkpoint is
     /// backed by them any more (a build makes one again when it needs it).
     plain_copies_removed: Vec<PathBuf>,
+    /// Local base files (given by path in a recipe) that are gone: their hash records were
+    /// removed (`gc` only).
+    local_records_removed: Vec<PathBuf>,
 }
 
 /// Runs `imgbake cache`.
@@ -515,6 +518,7 @@ fn collect(root: &Path, args: &GcArgs, out: &Output) -> Result<ExitStatus, Failu
     };
     let mut removal = removal(pipeline::cache::gc(root, &request)?);
     removal.plain_copies_removed = sweep_plain_copies(root, &removal)?;
+    removal.local_records_removed = sweep_local_records(root, args.dry_run)?;
     print_removal(&removal, args.json, out)?;
     Ok(ExitStatus::Success)
 }
@@ -580,7 +584,18 @@ fn removal(store: StoreRemoval) -> Removal {
         removed: store.removed.iter().map(CheckpointRow::from).collect(),
         discarded: store.discarded,
         plain_copies_removed: Vec::new(),
+        local_records_removed: Vec::new(),
     }
+}
+
+/// After `gc`: forgets the last good hash of local base files that are gone (a small record
+/// each, kept so an unchanged local base is not hashed on every build).
+fn sweep_local_records(root: &Path, dry_run: bool) -> Result<Vec<PathBuf>, Failure> {
+    let base_dir = root.join("base");
+    if !base_dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    Ok(fetch::BaseCache::open(&base_dir)?.sweep_local_records(dry_run)?)
 }
 
 /// After `gc`/`rm`: removes (or, in a dry run, names) the uncompressed base copies that nothing
@@ -645,6 +660,17 @@ fn print_removal(removal: &Removal, json: bool, out: &Output) -> Result<(), Fail
         };
         s.push_str(&format!(
             "{verb} the uncompressed base copy {} (no checkpoint uses it; builds make it again)\n",
+            path.display()
+        ));
+    }
+    for path in &removal.local_records_removed {
+        let verb = if removal.dry_run {
+            "would forget"
+        } else {
+            "forgot"
+        };
+        s.push_str(&format!(
+            "{verb} the recorded hash of {} (the file is gone)\n",
             path.display()
         ));
     }
