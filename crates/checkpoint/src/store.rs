@@ -503,6 +503,24 @@ impl RunLease<'_> {
             .join(format!("{key}.{}.qcow2", self.run))
     }
 
+    /// Whether a layer for `key` on `backing` would be published, as far as can be told
+    /// without hashing anything: not after this run diverged, and not when an intact-looking
+    /// sibling (a record for `key` on the same backing file whose layer file is there) holds
+    /// the key already — that one wins. A build skips what only a published layer needs (its
+    /// VM state, a RAM image of ~0.2 GB and a second of the guest stopped) when this says no;
+    /// a `true` may still end unpublished if another build gets there first.
+    pub fn would_publish(&self, key: &CacheKey, backing: &Path) -> bool {
+        if self.diverged {
+            return false;
+        }
+        match self.store.read_record(key) {
+            Ok(Some(meta)) => {
+                meta.backing != backing || !self.store.layers_dir().join(&meta.file).is_file()
+            }
+            Ok(None) | Err(_) => true,
+        }
+    }
+
     /// Publishes the frozen layer for `req.key`: hashes it and writes its record. If another
     /// build published the same key first, this one stays unpublished (theirs wins) and `None`
     /// is returned: this run's later layers still chain to its own file.

@@ -160,10 +160,14 @@ fn a_lost_publish_race_keeps_the_winner_and_stops_publishing_this_run() {
     qcow2(&first.layer_path(&k1), Some(&base));
     qcow2(&second.layer_path(&k1), Some(&base));
     qcow2(&second.layer_path(&k2), Some(&second.layer_path(&k1)));
+    assert!(second.would_publish(&k1, &base), "nothing holds k1 yet");
     let winner = first
         .publish(&request(&k1, None, &root, &base))
         .unwrap()
         .unwrap();
+    // A sibling on the same backing holds k1 now: it wins; on another backing it would be stale.
+    assert!(!second.would_publish(&k1, &base));
+    assert!(second.would_publish(&k1, &dir.path().join("other-base.img")));
     assert!(
         second
             .publish(&request(&k1, None, &root, &base))
@@ -171,6 +175,10 @@ fn a_lost_publish_race_keeps_the_winner_and_stops_publishing_this_run() {
             .is_none()
     );
     let backing = second.layer_path(&k1);
+    assert!(
+        !second.would_publish(&k2, &backing),
+        "a run that lost a race publishes nothing more"
+    );
     assert!(
         second
             .publish(&request(&k2, Some(&k1), &root, &backing))
