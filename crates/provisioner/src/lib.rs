@@ -11,8 +11,8 @@
 //!   its [`ExitStatus`]; [`GuestSession::upload`] writes bytes to a file in the guest.
 //! - [`run_step`] runs one [`StepSpec`] (upload, run as root with its environment and its
 //!   secrets — written to a tmpfs only, masked in output by a [`SecretMask`] — log, timeout,
-//!   retries, reboot) and reports [`StepEvent`]s; [`GuestSession::facts`] collects
-//!   [`GuestFacts`] for the manifest.
+//!   retries, reboot) and reports [`StepEvent`]s. (The manifest's facts about the guest are
+//!   read offline from the exported disk, by `inspect`, not over SSH.)
 //!
 //! Every long operation is a future that takes a [`CancellationToken`] and a deadline, so the
 //! binary can `select!` it against "QEMU died". The library never prints.
@@ -53,8 +53,6 @@
 //! let outcome = run_step(&mut session, &step, &options, |event| println!("{event:?}"), &cancel)
 //!     .await?;
 //! outcome.into_result()?;
-//! let facts = session.facts(&cancel).await?;
-//! println!("kernel {}", facts.kernel);
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
@@ -62,7 +60,6 @@
 mod cloud_init;
 mod error;
 mod exec;
-mod facts;
 mod keys;
 mod mask;
 mod seal;
@@ -74,7 +71,6 @@ mod wait;
 pub use cloud_init::{CloudInitOutcome, CloudInitStatus};
 pub use error::{Error, Result};
 pub use exec::{ExitStatus, MAX_LINE, OutputLine, Stream};
-pub use facts::{GuestFacts, parse_os_release};
 pub use keys::BuildKeys;
 pub use mask::{MIN_MASKED_LEN, MaskStream, SecretMask, mask_text};
 pub use seal::{SealSpec, seal};

@@ -584,34 +584,3 @@ async fn reboot_step_that_does_not_reboot_is_caught() {
             .any(|e| matches!(e, StepEvent::Rebooting { .. }))
     );
 }
-
-#[tokio::test]
-async fn facts_from_this_machine() {
-    if !tools_present() {
-        return;
-    }
-    let sshd = Sshd::start();
-    let session = sshd.session().await;
-    let facts = session.facts(&cancel()).await.unwrap();
-    let uname = std::process::Command::new("uname")
-        .arg("-r")
-        .output()
-        .unwrap();
-    assert_eq!(
-        facts.kernel,
-        String::from_utf8(uname.stdout).unwrap().trim()
-    );
-    assert!(
-        facts.os_release.contains_key("ID"),
-        "{:?}",
-        facts.os_release
-    );
-    assert!(
-        facts
-            .packages
-            .iter()
-            .any(|(name, _)| name == "openssh-server"),
-        "{} packages",
-        facts.packages.len()
-    );
-}
