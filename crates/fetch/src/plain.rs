@@ -183,7 +183,8 @@ impl BaseCache {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|source| Error::PlainCopy {
+        // Through `child::spawn`: own process group, killed with imgbake (even by `kill -9`).
+        let child = child::spawn(cmd).await.map_err(|source| Error::PlainCopy {
             base: base.path.clone(),
             detail: format!("cannot run qemu-img: {source}"),
         })?;
@@ -299,16 +300,20 @@ impl BaseCache {
 /// `qemu-img check` of a copy: catches a truncated file or broken metadata in well under a
 /// second (it reads tables, not data).
 async fn qemu_img_check(path: &Path) -> std::result::Result<(), String> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["check", "-q", "-U", "-f", "qcow2"])
+    let mut cmd = tokio::process::Command::new("qemu-img");
+    cmd.args(["check", "-q", "-U", "-f", "qcow2"])
         .arg(path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output()
+        .kill_on_drop(true);
+    let cannot_run = |e: std::io::Error| format!("cannot run qemu-img check: {e}");
+    let out = child::spawn(cmd)
         .await
-        .map_err(|e| format!("cannot run qemu-img check: {e}"))?;
+        .map_err(cannot_run)?
+        .wait_with_output()
+        .await
+        .map_err(cannot_run)?;
     if out.status.success() {
         Ok(())
     } else {

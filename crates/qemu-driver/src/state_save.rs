@@ -198,7 +198,8 @@ impl Vm {
             .into_std()
             .and_then(|s| s.set_nonblocking(false).map(|()| s))
             .map_err(|e| fail(format!("cannot hand the stream on ({e})")))?;
-        let compressor = tokio::process::Command::new(STATE_COMPRESSOR)
+        let mut command = tokio::process::Command::new(STATE_COMPRESSOR);
+        command
             .args(["-q", "-1", "-T0", "-f", "-o"])
             .arg(path)
             .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
@@ -206,12 +207,12 @@ impl Vm {
             )))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                program: STATE_COMPRESSOR.into(),
-                source,
-            })?;
+            .kill_on_drop(true);
+        // Like QEMU: own process group, killed with imgbake (even by `kill -9`).
+        let compressor = child::spawn(command).await.map_err(|source| Error::Spawn {
+            program: STATE_COMPRESSOR.into(),
+            source,
+        })?;
         let mut running = Running {
             events,
             compressor,
