@@ -114,6 +114,7 @@ pub(crate) async fn check_local(
         .as_deref()
         .and_then(read_record)
         .filter(|r| r.path == path && r.stamp == before && r.sha256 == local.expected);
+    let trusted = recorded.is_some();
     let (actual, size) = match recorded {
         Some(r) => (r.sha256, before.size()),
         None => {
@@ -136,10 +137,11 @@ pub(crate) async fn check_local(
             actual,
         });
     }
-    // Recorded only if the file did not change while it was hashed, and not in the last
-    // second (a write in the same clock tick would not show). Best effort: without a record
-    // the next fetch hashes again.
+    // Recorded after a hash (a trusted record stays as it is), only if the file did not change
+    // while it was hashed, and not in the last second (a write in the same clock tick would not
+    // show). Best effort: without a record the next fetch hashes again.
     if let Some(record) = &local.record
+        && !trusted
         && !before.is_racy()
         && FileStamp::of_path(path) == Some(before)
     {

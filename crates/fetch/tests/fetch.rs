@@ -752,9 +752,21 @@ async fn an_unchanged_local_base_is_hashed_once_unless_cache_hits_are_verified()
     run(&cache, &source, &opts(), &Events::default())
         .await
         .unwrap();
+    let record_inode = || {
+        use std::os::unix::fs::MetadataExt;
+        let dir = cache.dir().join(".local");
+        let entry = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
+        entry.metadata().unwrap().ino()
+    };
+    let recorded = record_inode();
     let second = Events::default();
     let got = run(&cache, &source, &opts(), &second).await.unwrap();
     assert!(!hashed(&second), "unchanged: not hashed again");
+    assert_eq!(
+        record_inode(),
+        recorded,
+        "a trusted record is not written again"
+    );
     assert_eq!((got.digest, got.size), (digest, body.len() as u64));
     let verify = FetchOptions {
         verify_cache_hits: true,
