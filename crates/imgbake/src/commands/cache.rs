@@ -652,44 +652,28 @@ fn print_removal(removal: &Removal, json: bool, out: &Output) -> Result<(), Fail
     }
     let n = removal.removed.len();
     let layers = plural(n, "checkpoint", "checkpoints");
+    let tense = |would: &'static str, did: &'static str| if removal.dry_run { would } else { did };
     for path in &removal.plain_copies_removed {
-        let verb = if removal.dry_run {
-            "would remove"
-        } else {
-            "removed"
-        };
         s.push_str(&format!(
-            "{verb} the uncompressed base copy {} (no checkpoint uses it; builds make it again)\n",
+            "{} the uncompressed base copy {} (no checkpoint uses it; builds make it again)\n",
+            tense("would remove", "removed"),
             path.display()
         ));
     }
     for path in &removal.local_records_removed {
-        let verb = if removal.dry_run {
-            "would forget"
-        } else {
-            "forgot"
-        };
         s.push_str(&format!(
-            "{verb} the recorded hash of {} (the file is gone)\n",
+            "{} the recorded hash of {} (the file is gone)\n",
+            tense("would forget", "forgot"),
             path.display()
         ));
     }
     if n == 0 {
-        s.push_str(if removal.dry_run {
-            "nothing would be removed\n"
-        } else {
-            "nothing to remove\n"
-        });
+        s.push_str(tense("nothing would be removed\n", "nothing to remove\n"));
     } else {
-        let verb = if removal.dry_run {
-            "would remove"
-        } else {
-            "removed"
-        };
         s.push_str(&format!(
             "{} {n} {layers}, {} {}:\n",
-            out.stdout().bold(verb),
-            if removal.dry_run { "freeing" } else { "freed" },
+            out.stdout().bold(tense("would remove", "removed")),
+            tense("freeing", "freed"),
             HumanBytes(removal.freed)
         ));
         s.push_str(&checkpoint_table(&removal.removed));
