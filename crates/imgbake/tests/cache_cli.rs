@@ -640,3 +640,51 @@ fn a_relative_cache_dir_is_used_as_an_absolute_path() {
         "{listing}"
     );
 }
+
+#[test]
+fn gc_forgets_the_recorded_hash_of_a_local_base_that_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("cache/base/.local");
+    std::fs::create_dir_all(&local).unwrap();
+    let kept = dir.path().join("kept.qcow2");
+    std::fs::write(&kept, b"kept").unwrap();
+    let gone = dir.path().join("gone.qcow2");
+    // Records as the fetch writes them (path, stamp, sha256).
+    for (name, path) in [("a", &kept), ("b", &gone)] {
+        let record = serde_json::json!({
+            "path": path,
+            "stamp": {"ino": 1, "size": 4, "mtime_ns": 0, "ctime_ns": 0},
+            "sha256": fetch::Sha256::of(b"kept").to_hex(),
+        });
+        std::fs::write(local.join(format!("{name}.json")), record.to_string()).unwrap();
+    }
+    let root = dir.path().join("cache");
+    let gc = |extra: &[&str]| -> Value {
+        let mut args = vec!["cache", "gc", "--older-than", "30d", "--json"];
+        args.extend_from_slice(extra);
+        let out = expect_code(imgbake(&root).args(&args), 0);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let gone_text = gone.display().to_string();
+    let preview = gc(&["--dry-run"]);
+    assert_eq!(
+        preview["local_records_removed"],
+        serde_json::json!([gone_text])
+    );
+    assert!(local.join("b.json").exists(), "a dry run removes nothing");
+    let done = gc(&[]);
+    assert_eq!(
+        done["local_records_removed"],
+        serde_json::json!([gone_text])
+    );
+    assert!(!local.join("b.json").exists());
+    assert!(
+        local.join("a.json").exists(),
+        "the file is still there: its record stays"
+    );
+    let out = expect_code(
+        imgbake(&root).args(["cache", "gc", "--older-than", "30d"]),
+        0,
+    );
+    assert!(!String::from_utf8(out.stdout).unwrap().contains("forgot"));
+}
