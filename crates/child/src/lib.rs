@@ -118,7 +118,7 @@ pub async fn spawn_with(mut command: Command, options: SpawnOptions) -> io::Resu
         }
     }
     command.process_group(0);
-    set_parent_death_signal(&mut command, options);
+    set_up_before_exec(&mut command, options);
     let (reply, answer) = oneshot::channel();
     let request = Request {
         command,
@@ -137,7 +137,7 @@ pub async fn spawn_with(mut command: Command, options: SpawnOptions) -> io::Resu
 // async-signal-safe syscalls (prctl, getppid) and allocates nothing. No crate offers
 // PR_SET_PDEATHSIG (or PR_SET_THP_DISABLE) on tokio's Command without this.
 #[allow(unsafe_code)]
-fn set_parent_death_signal(command: &mut Command, options: SpawnOptions) {
+fn set_up_before_exec(command: &mut Command, options: SpawnOptions) {
     use rustix::process::{Signal, getpid, getppid, set_parent_process_death_signal};
     let parent = getpid();
     // SAFETY: see above; the closure touches no shared state.

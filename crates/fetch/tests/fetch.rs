@@ -822,8 +822,8 @@ async fn gc_forgets_the_hash_records_of_local_bases_that_are_gone() {
     };
     assert_eq!(records(), 2);
     std::fs::remove_file(&gone).unwrap();
-    std::fs::write(cache.dir().join(".local/garbage.json"), b"{not json").unwrap();
     let garbage = cache.dir().join(".local/garbage.json");
+    std::fs::write(&garbage, b"{not json").unwrap();
 
     let named = cache.sweep_local_records(true).unwrap();
     assert_eq!(named, {

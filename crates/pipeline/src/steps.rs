@@ -459,11 +459,14 @@ impl StepRunner<'_, '_, '_> {
         let key = &point.key;
         // A layer another build published already wins over this one (a `--no-cache` build on
         // a filled cache): a state saved beside it would be thrown away.
-        let publishing = self
-            .lease
-            .would_publish(key, &self.progress.backing_of_current);
         let state = match &point.support {
-            Some(support) if publishing => Some(support.key(vm.config(), vm.accel(), key)?),
+            Some(support)
+                if self
+                    .lease
+                    .would_publish(key, &self.progress.backing_of_current) =>
+            {
+                Some(support.key(vm.config(), vm.accel(), key)?)
+            }
             _ => None,
         };
         let saving = match &state {
